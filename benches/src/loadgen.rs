@@ -1,0 +1,2 @@
+//! End-to-end load harness (being written).
+fn main() {}

@@ -1,0 +1,25 @@
+//! The router of a meshgate node: every subscriber, whatever its protocol, sits in one wildcard
+//! trie; every publish, whatever its protocol, is matched once against it and handed to the
+//! matching mailboxes.
+//!
+//! Front ends (MQTT, HTTP, later bridges and mesh links) call [`Broker::publish`] and
+//! [`Broker::subscribe`]; they never see each other. This crate does no socket IO: a mailbox is a
+//! bounded in-memory queue that the owning connection drains and writes in batches.
+
+mod auth;
+mod mailbox;
+mod router;
+mod stats;
+
+pub use auth::{AuthError, Authenticator, Credentials, Identity, StaticAuth, User};
+pub use mailbox::{Delivery, Mailbox, MailboxReceiver, SessionId};
+pub use router::{Broker, BrokerConfig, PublishError, PublishReport, Publisher, SubOptions};
+pub use stats::BrokerStats;
+
+/// Milliseconds since the Unix epoch, for event timestamps and ids.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

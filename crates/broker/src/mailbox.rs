@@ -1,0 +1,128 @@
+//! Mailboxes: the per-session queue between the router and a connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use meshgate_proto::Envelope;
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+
+/// Identifies a session (an MQTT session, an SSE stream) inside one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// One event on its way to one subscriber.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The event, shared by every subscriber it goes to.
+    pub event: Arc<Envelope>,
+    /// QoS granted for this delivery: min(published, subscribed).
+    pub qos: u8,
+    /// Retain flag as the subscriber must see it.
+    pub retain: bool,
+    /// MQTT 5 subscription identifier of the matching subscription.
+    pub sub_id: Option<u32>,
+}
+
+/// The queue of one session. It outlives connections: a persistent MQTT session keeps its mailbox
+/// (and what queued up in it) while its client is away.
+#[derive(Debug)]
+pub struct Mailbox {
+    id: SessionId,
+    tx: mpsc::Sender<Delivery>,
+    rx: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+    online: AtomicBool,
+    /// Persistent sessions queue QoS 1 events while offline; others drop everything then.
+    persistent: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// Exclusive right to drain a mailbox, held by the one connection attached to the session.
+pub type MailboxReceiver = OwnedMutexGuard<mpsc::Receiver<Delivery>>;
+
+/// Why a delivery did not enter a mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Queue at capacity: a slow consumer.
+    Full,
+    /// Session offline and the event is not queued for offline sessions.
+    Offline,
+    /// Session ended.
+    Closed,
+}
+
+impl Mailbox {
+    /// A mailbox holding at most `capacity` undelivered events.
+    pub fn new(id: SessionId, capacity: usize) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        Arc::new(Self {
+            id,
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+            online: AtomicBool::new(false),
+            persistent: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// The session this mailbox belongs to.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Waits until no other connection drains this mailbox, then takes the right to.
+    pub async fn attach(&self) -> MailboxReceiver {
+        let rx = self.rx.clone().lock_owned().await;
+        self.online.store(true, Ordering::Release);
+        rx
+    }
+
+    /// Marks the session offline (its connection ended). Pass the receiver back by dropping it.
+    pub fn detach(&self, rx: MailboxReceiver) {
+        self.online.store(false, Ordering::Release);
+        drop(rx);
+    }
+
+    /// Whether a connection currently drains this mailbox.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    /// Sets whether QoS 1 events queue up while the session is offline.
+    pub fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Release);
+    }
+
+    /// Events refused because the queue was full, since the mailbox was made.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues a delivery without waiting.
+    pub(crate) fn offer(&self, d: Delivery) -> Result<(), Refused> {
+        if !self.online.load(Ordering::Acquire)
+            && (d.qos == 0 || !self.persistent.load(Ordering::Acquire))
+        {
+            return Err(Refused::Offline);
+        }
+        match self.tx.try_send(d) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(Refused::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Refused::Closed),
+        }
+    }
+
+    /// Queues a delivery that must not be refused for being offline (retained messages sent on
+    /// subscribe, the session's own redelivery).
+    pub fn push(&self, d: Delivery) -> bool {
+        match self.tx.try_send(d) {
+            Ok(()) => true,
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! The router: one trie of subscribers, matched once per publish.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use meshgate_proto::{Envelope, EventId, EventIdGen};
+use meshgate_topic::{Filter, MatchCache, RetainTree, TopicError, Trie, validate_topic};
+use parking_lot::{Mutex, RwLock};
+use thiserror::Error;
+
+use crate::mailbox::{Delivery, Mailbox, Refused, SessionId};
+use crate::now_ms;
+use crate::stats::{BrokerStats, LocalTally};
+
+/// Options of one subscription.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Maximum QoS the subscriber accepts (0 or 1).
+    pub qos: u8,
+    /// MQTT 5 no-local: do not deliver the session's own publishes.
+    pub no_local: bool,
+    /// MQTT 5 retain-as-published: keep the retain flag on live deliveries.
+    pub retain_as_published: bool,
+    /// MQTT 5 subscription identifier.
+    pub sub_id: Option<u32>,
+}
+
+/// A trie entry: where matching events go. Remote nodes of the mesh join this type as another
+/// kind of target, so local and remote interest share one match.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    mailbox: Arc<Mailbox>,
+    opts: SubOptions,
+}
+
+/// Limits and identity of the router.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Node name, stamped into every envelope minted here.
+    pub node_name: String,
+    /// Largest accepted payload in bytes.
+    pub max_payload_bytes: usize,
+    /// Largest number of retained messages held.
+    pub max_retained: usize,
+    /// Match-cache slots per publishing connection.
+    pub match_cache_slots: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_name: "meshgate".into(),
+            max_payload_bytes: 1024 * 1024,
+            max_retained: 100_000,
+            match_cache_slots: 256,
+        }
+    }
+}
+
+/// Why a publish was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// The topic is not a valid concrete topic.
+    #[error("invalid topic: {0}")]
+    Topic(#[from] TopicError),
+    /// The payload is larger than the node accepts.
+    #[error("payload is {len} bytes, the limit is {max}")]
+    PayloadTooLarge {
+        /// Size of the refused payload.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// The node holds as many retained messages as it may.
+    #[error("retained message limit of {0} reached")]
+    RetainedFull(usize),
+}
+
+/// What happened to an accepted publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishReport {
+    /// The id minted for the event.
+    pub id: EventId,
+    /// Mailboxes the event was queued in.
+    pub routed: usize,
+}
+
+struct Shared {
+    config: BrokerConfig,
+    ids: EventIdGen,
+    trie: RwLock<Trie<SessionId, Target>>,
+    retained: RwLock<RetainTree<Arc<Envelope>>>,
+    next_session: AtomicU64,
+    stats: BrokerStats,
+    /// Live sessions by id, for admin listings.
+    sessions: Mutex<HashMap<SessionId, Arc<Mailbox>>>,
+}
+
+/// Handle to the router; cheap to clone, shared by every front end.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+/// Per-connection publishing state: its own match cache (no lock shared with other publishers)
+/// and counters flushed in batches.
+pub struct Publisher {
+    session: Option<SessionId>,
+    protocol: &'static str,
+    app_id: Option<Arc<str>>,
+    cache: Option<MatchCache<SessionId, Target>>,
+    tally: LocalTally,
+    /// Round-robin position for queue groups.
+    rr: usize,
+    /// Reused scratch list of session ids already served, to deliver once per session.
+    seen: Vec<SessionId>,
+}
+
+impl Publisher {
+    /// Flushes counters into the shared metrics.
+    pub fn flush(&mut self, broker: &Broker) {
+        self.tally.flush(&broker.shared.stats);
+    }
+
+    /// Sets the app id stamped on published events.
+    pub fn set_app_id(&mut self, app_id: Option<Arc<str>>) {
+        self.app_id = app_id;
+    }
+}
+
+impl Broker {
+    /// A router with the given limits. Registers its metrics with the current recorder.
+    pub fn new(config: BrokerConfig) -> Self {
+        let node_bits: u16 = rand::random();
+        let start: u64 = rand::random::<u32>() as u64;
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                ids: EventIdGen::new(node_bits, start),
+                trie: RwLock::new(Trie::new()),
+                retained: RwLock::new(RetainTree::new()),
+                next_session: AtomicU64::new(1),
+                stats: BrokerStats::register(),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The router's limits.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.shared.config
+    }
+
+    /// Creates a mailbox for a new session holding up to `capacity` queued events.
+    pub fn new_mailbox(&self, capacity: usize) -> Arc<Mailbox> {
+        let id = SessionId(self.shared.next_session.fetch_add(1, Ordering::Relaxed));
+        let mb = Mailbox::new(id, capacity);
+        self.shared.sessions.lock().insert(id, mb.clone());
+        mb
+    }
+
+    /// Publishing state for one connection. `session` enables MQTT no-local.
+    pub fn publisher(&self, protocol: &'static str, session: Option<SessionId>) -> Publisher {
+        Publisher {
+            session,
+            protocol,
+            app_id: None,
+            cache: None,
+            tally: LocalTally::default(),
+            rr: 0,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Accepts an event: validates it, mints its id, updates retained state, and queues it in
+    /// every matching mailbox. `qos` is the publish QoS (capped per subscription).
+    pub fn publish(
+        &self,
+        p: &mut Publisher,
+        mut env: Envelope,
+        qos: u8,
+    ) -> Result<PublishReport, PublishError> {
+        validate_topic(&env.topic)?;
+        let max = self.shared.config.max_payload_bytes;
+        if env.payload.len() > max {
+            return Err(PublishError::PayloadTooLarge {
+                len: env.payload.len(),
+                max,
+            });
+        }
+        let now = now_ms();
+        let id = self.shared.ids.next(now);
+        env.set_event_id(id);
+        if env.timestamp_ms == 0 {
+            env.timestamp_ms = now;
+        }
+        if env.origin_node.is_empty() {
+            env.origin_node.clone_from(&self.shared.config.node_name);
+        }
+        if let Some(app) = &p.app_id {
+            env.publisher_app = app.to_string();
+        }
+        if env.provenance.is_none() {
+            env.provenance = Some(meshgate_proto::Provenance {
+                protocol: p.protocol.to_string(),
+                member: String::new(),
+            });
+        }
+        let retain = env.retain;
+        let event = Arc::new(env);
+        if retain {
+            self.retain(&event)?;
+        }
+        p.tally.published += 1;
+        p.tally.published_bytes += event.payload.len() as u64;
+        let routed = self.route(p, &event, qos);
+        if routed == 0 {
+            p.tally.unrouted += 1;
+        }
+        p.tally.routed += routed as u64;
+        Ok(PublishReport { id, routed })
+    }
+
+    fn retain(&self, event: &Arc<Envelope>) -> Result<(), PublishError> {
+        let mut r = self.shared.retained.write();
+        if event.payload.is_empty() {
+            r.remove(&event.topic);
+        } else {
+            let limit = self.shared.config.max_retained;
+            let replaced = r.insert(&event.topic, event.clone());
+            if replaced.is_none() && r.len() > limit {
+                r.remove(&event.topic);
+                return Err(PublishError::RetainedFull(limit));
+            }
+        }
+        self.shared.stats.retained.set(r.len() as f64);
+        Ok(())
+    }
+
+    /// Matches and delivers; returns the number of mailboxes the event entered.
+    fn route(&self, p: &mut Publisher, event: &Arc<Envelope>, qos: u8) -> usize {
+        let trie = self.shared.trie.read();
+        let slots = self.shared.config.match_cache_slots;
+        let cache = p.cache.get_or_insert_with(|| MatchCache::new(slots));
+        let m = cache.lookup(&trie, &event.topic);
+        let mut routed = 0;
+        let subs = m.subscribers();
+        p.seen.clear();
+        for (i, (sid, t)) in subs.iter().enumerate() {
+            if t.opts.no_local && p.session == Some(*sid) {
+                continue;
+            }
+            // One copy per session even when several of its filters match, at the highest QoS
+            // of those filters (MQTT 5 §3.3.4). Scans only when the session appears twice.
+            let mut q = t.opts.qos;
+            if subs[..i].iter().any(|(s, _)| s == sid) {
+                continue;
+            }
+            for (s2, t2) in &subs[i + 1..] {
+                if s2 == sid {
+                    q = q.max(t2.opts.qos);
+                }
+            }
+            if deliver(t, event, qos.min(q), &mut p.tally) {
+                routed += 1;
+            }
+        }
+        for g in m.groups() {
+            if g.members.is_empty() {
+                continue;
+            }
+            // Prefer a member that is online; otherwise queue at the next one in turn.
+            p.rr = p.rr.wrapping_add(1);
+            let n = g.members.len();
+            let start = p.rr % n;
+            let pick = (0..n)
+                .map(|k| &g.members[(start + k) % n])
+                .find(|(_, t)| t.mailbox.is_online())
+                .unwrap_or(&g.members[start]);
+            if deliver(&pick.1, event, qos.min(pick.1.opts.qos), &mut p.tally) {
+                routed += 1;
+            }
+        }
+        routed
+    }
+
+    /// Adds (or replaces) a subscription of `mailbox` to `filter`, in queue group `group` if any.
+    /// Returns true if it is new.
+    pub fn subscribe(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        filter: &Filter,
+        group: Option<&str>,
+        opts: SubOptions,
+    ) -> bool {
+        let target = Target {
+            mailbox: mailbox.clone(),
+            opts,
+        };
+        let mut trie = self.shared.trie.write();
+        let new = trie.insert(filter, group, mailbox.id(), target);
+        self.shared.stats.subscriptions.set(trie.len() as f64);
+        new
+    }
+
+    /// Removes a subscription. Returns true if it existed.
+    pub fn unsubscribe(&self, session: SessionId, filter: &Filter, group: Option<&str>) -> bool {
+        let mut trie = self.shared.trie.write();
+        let removed = trie.remove(filter, group, session).is_some();
+        self.shared.stats.subscriptions.set(trie.len() as f64);
+        removed
+    }
+
+    /// Forgets a session's mailbox (its subscriptions must have been removed by its owner).
+    pub fn end_session(&self, session: SessionId) {
+        self.shared.sessions.lock().remove(&session);
+    }
+
+    /// Retained events matching `filter`, for delivery right after a subscribe.
+    pub fn retained_matching(&self, filter: &Filter) -> Vec<Arc<Envelope>> {
+        let mut out = Vec::new();
+        self.shared
+            .retained
+            .read()
+            .for_each_match(filter, |_, e| out.push(e.clone()));
+        out
+    }
+
+    /// Every subscription as (filter, group, session), for admin listings.
+    pub fn subscriptions(&self) -> Vec<(String, Option<String>, SessionId)> {
+        let mut out = Vec::new();
+        self.shared
+            .trie
+            .read()
+            .for_each(|f, g, k, _| out.push((f.to_string(), g.map(str::to_string), k)));
+        out
+    }
+
+    /// Number of subscriptions and of distinct filters.
+    pub fn subscription_counts(&self) -> (usize, usize) {
+        let t = self.shared.trie.read();
+        (t.len(), t.filter_count())
+    }
+
+    /// Number of live sessions (MQTT sessions, SSE streams).
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.lock().len()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.shared.retained.read().len()
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> &str {
+        &self.shared.config.node_name
+    }
+}
+
+fn deliver(t: &Target, event: &Arc<Envelope>, qos: u8, tally: &mut LocalTally) -> bool {
+    let d = Delivery {
+        event: event.clone(),
+        qos,
+        retain: t.opts.retain_as_published && event.retain,
+        sub_id: t.opts.sub_id,
+    };
+    match t.mailbox.offer(d) {
+        Ok(()) => true,
+        Err(Refused::Full) => {
+            tally.dropped_full += 1;
+            false
+        }
+        Err(Refused::Offline | Refused::Closed) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(topic: &str, payload: &'static [u8]) -> Envelope {
+        Envelope {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(payload),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_reaches_matching_mailboxes_once() {
+        let b = Broker::new(BrokerConfig::default());
+        let a = b.new_mailbox(16);
+        let c = b.new_mailbox(16);
+        let mut ra = a.attach().await;
+        let mut rc = c.attach().await;
+        let f = |s: &str| Filter::parse(s).unwrap();
+        let q1 = SubOptions {
+            qos: 1,
+            ..Default::default()
+        };
+        b.subscribe(&a, &f("orders/*/us/>"), None, SubOptions::default());
+        b.subscribe(&a, &f("orders/17/us/ny"), None, q1);
+        b.subscribe(&c, &f("orders/17/eu/>"), None, SubOptions::default());
+        let mut p = b.publisher("test", None);
+        let r = b.publish(&mut p, env("orders/17/us/ny", b"x"), 1).unwrap();
+        assert_eq!(r.routed, 1, "one copy per session");
+        let d = ra.try_recv().unwrap();
+        assert_eq!(d.qos, 1, "highest QoS of the overlapping filters");
+        assert!(ra.try_recv().is_err());
+        assert!(rc.try_recv().is_err());
+        assert!(
+            b.publish(&mut p, env("orders/17/us", b"x"), 0)
+                .unwrap()
+                .routed
+                == 0
+        );
+        assert!(matches!(
+            b.publish(&mut p, env("orders/+/us", b"x"), 0),
+            Err(PublishError::Topic(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn queue_group_gets_one_copy_and_retained_is_kept() {
+        let b = Broker::new(BrokerConfig::default());
+        let m: Vec<_> = (0..3).map(|_| b.new_mailbox(64)).collect();
+        let mut rx = Vec::new();
+        for mb in &m {
+            rx.push(mb.attach().await);
+            b.subscribe(
+                mb,
+                &Filter::parse("jobs/>").unwrap(),
+                Some("w"),
+                SubOptions::default(),
+            );
+        }
+        let mut p = b.publisher("test", None);
+        for _ in 0..30 {
+            let mut e = env("jobs/a", b"j");
+            e.retain = true;
+            assert_eq!(b.publish(&mut p, e, 0).unwrap().routed, 1);
+        }
+        let counts: Vec<usize> = rx
+            .iter_mut()
+            .map(|r| std::iter::from_fn(|| r.try_recv().ok()).count())
+            .collect();
+        assert_eq!(counts.iter().sum::<usize>(), 30);
+        assert!(counts.iter().all(|&c| c == 10), "round robin: {counts:?}");
+        assert_eq!(
+            b.retained_matching(&Filter::parse("jobs/*").unwrap()).len(),
+            1
+        );
+        b.publish(&mut p, env("jobs/a", b""), 0).unwrap();
+        assert_eq!(
+            b.retained_count(),
+            1,
+            "a plain empty publish leaves retained alone"
+        );
+        let mut clear = env("jobs/a", b"");
+        clear.retain = true;
+        b.publish(&mut p, clear, 0).unwrap();
+        assert_eq!(b.retained_count(), 0, "an empty retained publish clears it");
+    }
+
+    #[tokio::test]
+    async fn offline_sessions_queue_qos1_only_when_persistent() {
+        let b = Broker::new(BrokerConfig::default());
+        let mb = b.new_mailbox(4);
+        b.subscribe(
+            &mb,
+            &Filter::parse("t").unwrap(),
+            None,
+            SubOptions {
+                qos: 1,
+                ..Default::default()
+            },
+        );
+        let mut p = b.publisher("test", None);
+        assert_eq!(b.publish(&mut p, env("t", b"1"), 1).unwrap().routed, 0);
+        mb.set_persistent(true);
+        assert_eq!(b.publish(&mut p, env("t", b"2"), 1).unwrap().routed, 1);
+        assert_eq!(b.publish(&mut p, env("t", b"3"), 0).unwrap().routed, 0);
+        for _ in 0..10 {
+            b.publish(&mut p, env("t", b"4"), 1).unwrap();
+        }
+        assert_eq!(mb.dropped(), 7, "capacity 4: 1 + 3 queued, 7 refused");
+        let mut rx = mb.attach().await;
+        assert_eq!(&rx.try_recv().unwrap().event.payload[..], b"2");
+    }
+}

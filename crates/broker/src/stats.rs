@@ -1,0 +1,62 @@
+//! Counters of the router. Publishers and connections batch their increments (one atomic add per
+//! read or write batch, not per event) before they reach these.
+
+use metrics::{Counter, Gauge, counter, gauge};
+
+/// Handles to the router's Prometheus series, registered once at start.
+#[derive(Clone)]
+pub struct BrokerStats {
+    /// `meshgate_events_published_total`: events accepted from publishers.
+    pub published: Counter,
+    /// `meshgate_events_published_bytes_total`: payload bytes accepted.
+    pub published_bytes: Counter,
+    /// `meshgate_events_routed_total`: copies handed to subscriber mailboxes.
+    pub routed: Counter,
+    /// `meshgate_events_unrouted_total`: accepted events that matched no subscriber.
+    pub unrouted: Counter,
+    /// `meshgate_events_dropped_total{reason="queue_full"}`: slow consumers.
+    pub dropped_full: Counter,
+    /// `meshgate_subscriptions`: entries in the trie.
+    pub subscriptions: Gauge,
+    /// `meshgate_retained_messages`: retained messages held.
+    pub retained: Gauge,
+}
+
+impl BrokerStats {
+    /// Registers the series with the installed `metrics` recorder.
+    pub fn register() -> Self {
+        Self {
+            published: counter!("meshgate_events_published_total"),
+            published_bytes: counter!("meshgate_events_published_bytes_total"),
+            routed: counter!("meshgate_events_routed_total"),
+            unrouted: counter!("meshgate_events_unrouted_total"),
+            dropped_full: counter!("meshgate_events_dropped_total", "reason" => "queue_full"),
+            subscriptions: gauge!("meshgate_subscriptions"),
+            retained: gauge!("meshgate_retained_messages"),
+        }
+    }
+}
+
+/// Per-publisher tallies, flushed into [`BrokerStats`] in batches.
+#[derive(Debug, Default)]
+pub(crate) struct LocalTally {
+    pub published: u64,
+    pub published_bytes: u64,
+    pub routed: u64,
+    pub unrouted: u64,
+    pub dropped_full: u64,
+}
+
+impl LocalTally {
+    pub(crate) fn flush(&mut self, s: &BrokerStats) {
+        if self.published == 0 && self.dropped_full == 0 {
+            return;
+        }
+        s.published.increment(self.published);
+        s.published_bytes.increment(self.published_bytes);
+        s.routed.increment(self.routed);
+        s.unrouted.increment(self.unrouted);
+        s.dropped_full.increment(self.dropped_full);
+        *self = Self::default();
+    }
+}

@@ -1,0 +1,111 @@
+//! HTTP API of a meshgate node (axum): `POST /v1/publish/{topic}`, `GET /v1/subscribe?filter=`
+//! as Server-Sent Events, `GET /v1/mesh`, `GET /healthz`, `GET /metrics`.
+//!
+//! Errors are JSON `{"error": "..."}` with a status that says what went wrong. Publishes and
+//! subscriptions go through the node's [`meshgate_broker::Broker`] like MQTT ones.
+
+mod publish;
+mod subscribe;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use meshgate_broker::Broker;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Renders the Prometheus exposition text.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The node's router.
+    pub broker: Broker,
+    /// Prometheus text for `/metrics`.
+    pub metrics: MetricsRender,
+    /// Events queued per SSE stream before the slowest are dropped.
+    pub sse_queue: usize,
+}
+
+/// The API's routes.
+pub fn router(state: HttpState) -> Router {
+    // Room for the payload limit itself: a larger body is refused by the broker with a JSON
+    // error that names both sizes; far larger bodies stop at this layer.
+    let body_limit = state.broker.config().max_payload_bytes.saturating_add(1);
+    Router::new()
+        .route("/v1/publish/{*topic}", post(publish::publish))
+        .route("/v1/publish/", post(publish::empty_topic))
+        .route("/v1/subscribe", get(subscribe::subscribe))
+        .route("/v1/mesh", get(mesh))
+        .route("/v1/node", get(node))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "http listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+}
+
+/// A JSON error response.
+pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        (s.metrics)(),
+    )
+        .into_response()
+}
+
+/// The contract's mesh view. A single node has no links yet; the mesh adds them.
+async fn mesh(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    let name = s.broker.node_name();
+    Json(json!({
+        "node": name,
+        "links": [],
+        "nodes": [name],
+    }))
+}
+
+/// Counts of what the node holds.
+async fn node(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    let (subs, filters) = s.broker.subscription_counts();
+    Json(json!({
+        "node": s.broker.node_name(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "sessions": s.broker.session_count(),
+        "subscriptions": subs,
+        "filters": filters,
+        "retained": s.broker.retained_count(),
+    }))
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}

@@ -1,0 +1,89 @@
+//! `POST /v1/publish/{topic}`: the body is the payload.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use meshgate_broker::PublishError;
+use meshgate_proto::{DeliveryClass, Envelope, Header};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{HttpState, error};
+
+/// Query parameters of a publish.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishParams {
+    /// Keep the event as the topic's retained message (MQTT semantics).
+    #[serde(default)]
+    retain: bool,
+}
+
+pub(crate) async fn publish(
+    State(s): State<HttpState>,
+    Path(topic): Path<String>,
+    params: Result<Query<PublishParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let payload = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let max = s.broker.config().max_payload_bytes;
+            let status = e.status();
+            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("payload exceeds the limit of {max} bytes")
+            } else {
+                e.body_text()
+            };
+            return error(status, msg);
+        }
+    };
+    let mut env = Envelope {
+        topic,
+        payload,
+        retain: params.retain,
+        delivery: DeliveryClass::Direct as i32,
+        ..Default::default()
+    };
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        env.payload_utf8 = ct.starts_with("text/") || ct.contains("json");
+        env.content_type = ct.to_string();
+    }
+    // CloudEvents binary mode: `ce-*` headers travel as event headers.
+    for (name, value) in &headers {
+        if name.as_str().starts_with("ce-") {
+            env.headers.push(Header {
+                name: name.as_str().to_string(),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+            });
+        }
+    }
+    let mut p = s.broker.publisher("http", None);
+    let r = s.broker.publish(&mut p, env, 0);
+    p.flush(&s.broker);
+    match r {
+        Ok(r) => (
+            StatusCode::OK,
+            Json(json!({ "id": r.id.to_string(), "routed": r.routed })),
+        )
+            .into_response(),
+        Err(e @ PublishError::Topic(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ PublishError::PayloadTooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
+        Err(e @ PublishError::RetainedFull(_)) => error(StatusCode::INSUFFICIENT_STORAGE, e),
+    }
+}
+
+pub(crate) async fn empty_topic() -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid topic: topic is empty")
+}

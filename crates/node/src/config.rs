@@ -1,0 +1,416 @@
+//! Configuration: one tree of serde structs with documented defaults, read from a TOML file,
+//! then `MESHGATE_<SECTION>__<KEY>` environment variables, then command-line flags (each layer
+//! overrides the one before). Unknown keys are errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0} not found")]
+    Missing(PathBuf),
+    /// Syntax errors, unknown keys, wrong types (figment names the key and the source).
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    /// A value that parses but cannot work.
+    #[error("{key}: {msg}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        key: &'static str,
+        /// What is wrong with it.
+        msg: String,
+    },
+}
+
+/// The whole configuration of a node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity and storage of the node.
+    pub node: NodeConfig,
+    /// The MQTT listener.
+    pub mqtt: MqttConfig,
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// Mesh links to other nodes.
+    pub mesh: MeshConfig,
+    /// Limits that apply to every protocol.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[node]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name of the node, unique in the mesh: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Directory for durable state (used by guaranteed delivery; created when needed).
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: "meshgate".into(),
+            data_dir: "data".into(),
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// TCP address of the MQTT listener.
+    pub listen: SocketAddr,
+    /// Largest MQTT packet accepted from a client, in bytes.
+    pub max_packet_size: u32,
+    /// Events queued per session (slow or offline consumers) before new ones are dropped.
+    pub max_queued_messages: usize,
+    /// QoS 1 deliveries in flight per connection.
+    pub max_inflight: u16,
+    /// Topic aliases a v5 client may set.
+    pub topic_alias_max: u16,
+    /// Longest session expiry granted; also how long MQTT 3.1.1 persistent sessions live.
+    pub max_session_expiry_secs: u32,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Seconds a write to a client may block before the client is dropped.
+    pub write_timeout_secs: u64,
+    /// Accept clients without a user name.
+    pub allow_anonymous: bool,
+    /// Users with passwords, each acting as an app id.
+    pub users: Vec<MqttUser>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 1883).into(),
+            max_packet_size: 1024 * 1024 + 1024,
+            max_queued_messages: 10_000,
+            max_inflight: 64,
+            topic_alias_max: 64,
+            max_session_expiry_secs: 7 * 24 * 3600,
+            connect_timeout_secs: 10,
+            write_timeout_secs: 30,
+            allow_anonymous: true,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// One `[[mqtt.users]]` entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUser {
+    /// User name the client presents.
+    pub username: String,
+    /// Password the client presents.
+    pub password: String,
+    /// App id the user acts as; defaults to the user name.
+    pub app_id: Option<String>,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// TCP address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Events queued per SSE stream before new ones are dropped.
+    pub sse_queue: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            sse_queue: 10_000,
+        }
+    }
+}
+
+/// `[mesh]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// UDP address for QUIC mesh links.
+    pub listen: SocketAddr,
+    /// Nodes to dial, as `host:port`.
+    pub peers: Vec<String>,
+    /// Directory holding `ca.pem`, `<name>.pem` and `<name>.key`.
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 7400).into(),
+            peers: Vec::new(),
+            tls_dir: None,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest event payload in bytes, for every protocol.
+    pub max_payload_bytes: usize,
+    /// Retained messages held at most.
+    pub max_retained_messages: usize,
+    /// Match-cache slots per publishing connection.
+    pub match_cache_slots: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1024 * 1024,
+            max_retained_messages: 100_000,
+            match_cache_slots: 256,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `meshgate_mqtt=debug,info`; `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Values given on the command line; each overrides the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--name`
+    pub name: Option<String>,
+    /// `--mqtt`
+    pub mqtt: Option<SocketAddr>,
+    /// `--http`
+    pub http: Option<SocketAddr>,
+    /// `--mesh`
+    pub mesh: Option<SocketAddr>,
+    /// `--peer` (repeatable; replaces the file's list when given)
+    pub peers: Vec<String>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--tls-dir`
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the environment, then `overrides`, and
+    /// validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Missing(f.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        // Only sectioned names (`MESHGATE_MQTT__LISTEN`) are configuration, so unrelated
+        // variables that happen to start with MESHGATE_ are left alone.
+        fig = fig.merge(
+            Env::prefixed("MESHGATE_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        let o = overrides;
+        if let Some(v) = &o.name {
+            fig = fig.merge(Serialized::default("node.name", v));
+        }
+        if let Some(v) = &o.mqtt {
+            fig = fig.merge(Serialized::default("mqtt.listen", v));
+        }
+        if let Some(v) = &o.http {
+            fig = fig.merge(Serialized::default("http.listen", v));
+        }
+        if let Some(v) = &o.mesh {
+            fig = fig.merge(Serialized::default("mesh.listen", v));
+        }
+        if !o.peers.is_empty() {
+            fig = fig.merge(Serialized::default("mesh.peers", &o.peers));
+        }
+        if let Some(v) = &o.data_dir {
+            fig = fig.merge(Serialized::default("node.data_dir", v));
+        }
+        if let Some(v) = &o.tls_dir {
+            fig = fig.merge(Serialized::default("mesh.tls_dir", v));
+        }
+        let config: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, msg: String| Err(ConfigError::Invalid { key, msg });
+        let name = &self.node.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return bad(
+                "node.name",
+                format!("invalid name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),
+            );
+        }
+        for (i, p) in self.mesh.peers.iter().enumerate() {
+            let ok = p
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "mesh.peers",
+                    msg: format!("[{i}]: invalid address {p:?}, expected host:port"),
+                });
+            }
+        }
+        if self.limits.max_payload_bytes == 0 {
+            return bad("limits.max_payload_bytes", "must be at least 1".into());
+        }
+        if (self.mqtt.max_packet_size as usize)
+            < self.limits.max_payload_bytes.min(u32::MAX as usize)
+        {
+            return bad(
+                "mqtt.max_packet_size",
+                format!(
+                    "{} is smaller than limits.max_payload_bytes ({}); MQTT clients could not send payloads the node accepts elsewhere",
+                    self.mqtt.max_packet_size, self.limits.max_payload_bytes
+                ),
+            );
+        }
+        if self.mqtt.max_inflight == 0 {
+            return bad("mqtt.max_inflight", "must be at least 1".into());
+        }
+        if self.mqtt.max_queued_messages == 0 {
+            return bad("mqtt.max_queued_messages", "must be at least 1".into());
+        }
+        if self.http.sse_queue == 0 {
+            return bad("http.sse_queue", "must be at least 1".into());
+        }
+        if self.limits.match_cache_slots == 0 {
+            return bad("limits.match_cache_slots", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn example_files_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&p), &Overrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "config/ holds the example files");
+    }
+
+    #[test]
+    fn full_example_documents_every_key_with_its_default() {
+        // config/meshgate.toml lists every key with its default value: loading it must give
+        // exactly the defaults, so a new key without documentation fails here.
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/meshgate.toml");
+        let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let f = file("[mqtt]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let f = file("[mqttt]\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqttt"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let f = file("[node]\nname = \"from-file\"\n[mqtt]\nlisten = \"127.0.0.1:1999\"\n");
+        let o = Overrides {
+            name: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(f.path()), &o).unwrap();
+        assert_eq!(c.node.name, "from-flag");
+        assert_eq!(c.mqtt.listen.port(), 1999);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let f = file("[node]\nname = \"bad name\"\n");
+        let e = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("node.name:"), "{e}");
+        let o = Overrides {
+            peers: vec!["ok:1".into(), "nope".into()],
+            ..Default::default()
+        };
+        let e = Config::load(None, &o).unwrap_err().to_string();
+        assert!(e.contains("mesh.peers") && e.contains("[1]"), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent.toml")), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not found"), "{e}");
+    }
+}

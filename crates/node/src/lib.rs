@@ -1,0 +1,162 @@
+//! Wiring of a meshgate node: loads the configuration, binds the listeners, starts the tasks,
+//! and shuts them down. Holds no routing or protocol logic of its own.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use meshgate_broker::{Broker, BrokerConfig, StaticAuth, User};
+use meshgate_http::HttpState;
+use meshgate_mqtt::{MqttConfig, MqttServer};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use config::{Config, ConfigError, LogFormat, Overrides};
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// A listener could not bind its address.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address it tried.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+}
+
+/// A running node.
+pub struct Node {
+    broker: Broker,
+    mqtt_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The process-wide Prometheus recorder (the `metrics` facade allows one per process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then that one gets the series and
+            // /metrics shows what this one has (nothing), which the operator will notice.
+            if metrics::set_global_recorder(recorder).is_err() {
+                warn!("a metrics recorder was already installed");
+            }
+            handle
+        })
+        .clone()
+}
+
+impl Node {
+    /// Binds every listener, then starts serving. Fails fast, before anything is served, if an
+    /// address is taken.
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        let metrics = metrics_handle();
+        let broker = Broker::new(BrokerConfig {
+            node_name: config.node.name.clone(),
+            max_payload_bytes: config.limits.max_payload_bytes,
+            max_retained: config.limits.max_retained_messages,
+            match_cache_slots: config.limits.match_cache_slots,
+        });
+        let mqtt_l = bind("MQTT", config.mqtt.listen).await?;
+        let http_l = bind("HTTP", config.http.listen).await?;
+        let mqtt_addr = mqtt_l.local_addr().unwrap_or(config.mqtt.listen);
+        let http_addr = http_l.local_addr().unwrap_or(config.http.listen);
+        if !config.mesh.peers.is_empty() || config.mesh.tls_dir.is_some() {
+            warn!(
+                peers = config.mesh.peers.len(),
+                "mesh links are not implemented in this version; --peer and --tls-dir are accepted and ignored"
+            );
+        }
+
+        let users = config.mqtt.users.iter().map(|u| User {
+            username: u.username.clone(),
+            password: u.password.clone(),
+            app_id: u.app_id.clone().unwrap_or_else(|| u.username.clone()),
+        });
+        let auth = Arc::new(StaticAuth::new(config.mqtt.allow_anonymous, users));
+        let m = &config.mqtt;
+        let mqtt = Arc::new(MqttServer::new(
+            broker.clone(),
+            auth,
+            MqttConfig {
+                max_packet_size: m.max_packet_size,
+                max_queued_messages: m.max_queued_messages,
+                max_inflight: m.max_inflight,
+                topic_alias_max: m.topic_alias_max,
+                max_session_expiry_secs: m.max_session_expiry_secs,
+                connect_timeout: Duration::from_secs(m.connect_timeout_secs),
+                write_timeout: Duration::from_secs(m.write_timeout_secs),
+            },
+        ));
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        {
+            let mqtt = mqtt.clone();
+            let rx = rx.clone();
+            tasks.push(tokio::spawn(async move { mqtt.serve(mqtt_l, rx).await }));
+        }
+        let state = HttpState {
+            broker: broker.clone(),
+            metrics: Arc::new(move || metrics.render()),
+            sse_queue: config.http.sse_queue,
+        };
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = meshgate_http::serve(http_l, state, rx).await {
+                warn!(error = %e, "http server ended");
+            }
+        }));
+        info!(node = %config.node.name, mqtt = %mqtt_addr, http = %http_addr, "node started");
+        Ok(Node {
+            broker,
+            mqtt_addr,
+            http_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Where MQTT is served (the real port when configured with port 0).
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// Where HTTP is served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The node's router.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Stops accepting, tells connected clients, and waits (briefly) for the tasks to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        // Let connection tasks write their DISCONNECT.
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}

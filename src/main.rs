@@ -1,0 +1,161 @@
+//! `meshgate`: the event-mesh gateway's single binary.
+//!
+//! `meshgate run` starts a node; `pub` and `sub` are small MQTT clients; `config check`
+//! validates a configuration file.
+
+mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use meshgate_node::{Config, LogFormat, Node, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// An event-mesh gateway: MQTT 3.1.1/5 and HTTP clients publish and subscribe on one wildcard
+/// topic tree (`orders/*/us/>`).
+///
+/// Start a node with `meshgate run` (MQTT on 127.0.0.1:1883, HTTP on 127.0.0.1:8080), then try
+/// `meshgate sub 'demo/>'` in one terminal and `meshgate pub demo/hello world` in another.
+#[derive(Parser)]
+#[command(name = "meshgate", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no flags: MQTT on 127.0.0.1:1883, HTTP on 127.0.0.1:8080.
+    Run(RunArgs),
+    /// Publish one message (or each line of stdin with --lines) over MQTT.
+    Pub(client::PubArgs),
+    /// Subscribe over MQTT and print each message as `topic payload`.
+    Sub(client::SubArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate a configuration file; print the effective configuration.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML configuration file (every key is documented in config/meshgate.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node name, unique in the mesh.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// MQTT listener address.
+    #[arg(long, value_name = "HOST:PORT")]
+    mqtt: Option<SocketAddr>,
+    /// HTTP API address.
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<SocketAddr>,
+    /// Mesh (QUIC, UDP) address.
+    #[arg(long, value_name = "HOST:PORT")]
+    mesh: Option<SocketAddr>,
+    /// Dial this node (repeatable).
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+    /// Directory for durable state.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory holding ca.pem, <name>.pem and <name>.key.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Pub(args) => client::publish(args),
+        Command::Sub(args) => client::subscribe(args),
+        Command::Config(ConfigCommand::Check { file }) => check(file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(Some(&file), &Overrides::default())
+        .with_context(|| format!("{} is not valid", file.display()))?;
+    println!("# {} is valid; effective configuration:", file.display());
+    println!("{config:#?}");
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        name: args.name,
+        mqtt: args.mqtt,
+        http: args.http,
+        mesh: args.mesh,
+        peers: args.peers,
+        data_dir: args.data_dir,
+        tls_dir: args.tls_dir,
+    };
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    init_logging(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meshgate")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let node = Node::start(config).await?;
+        eprintln!(
+            "meshgate {} serving MQTT on {} and HTTP on {} (Ctrl-C to stop)",
+            env!("CARGO_PKG_VERSION"),
+            node.mqtt_addr(),
+            node.http_addr()
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

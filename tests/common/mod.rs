@@ -1,0 +1,187 @@
+//! Test kit: starts the real `meshgate` binary and waits on conditions with deadlines.
+
+#![allow(dead_code)] // each test file uses a different part of the kit
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `meshgate run` process, killed on drop.
+pub struct NodeProc {
+    child: Child,
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshgate"))
+}
+
+impl NodeProc {
+    /// Starts a node on free loopback ports with extra arguments.
+    pub fn start(extra: &[&str]) -> NodeProc {
+        Self::start_env(extra, &[])
+    }
+
+    /// Starts a node with extra arguments and environment variables.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn meshgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("serving MQTT on") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("meshgate did not start: {}", log.lock().unwrap());
+            }
+        };
+        // "meshgate X serving MQTT on A and HTTP on B (Ctrl-C to stop)"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |w: &str| -> SocketAddr {
+            let i = words.iter().position(|x| *x == w).expect("startup line");
+            words[i + 2].parse().expect("address")
+        };
+        let node = NodeProc {
+            child,
+            mqtt: after("MQTT"),
+            http: after("HTTP"),
+            log,
+        };
+        wait_until("healthz", Duration::from_secs(10), || {
+            http_get(node.http, "/healthz").is_some_and(|(s, _)| s == 200)
+        });
+        node
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Asserts the node still serves: process up, health answered, MQTT accepts a connection.
+    pub fn assert_serving(&mut self) {
+        assert!(self.alive(), "node exited: {}", self.log.lock().unwrap());
+        let (status, _) = http_get(self.http, "/healthz").expect("healthz answers");
+        assert_eq!(status, 200);
+        let mut s = std::net::TcpStream::connect(self.mqtt).expect("mqtt accepts");
+        // A valid MQTT 3.1.1 CONNECT gets a CONNACK.
+        use std::io::Write;
+        s.write_all(&mqtt_connect_v4("probe")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).expect("connack");
+        assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A raw MQTT 3.1.1 CONNECT with clean session and keep-alive 60.
+pub fn mqtt_connect_v4(client_id: &str) -> Vec<u8> {
+    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    var.extend_from_slice(client_id.as_bytes());
+    let mut p = vec![0x10, var.len() as u8];
+    p.extend(var);
+    p
+}
+
+/// A minimal blocking HTTP/1.1 GET: (status, body). None if the connection failed.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, &[])
+}
+
+/// A minimal blocking HTTP/1.1 request with `Connection: close`.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `cond` until it holds; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Path of a command the tests need; fails loudly when the test setup did not install it.
+pub fn need(cmd: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(cmd);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "`{cmd}` is not installed: run scripts/test.sh, which installs the test peers (apt-get install mosquitto-clients)"
+    );
+}
