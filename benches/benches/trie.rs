@@ -30,22 +30,28 @@ const SENSORS: [&str; 6] = ["rpm", "temp", "pressure", "vibration", "fuel", "oil
 
 /// Topics of 4 to 6 levels in three families, from a space of tens of millions.
 fn topic(rng: &mut StdRng) -> String {
+    topic_in(rng, 1)
+}
+
+/// Like [`topic`] with `scale` times more stores, sites and ships: most of these topics fall
+/// outside what the filters were drawn from, so they match nothing or only a broad wildcard.
+fn topic_in(rng: &mut StdRng, scale: u32) -> String {
     let region = REGIONS[rng.random_range(0..REGIONS.len())];
     match rng.random_range(0..3) {
         0 => format!(
             "orders/{region}/store-{}/{}",
-            rng.random_range(0..2000),
+            rng.random_range(0..2000 * scale),
             rng.random_range(0..1000)
         ),
         1 => format!(
             "telemetry/{region}/site-{}/line-{}/m-{}",
-            rng.random_range(0..500),
+            rng.random_range(0..500 * scale),
             rng.random_range(0..20),
             rng.random_range(0..200)
         ),
         _ => format!(
             "fleet/{region}/ship-{}/engine-{}/sensor-{}/{}",
-            rng.random_range(0..300),
+            rng.random_range(0..300 * scale),
             rng.random_range(0..4),
             rng.random_range(0..50),
             SENSORS[rng.random_range(0..SENSORS.len())]
@@ -53,8 +59,9 @@ fn topic(rng: &mut StdRng) -> String {
     }
 }
 
-/// A wildcard filter derived from a random topic: `*` for one level, `prefix*` for one level,
-/// or the last one or two levels cut off for `>`, sometimes two of these together.
+/// A wildcard filter derived from a random topic, as narrow as real subscriptions tend to be:
+/// `*` for one middle level, `prefix*` for one level (its last character dropped), or the last
+/// level cut off for `>`; one in five combines two of these.
 fn wildcard(rng: &mut StdRng) -> String {
     let t = topic(rng);
     let mut levels: Vec<String> = t.split('/').map(String::from).collect();
@@ -66,18 +73,19 @@ fn wildcard(rng: &mut StdRng) -> String {
             1 => {
                 let i = rng.random_range(2..n);
                 let level = &levels[i];
-                if level.ends_with('*') || level == ">" {
+                if level.ends_with('*') || level.len() < 2 {
                     continue;
                 }
-                let keep = level.len().div_ceil(2).max(1);
-                levels[i] = format!("{}*", &level[..keep]);
+                levels[i] = format!("{}*", &level[..level.len() - 1]);
             }
             _ => {
-                levels.truncate(n - rng.random_range(1..=2));
-                levels.push(">".into());
+                levels[n - 1] = ">".into();
                 break;
             }
         }
+    }
+    if !levels.iter().any(|l| l.ends_with('*') || l == ">") {
+        levels[n - 1] = ">".into();
     }
     levels.join("/")
 }
@@ -105,7 +113,7 @@ fn filters(
 struct Setup {
     label: String,
     trie: Trie<u32, u32>,
-    /// Topics to publish: half are subscribed literal filters, half random.
+    /// Topics to publish: half are subscribed literal filters, half random (mostly unsubscribed).
     topics: Vec<String>,
     /// Filters not in the trie, for the insert and remove benchmarks.
     batch: Vec<Filter>,
@@ -126,7 +134,7 @@ fn setup(subs: usize, wild_percent: usize) -> Setup {
     let topics: Vec<String> = (0..4096)
         .map(|i| match i % 2 {
             0 => literal[rng.random_range(0..literal.len())].to_string(),
-            _ => topic(&mut rng),
+            _ => topic_in(&mut rng, 10),
         })
         .collect();
     let mut out = Matches::new();

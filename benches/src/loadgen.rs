@@ -1,2 +1,244 @@
-//! End-to-end load harness (being written).
-fn main() {}
+//! `loadgen`: the end-to-end load harness. `loadgen run` drives ONE already-running broker (MQTT
+//! 3.1.1 or NATS) with one workload and prints one JSON line of results; `loadgen summarize`
+//! turns the lines of many runs into markdown tables. `benches/run-load.sh` starts the brokers
+//! and calls both.
+//!
+//! The clients are hand-rolled on raw TCP (QoS 0 only, batched writes) so that the load
+//! generator spends far less CPU per message than any broker it measures; `--client rumqttc`
+//! cross-checks the MQTT numbers with a real client library.
+
+mod client;
+mod inbuf;
+mod latency;
+mod mqtt;
+mod nats;
+mod procstat;
+mod report;
+mod rumqttc_check;
+mod summary;
+mod throughput;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::client::Proto;
+use crate::procstat::CpuClock;
+use crate::report::Report;
+use crate::throughput::Topics;
+
+/// Load generator for MQTT brokers and nats-server.
+#[derive(Parser)]
+#[command(name = "loadgen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one workload against one running broker and print one JSON line.
+    Run(Opts),
+    /// Read JSON lines (files, or stdin with `-`) and print markdown tables of medians.
+    Summarize {
+        /// Files of JSON lines written by `loadgen run`.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Broker whose same-run ratios against every other broker are shown.
+        #[arg(long, default_value = "meshgate")]
+        baseline: String,
+        /// Column order, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        order: Vec<String>,
+    },
+}
+
+/// Which workload to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// 1 publisher, 1 subscriber, one topic.
+    OneToOne,
+    /// 1 publisher, `--subscribers` subscribers on one topic.
+    FanOut,
+    /// 1 subscriber holding `--subscriptions` literal subscriptions; each message goes to a
+    /// random one of them.
+    ManySubs,
+    /// Open loop at `--rate` messages per second; latency percentiles.
+    Latency,
+}
+
+/// Which MQTT client library drives the load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClientKind {
+    /// The hand-rolled batched client (both protocols).
+    Raw,
+    /// rumqttc 0.25 (MQTT, `one-to-one` only): a cross-check of the raw client.
+    Rumqttc,
+}
+
+/// Options of `loadgen run`.
+#[derive(Parser, Debug)]
+pub struct Opts {
+    /// Protocol to speak.
+    #[arg(long, value_enum)]
+    proto: Proto,
+    /// Broker address, HOST:PORT.
+    #[arg(long)]
+    addr: String,
+    /// Workload.
+    #[arg(long, value_enum)]
+    workload: Workload,
+    /// Payload size in bytes (at least 8; 24 for latency).
+    #[arg(long, default_value_t = 128)]
+    payload: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Messages allowed in flight beyond the slowest subscriber (throughput workloads).
+    #[arg(long, default_value_t = 8192)]
+    window: u64,
+    /// Subscriber connections for fan-out.
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Subscriptions for many-subs.
+    #[arg(long, default_value_t = 100_000)]
+    subscriptions: usize,
+    /// Topic filters per MQTT SUBSCRIBE packet.
+    #[arg(long, default_value_t = 100)]
+    sub_batch: usize,
+    /// Messages per second for latency.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// PID of the broker, to report its CPU seconds.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Name of the broker in the output.
+    #[arg(long, default_value = "broker")]
+    label: String,
+    /// Client implementation.
+    #[arg(long, value_enum, default_value_t = ClientKind::Raw)]
+    client: ClientKind,
+}
+
+impl Opts {
+    fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup.max(0.0))
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration.max(0.001))
+    }
+}
+
+/// Counters and CPU clocks at one instant; two of them make a report.
+pub struct Snapshot {
+    at: Instant,
+    sent: u64,
+    delivered: u64,
+    broker_cpu: Option<f64>,
+    own_cpu: f64,
+}
+
+impl Snapshot {
+    /// Reads the clocks now.
+    pub fn take(opts: &Opts, sent: u64, delivered: u64) -> anyhow::Result<Self> {
+        let broker_cpu = match opts.broker_pid {
+            Some(pid) => Some(CpuClock::new(Some(pid)).seconds().context("broker CPU (is it still running?)")?),
+            None => None,
+        };
+        Ok(Self { at: Instant::now(), sent, delivered, broker_cpu, own_cpu: CpuClock::new(None).seconds()? })
+    }
+
+    /// The report for the window from `before` to `self`.
+    pub fn report_since(&self, before: &Snapshot, opts: &Opts, workload: &str) -> Report {
+        let seconds = (self.at - before.at).as_secs_f64();
+        let sent = self.sent - before.sent;
+        let delivered = self.delivered - before.delivered;
+        let broker_cpu_s = self.broker_cpu.zip(before.broker_cpu).map(|(a, b)| a - b);
+        Report {
+            label: opts.label.clone(),
+            proto: Some(opts.proto),
+            workload: workload.to_string(),
+            payload_bytes: opts.payload,
+            seconds,
+            sent,
+            delivered,
+            sent_per_s: sent as f64 / seconds,
+            delivered_per_s: delivered as f64 / seconds,
+            broker_cpu_s,
+            delivered_per_broker_cpu_s: broker_cpu_s.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
+            loadgen_cpu_s: self.own_cpu - before.own_cpu,
+            ..Report::default()
+        }
+    }
+}
+
+async fn run(opts: Opts) -> anyhow::Result<Report> {
+    if opts.payload < 8 {
+        bail!("--payload must be at least 8 bytes (the sequence number)");
+    }
+    let p = opts.proto;
+    if opts.client == ClientKind::Rumqttc {
+        if p != Proto::Mqtt || opts.workload != Workload::OneToOne {
+            bail!("--client rumqttc supports only --proto mqtt --workload one-to-one");
+        }
+        return rumqttc_check::one_to_one(&opts).await;
+    }
+    match opts.workload {
+        Workload::OneToOne => {
+            let topic = p.topic(&["bench", "one"]);
+            throughput::run(&opts, "one-to-one", vec![vec![topic.clone()]], Topics::Fixed(topic.into_bytes())).await
+        }
+        Workload::FanOut => {
+            let topic = p.topic(&["bench", "fan"]);
+            let filters = vec![vec![topic.clone()]; opts.subscribers.max(1)];
+            throughput::run(&opts, "fan-out", filters, Topics::Fixed(topic.into_bytes())).await
+        }
+        Workload::ManySubs => {
+            let n = opts.subscriptions.max(1);
+            let filters = (0..n).map(|i| p.topic(&["bench", "sub", &i.to_string()])).collect();
+            let prefix = format!("{}{}", p.topic(&["bench", "sub"]), p.separator()).into_bytes();
+            throughput::run(&opts, "many-subs", vec![filters], Topics::Random { prefix, count: n as u64 }).await
+        }
+        Workload::Latency => latency::run(&opts, opts.rate).await,
+    }
+}
+
+fn summarize(files: &[String], baseline: &str, order: &[String]) -> anyhow::Result<String> {
+    let mut reports = Vec::new();
+    for file in files {
+        let text = if file == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(file).with_context(|| format!("read {file}"))?
+        };
+        reports.extend(summary::parse_lines(&text).with_context(|| format!("parse {file}"))?);
+    }
+    Ok(summary::render(&reports, order, baseline))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Summarize { files, baseline, order } => summarize(&files, &baseline, &order).map(|md| print!("{md}")),
+        Command::Run(opts) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("tokio runtime")
+            .and_then(|rt| rt.block_on(run(opts)))
+            .and_then(|report| Ok(println!("{}", serde_json::to_string(&report)?))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

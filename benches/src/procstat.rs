@@ -1,11 +1,15 @@
 //! CPU time of a process (all its threads) from `/proc/PID/stat`, so that throughput can be
 //! compared per CPU second spent by the broker.
 
+use std::sync::OnceLock;
+
 use anyhow::Context as _;
 
 /// Clock ticks per second that `/proc` reports in (`getconf CLK_TCK`; 100 on Linux).
 fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()
@@ -13,6 +17,7 @@ fn ticks_per_second() -> f64 {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|t| *t > 0.0)
         .unwrap_or(100.0)
+    })
 }
 
 /// Parses utime + stime (in ticks) from the text of a `/proc/PID/stat` file.

@@ -113,8 +113,8 @@ pub struct Publisher {
     tally: LocalTally,
     /// Round-robin position for queue groups.
     rr: usize,
-    /// Reused scratch list of session ids already served, to deliver once per session.
-    seen: Vec<SessionId>,
+    /// Reused scratch list (session, index into the match) to deliver once per session.
+    order: Vec<(SessionId, u32)>,
 }
 
 impl Publisher {
@@ -169,7 +169,7 @@ impl Broker {
             cache: None,
             tally: LocalTally::default(),
             rr: 0,
-            seen: Vec::new(),
+            order: Vec::new(),
         }
     }
 
@@ -195,17 +195,11 @@ impl Broker {
         if env.timestamp_ms == 0 {
             env.timestamp_ms = now;
         }
-        if env.origin_node.is_empty() {
-            env.origin_node.clone_from(&self.shared.config.node_name);
-        }
+        // `origin_node` empty means "this node" and `provenance` unset means a plain client of
+        // this node: both are filled in only where an event leaves the node, so a local publish
+        // allocates nothing for them.
         if let Some(app) = &p.app_id {
             env.publisher_app = app.to_string();
-        }
-        if env.provenance.is_none() {
-            env.provenance = Some(meshgate_proto::Provenance {
-                protocol: p.protocol.to_string(),
-                member: String::new(),
-            });
         }
         let retain = env.retain;
         let event = Arc::new(env);
@@ -246,23 +240,29 @@ impl Broker {
         let m = cache.lookup(&trie, &event.topic);
         let mut routed = 0;
         let subs = m.subscribers();
-        p.seen.clear();
-        for (i, (sid, t)) in subs.iter().enumerate() {
-            if t.opts.no_local && p.session == Some(*sid) {
+        let order = &mut p.order;
+        order.clear();
+        order.extend(subs.iter().enumerate().map(|(i, (sid, _))| (*sid, i as u32)));
+        // One copy per session even when several of its filters match, at the highest QoS of
+        // those filters (MQTT 5 §3.3.4). Sorting a reused scratch list keeps this O(n log n)
+        // and allocation-free at any fan-out.
+        if order.len() > 1 {
+            order.sort_unstable();
+        }
+        let mut i = 0;
+        while i < order.len() {
+            let (sid, first) = order[i];
+            let target = &subs[first as usize].1;
+            let mut q = target.opts.qos;
+            i += 1;
+            while i < order.len() && order[i].0 == sid {
+                q = q.max(subs[order[i].1 as usize].1.opts.qos);
+                i += 1;
+            }
+            if target.opts.no_local && p.session == Some(sid) {
                 continue;
             }
-            // One copy per session even when several of its filters match, at the highest QoS
-            // of those filters (MQTT 5 §3.3.4). Scans only when the session appears twice.
-            let mut q = t.opts.qos;
-            if subs[..i].iter().any(|(s, _)| s == sid) {
-                continue;
-            }
-            for (s2, t2) in &subs[i + 1..] {
-                if s2 == sid {
-                    q = q.max(t2.opts.qos);
-                }
-            }
-            if deliver(t, event, qos.min(q), &mut p.tally) {
+            if deliver(target, event, qos.min(q), &mut p.tally) {
                 routed += 1;
             }
         }

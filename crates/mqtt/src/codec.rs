@@ -222,17 +222,17 @@ fn put_v5(buf: &mut BytesMut, p: v5::Packet) {
 /// PUBACK, PUBREC or PUBCOMP with an optional v5 reason code.
 #[derive(Clone, Copy)]
 pub(crate) enum Ack {
-    PubAck,
-    PubRec,
-    PubComp,
+    Puback,
+    Pubrec,
+    Pubcomp,
 }
 
 pub(crate) fn encode_ack(ver: Version, kind: Ack, pkid: u16, reason: u8, buf: &mut BytesMut) {
     // Packet type nibble, with the reserved flags PUBREL would need (never sent here).
     let ty = match kind {
-        Ack::PubAck => 0x40,
-        Ack::PubRec => 0x50,
-        Ack::PubComp => 0x70,
+        Ack::Puback => 0x40,
+        Ack::Pubrec => 0x50,
+        Ack::Pubcomp => 0x70,
     };
     buf.put_u8(ty);
     if ver == Version::V5 && reason != 0 {

@@ -109,7 +109,11 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
         Err(e) => {
             debug!(error = %e, "authentication failed");
             protocol_error("auth");
-            encode_connack_refused(ver, 0x86, &mut wbuf);
+            let code = match e {
+                meshgate_broker::AuthError::AnonymousDisabled => 0x87,
+                meshgate_broker::AuthError::BadCredentials => 0x86,
+            };
+            encode_connack_refused(ver, code, &mut wbuf);
             let _ = stream.write_all(&wbuf).await;
             return;
         }
@@ -185,6 +189,7 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
         batch: Vec::with_capacity(256),
         sent: 0,
         sent_bytes: 0,
+        received: 0,
     };
     conn.publisher.set_app_id(identity.app_id.clone());
     conn.resume();
@@ -222,6 +227,7 @@ struct Conn {
     batch: Vec<Delivery>,
     sent: u64,
     sent_bytes: u64,
+    received: u64,
 }
 
 impl Conn {
@@ -277,6 +283,11 @@ impl Conn {
                 self.wbuf.clear();
                 self.flush_stats();
             }
+            // tokio's read_buf grows a full BytesMut by only 64 bytes: keep real room for a
+            // large read so a busy publisher costs one syscall per many packets.
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(32 * 1024);
+            }
             let room = self.outq.is_empty() && self.inflight.len() < self.window;
             tokio::select! {
                 biased;
@@ -303,6 +314,7 @@ impl Conn {
                         break end;
                     }
                     self.publisher.flush(&self.ctx.broker);
+                    self.flush_stats();
                 }
                 n = rx.recv_many(&mut self.batch, 256), if room => {
                     if n == 0 {
@@ -333,6 +345,10 @@ impl Conn {
     }
 
     fn flush_stats(&mut self) {
+        if self.received > 0 {
+            self.ctx.stats.received.increment(self.received);
+            self.received = 0;
+        }
         if self.sent > 0 {
             self.ctx.stats.sent.increment(self.sent);
             self.ctx.stats.sent_bytes.increment(self.sent_bytes);
@@ -403,7 +419,7 @@ impl Conn {
                     return Some(End::Closed("malformed packet"));
                 }
             };
-            self.ctx.stats.received.increment(1);
+            self.received += 1;
             if let Some(end) = self.on_packet(packet) {
                 return Some(end);
             }
@@ -420,7 +436,7 @@ impl Conn {
             }
             Incoming::PubRel(pkid) => {
                 self.qos2_in.remove(&pkid);
-                codec::encode_ack(self.ver, Ack::PubComp, pkid, 0, &mut self.wbuf);
+                codec::encode_ack(self.ver, Ack::Pubcomp, pkid, 0, &mut self.wbuf);
             }
             Incoming::Subscribe {
                 pkid,
@@ -463,7 +479,7 @@ impl Conn {
         } = p;
         if qos == 2 && !self.qos2_in.insert(pkid) {
             // A retransmission of a QoS 2 publish already routed: acknowledge, route nothing.
-            codec::encode_ack(self.ver, Ack::PubRec, pkid, 0, &mut self.wbuf);
+            codec::encode_ack(self.ver, Ack::Pubrec, pkid, 0, &mut self.wbuf);
             return None;
         }
         let mut env = Envelope {
@@ -543,10 +559,10 @@ impl Conn {
                 protocol_error("retained_full");
                 debug!(error = %e, "publish refused");
                 match qos {
-                    1 => codec::encode_ack(self.ver, Ack::PubAck, pkid, 0x97, &mut self.wbuf),
+                    1 => codec::encode_ack(self.ver, Ack::Puback, pkid, 0x97, &mut self.wbuf),
                     2 => {
                         self.qos2_in.remove(&pkid);
-                        codec::encode_ack(self.ver, Ack::PubRec, pkid, 0x97, &mut self.wbuf)
+                        codec::encode_ack(self.ver, Ack::Pubrec, pkid, 0x97, &mut self.wbuf)
                     }
                     _ => {}
                 }
@@ -554,8 +570,8 @@ impl Conn {
             }
         }
         match qos {
-            1 => codec::encode_ack(self.ver, Ack::PubAck, pkid, 0, &mut self.wbuf),
-            2 => codec::encode_ack(self.ver, Ack::PubRec, pkid, 0, &mut self.wbuf),
+            1 => codec::encode_ack(self.ver, Ack::Puback, pkid, 0, &mut self.wbuf),
+            2 => codec::encode_ack(self.ver, Ack::Pubrec, pkid, 0, &mut self.wbuf),
             _ => {}
         }
         None

@@ -69,7 +69,7 @@ impl<K: Copy + Eq, V: Clone> NaiveMatcher<K, V> {
     /// per matching (filter, group).
     pub fn match_into(&self, topic: &str, out: &mut Matches<K, V>) {
         out.clear();
-        let mut groups: Vec<(&Arc<str>, &Filter, Vec<(K, V)>)> = Vec::new();
+        let mut groups: Vec<GroupHit<'_, K, V>> = Vec::new();
         for (filter, group, key, value) in &self.entries {
             if !filter.matches(topic) {
                 continue;
@@ -91,6 +91,9 @@ impl<K: Copy + Eq, V: Clone> NaiveMatcher<K, V> {
         }
     }
 }
+
+/// A matching (group, filter) and its members, while a naive match collects them.
+type GroupHit<'a, K, V> = (&'a Arc<str>, &'a Filter, Vec<(K, V)>);
 
 impl<K: Copy + Eq, V: Clone> Default for NaiveMatcher<K, V> {
     fn default() -> Self {

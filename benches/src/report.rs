@@ -1,0 +1,81 @@
+//! The one JSON line that a `loadgen run` prints, and that `loadgen summarize` reads back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::Proto;
+
+/// Results of one run of one workload against one broker.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Report {
+    /// Broker name given with `--label` (the runner script passes it).
+    pub label: String,
+    /// Protocol spoken.
+    pub proto: Option<Proto>,
+    /// Workload name (`one-to-one`, `fan-out`, `many-subs`, `latency`).
+    pub workload: String,
+    /// Payload size in bytes.
+    pub payload_bytes: usize,
+    /// Subscriber connections.
+    pub subscribers: usize,
+    /// Subscriptions in total.
+    pub subscriptions: usize,
+    /// Length of the measured window in seconds (after the warm-up).
+    pub seconds: f64,
+    /// Messages published in the measured window.
+    pub sent: u64,
+    /// Messages received by subscribers in the measured window (summed over subscribers).
+    pub delivered: u64,
+    /// `sent / seconds`.
+    pub sent_per_s: f64,
+    /// `delivered / seconds`: the headline throughput.
+    pub delivered_per_s: f64,
+    /// Messages published over the whole run (warm-up included).
+    pub sent_total: u64,
+    /// Messages received over the whole run, after draining.
+    pub delivered_total: u64,
+    /// Copies that never arrived: `sent_total * subscribers - delivered_total`.
+    pub lost: u64,
+    /// Times the publisher's flow-control window stayed full with no progress and was reset
+    /// (a sign of messages dropped by the broker).
+    pub stalls: u64,
+    /// Flow-control window: messages allowed in flight between publisher and slowest subscriber.
+    pub window: u64,
+    /// Open-loop publish rate for the latency workload (messages per second).
+    pub rate: Option<u64>,
+    /// Broker CPU seconds (user + system) in the measured window, if `--broker-pid` was given.
+    pub broker_cpu_s: Option<f64>,
+    /// Delivered messages per broker CPU second.
+    pub delivered_per_broker_cpu_s: Option<f64>,
+    /// CPU seconds of the load generator itself in the measured window.
+    pub loadgen_cpu_s: f64,
+    /// Seconds taken to subscribe (and get every acknowledgement), for `many-subs`.
+    pub subscribe_s: Option<f64>,
+    /// Latency percentiles, for `latency`.
+    pub latency: Option<Latency>,
+    /// Why the run failed (written by the runner script; a successful run has none).
+    pub error: Option<String>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Latency {
+    /// Messages in the histogram.
+    pub count: u64,
+    /// Median, from the moment the message was written to the socket to its arrival.
+    pub p50_us: f64,
+    /// 99th percentile, same clock.
+    pub p99_us: f64,
+    /// 99.9th percentile, same clock.
+    pub p999_us: f64,
+    /// Maximum, same clock.
+    pub max_us: f64,
+    /// 99th percentile measured from the scheduled send time instead (includes the publisher's
+    /// own pacing jitter; guards against coordinated omission).
+    pub p99_from_schedule_us: f64,
+    /// 99.9th percentile from the scheduled send time.
+    pub p999_from_schedule_us: f64,
+    /// Largest delay of the publisher behind its schedule.
+    pub sender_max_late_us: f64,
+}

@@ -1,0 +1,270 @@
+//! `loadgen summarize`: reads the JSON lines of many runs and prints markdown tables of the
+//! medians per workload and broker, results per broker CPU second, and same-run ratios of a
+//! baseline broker against each other one.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+
+use crate::report::Report;
+
+/// What a row measures, which decides its formatting and which way is better.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Unit {
+    /// Messages per second, higher is better.
+    Rate,
+    /// Seconds, lower is better.
+    Seconds,
+    /// Microseconds, lower is better.
+    Micros,
+}
+
+/// One table row: sorted by `order`, shown as `title`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Row {
+    order: (u8, usize, u8),
+    title: String,
+    unit: Unit,
+}
+
+/// Values of one row for one broker, one per successful run, and how many runs there were.
+#[derive(Default)]
+struct Cell {
+    values: Vec<f64>,
+    per_cpu: Vec<f64>,
+    cores: Vec<f64>,
+    lost: u64,
+    stalls: u64,
+    runs: usize,
+}
+
+fn workload_rank(workload: &str) -> u8 {
+    match workload {
+        "one-to-one" => 0,
+        "fan-out" => 1,
+        "many-subs" => 2,
+        "latency" => 4,
+        _ => 9,
+    }
+}
+
+/// The rows one report contributes to, with its value there (`None` for a failed run).
+fn rows_of(r: &Report) -> Vec<(Row, Option<f64>)> {
+    let ok = r.error.is_none();
+    let rank = workload_rank(&r.workload);
+    let row = |sub: u8, title: String, unit| Row { order: (rank, r.payload_bytes, sub), title, unit };
+    let size = r.payload_bytes;
+    match r.workload.as_str() {
+        "latency" => {
+            let lat = r.latency.clone().filter(|_| ok);
+            let rate = r.rate.map(|v| format!(" @ {}k msg/s", v / 1000)).unwrap_or_default();
+            vec![
+                (row(0, format!("latency p50{rate}, {size} B (µs)"), Unit::Micros), lat.as_ref().map(|l| l.p50_us)),
+                (row(1, format!("latency p99{rate}, {size} B (µs)"), Unit::Micros), lat.as_ref().map(|l| l.p99_us)),
+                (row(2, format!("latency p99.9{rate}, {size} B (µs)"), Unit::Micros), lat.as_ref().map(|l| l.p999_us)),
+            ]
+        }
+        "many-subs" => {
+            let subs = r.subscriptions;
+            vec![
+                (row(0, format!("many-subs {subs} subs, {size} B (msg/s)"), Unit::Rate), ok.then_some(r.delivered_per_s)),
+                (
+                    Row { order: (3, size, 0), title: format!("many-subs: time to subscribe {subs} (s)"), unit: Unit::Seconds },
+                    r.subscribe_s.filter(|_| ok),
+                ),
+            ]
+        }
+        "fan-out" => {
+            let title = format!("fan-out 1→{}, {size} B (msg/s out)", r.subscribers);
+            vec![(row(0, title, Unit::Rate), ok.then_some(r.delivered_per_s))]
+        }
+        other => {
+            vec![(row(0, format!("{other} {size} B (msg/s)"), Unit::Rate), ok.then_some(r.delivered_per_s))]
+        }
+    }
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn format_value(unit: Unit, v: f64) -> String {
+    match unit {
+        Unit::Rate if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        Unit::Rate if v >= 1e5 => format!("{:.0}k", v / 1e3),
+        Unit::Rate if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        Unit::Rate => format!("{v:.0}"),
+        Unit::Seconds => format!("{v:.2}"),
+        Unit::Micros if v >= 100.0 => format!("{v:.0}"),
+        Unit::Micros => format!("{v:.1}"),
+    }
+}
+
+/// Parses JSON lines (blank lines skipped) into reports.
+pub fn parse_lines(text: &str) -> anyhow::Result<Vec<Report>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("line {}", i + 1)))
+        .collect()
+}
+
+/// Renders the markdown summary; `order` fixes the broker columns (others follow in order of
+/// appearance) and `baseline` names the broker whose ratios to the others are shown.
+pub fn render(reports: &[Report], order: &[String], baseline: &str) -> String {
+    let mut brokers: Vec<String> = order.to_vec();
+    for r in reports {
+        if !brokers.contains(&r.label) {
+            brokers.push(r.label.clone());
+        }
+    }
+    let present: Vec<&String> =
+        brokers.iter().filter(|b| reports.iter().any(|r| &r.label == *b)).collect();
+    let mut table: BTreeMap<Row, BTreeMap<String, Cell>> = BTreeMap::new();
+    for r in reports {
+        for (row, value) in rows_of(r) {
+            let cell = table.entry(row.clone()).or_default().entry(r.label.clone()).or_default();
+            cell.runs += 1;
+            let Some(v) = value else { continue };
+            cell.values.push(v);
+            if row.unit == Unit::Rate && row.order.2 == 0 {
+                cell.per_cpu.extend(r.delivered_per_broker_cpu_s);
+                cell.cores.extend(r.broker_cpu_s.map(|c| c / r.seconds.max(f64::MIN_POSITIVE)));
+                cell.lost += r.lost;
+                cell.stalls += r.stalls;
+            }
+        }
+    }
+
+    let mut md = String::new();
+    let header = |md: &mut String, first: &str| {
+        let _ = writeln!(md, "| {first} | {} |", present.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(present.len()));
+    };
+    let cell_text = |row: &Row, cells: &BTreeMap<String, Cell>, b: &str, pick: fn(&Cell) -> &[f64], unit: Unit| {
+        let Some(cell) = cells.get(b) else { return "–".to_string() };
+        let _ = row;
+        let Some(m) = median(pick(cell)) else {
+            return if cell.runs > 0 { "failed".to_string() } else { "–".to_string() };
+        };
+        let mut text = format_value(unit, m);
+        if cell.values.len() < cell.runs {
+            let _ = write!(text, " ({}/{} ok)", cell.values.len(), cell.runs);
+        }
+        text
+    };
+
+    let _ = writeln!(md, "Medians over repetitions (higher msg/s is better; lower µs and s are better).\n");
+    header(&mut md, "workload");
+    for (row, cells) in &table {
+        let texts: Vec<String> = present.iter().map(|b| cell_text(row, cells, b, |c| &c.values, row.unit)).collect();
+        let _ = writeln!(md, "| {} | {} |", row.title, texts.join(" | "));
+    }
+
+    let _ = writeln!(md, "\nMessages delivered per broker CPU second (broker cores busy in parentheses).\n");
+    header(&mut md, "workload");
+    for (row, cells) in table.iter().filter(|(row, _)| row.unit == Unit::Rate) {
+        let texts: Vec<String> = present
+            .iter()
+            .map(|b| {
+                let per_cpu = cell_text(row, cells, b, |c| &c.per_cpu, Unit::Rate);
+                match cells.get(b.as_str()).and_then(|c| median(&c.cores)) {
+                    Some(cores) => format!("{per_cpu} ({cores:.2})"),
+                    None => per_cpu,
+                }
+            })
+            .collect();
+        let _ = writeln!(md, "| {} | {} |", row.title, texts.join(" | "));
+    }
+
+    let losses: Vec<String> = table
+        .iter()
+        .flat_map(|(row, cells)| {
+            cells.iter().filter(|(_, c)| c.lost > 0 || c.stalls > 0).map(move |(b, c)| {
+                format!("{b}, {}: {} copies lost, {} window stalls (all repetitions)", row.title, c.lost, c.stalls)
+            })
+        })
+        .collect();
+    if losses.is_empty() {
+        let _ = writeln!(md, "\nNo message was lost in any throughput run.");
+    } else {
+        let _ = writeln!(md, "\nLosses:\n");
+        for l in losses {
+            let _ = writeln!(md, "- {l}");
+        }
+    }
+
+    let others: Vec<&&String> = present.iter().filter(|b| b.as_str() != baseline).collect();
+    if !present.iter().any(|b| b.as_str() == baseline) {
+        let _ = writeln!(md, "\nNo ratios: {baseline} was not measured in this run.");
+        return md;
+    }
+    let _ = writeln!(
+        md,
+        "\nSame-run ratios {baseline} / other (for msg/s above 1 means {baseline} is faster; for µs and s below 1 means {baseline} is faster).\n"
+    );
+    let _ = writeln!(md, "| workload | {} |", others.iter().map(|b| format!("{baseline} / {b}")).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(others.len()));
+    for (row, cells) in &table {
+        let base = cells.get(baseline).and_then(|c| median(&c.values));
+        let texts: Vec<String> = others
+            .iter()
+            .map(|b| match (base, cells.get(b.as_str()).and_then(|c| median(&c.values))) {
+                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+                _ => "–".to_string(),
+            })
+            .collect();
+        let _ = writeln!(md, "| {} | {} |", row.title, texts.join(" | "));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(label: &str, workload: &str, rate: f64) -> Report {
+        Report {
+            label: label.into(),
+            workload: workload.into(),
+            payload_bytes: 128,
+            subscribers: 1,
+            seconds: 1.0,
+            delivered_per_s: rate,
+            broker_cpu_s: Some(0.5),
+            delivered_per_broker_cpu_s: Some(rate * 2.0),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        let mut reports = vec![
+            report("a", "one-to-one", 100.0),
+            report("a", "one-to-one", 300.0),
+            report("a", "one-to-one", 200.0),
+            report("b", "one-to-one", 1e6),
+        ];
+        reports.push(Report { error: Some("exit 1".into()), ..report("b", "one-to-one", 0.0) });
+        let md = render(&reports, &["b".into(), "a".into()], "a");
+        assert!(md.contains("| one-to-one 128 B (msg/s) | 1.00M (1/2 ok) | 200 |"), "{md}");
+        assert!(md.contains("| a / b |"), "{md}");
+        assert!(md.contains("| 0.00× |"), "{md}");
+        assert!(md.contains("(0.50)"), "{md}");
+        let without = render(&reports, &[], "meshgate");
+        assert!(without.contains("No ratios: meshgate was not measured"), "{without}");
+    }
+
+    #[test]
+    fn median_of_even_count() {
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+}
