@@ -167,7 +167,7 @@ fn mesh_health_and_metrics_endpoints() {
         .unwrap_or_else(|| panic!("no published counter in:\n{text}"));
     assert!(line.ends_with(" 1"), "{line}");
     assert!(
-        text.contains("meshgate_events_published_bytes_total 5"),
+        text.contains("meshgate_events_published_bytes_total{protocol=\"http\"} 5"),
         "{text}"
     );
 }
@@ -194,4 +194,49 @@ fn retained_flag_over_rest() {
     let (_, node_json) = http_get(node.http, "/v1/node").unwrap();
     let v: serde_json::Value = serde_json::from_str(&node_json).unwrap();
     assert_eq!(v["retained"], 1);
+}
+
+#[test]
+fn websocket_subscribes_and_publishes_with_json_messages() {
+    use tungstenite::{Message, connect};
+    let node = NodeProc::start(&[]);
+    let url = format!("ws://{}/v1/ws?filter=chat/%3E", node.http);
+    let (mut ws, _) = connect(url.as_str()).expect("websocket handshake");
+    wait_until("ws subscription", Duration::from_secs(10), || {
+        subscriptions(&node) >= 1
+    });
+    // A publish over the socket comes back to it (it matches its own filter).
+    ws.send(Message::text(
+        r#"{"topic": "chat/room-1", "payload": "hi"}"#,
+    ))
+    .unwrap();
+    // A bad publish is answered with an error and the socket stays usable.
+    ws.send(Message::text(r#"{"topic": "chat/*", "payload": "x"}"#))
+        .unwrap();
+    let (status, _) =
+        http_request(node.http, "POST", "/v1/publish/chat/room-2", &[0xff, 0x00]).unwrap();
+    assert_eq!(status, 200);
+    let mut texts = Vec::new();
+    while texts.len() < 3 {
+        if let Message::Text(t) = ws.read().unwrap() {
+            texts.push(serde_json::from_str::<serde_json::Value>(&t).unwrap());
+        }
+    }
+    // The three arrive in an order that depends on scheduling; each must be there once.
+    let find = |k: &str, v: &str| {
+        let hits: Vec<_> = texts
+            .iter()
+            .filter(|t| t[k].as_str().is_some_and(|s| s.contains(v)))
+            .collect();
+        assert_eq!(hits.len(), 1, "{k}={v} in {texts:?}");
+        hits[0].clone()
+    };
+    let own = find("topic", "chat/room-1");
+    assert_eq!(own["payload"], "hi");
+    assert_eq!(own["id"].as_str().unwrap().len(), 32);
+    find("error", "invalid topic");
+    assert_eq!(find("topic", "chat/room-2")["payload_base64"], "/wA=");
+    // A bad filter is a plain JSON 400 before any upgrade.
+    let (status, body) = http_get(node.http, "/v1/ws?filter=a/%3E/b").unwrap();
+    assert_eq!(status, 400, "{body}");
 }

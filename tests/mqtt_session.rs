@@ -69,7 +69,10 @@ fn keep_alive_timeout_disconnects_with_0x8d() {
     let waited = t.elapsed();
     assert_eq!(out.first(), Some(&0xE0), "DISCONNECT: {out:?}");
     assert_eq!(out[2], 0x8D, "keep alive timeout");
-    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
     node.assert_serving();
 }
 
@@ -77,23 +80,44 @@ fn keep_alive_timeout_disconnects_with_0x8d() {
 fn session_expiry_ends_the_session_and_will_delay_waits() {
     let node = NodeProc::start(&[]);
     let mut watcher = Command::new(need("mosquitto_sub"))
-        .args(["-h", "127.0.0.1", "-p", &node.mqtt.port().to_string(), "-V", "mqttv5"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.mqtt.port().to_string(),
+            "-V",
+            "mqttv5",
+        ])
         .args(["-t", "status/#", "-v", "-C", "1", "-W", "15"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("watcher subscribed", Duration::from_secs(10), || node_stat(&node, "subscriptions") == 2);
+    wait_until("watcher subscribed", Duration::from_secs(10), || {
+        node_stat(&node, "subscriptions") == 2
+    });
     // Session expiry 2 s, will delayed 1 s; the client vanishes without DISCONNECT.
-    let s = open(&node, &v5_connect("fleeting", 60, 2, Some(("status/fleeting", "gone", 1))));
+    let s = open(
+        &node,
+        &v5_connect("fleeting", 60, 2, Some(("status/fleeting", "gone", 1))),
+    );
     let t = Instant::now();
     drop(s);
     let out = watcher.wait_with_output_timeout();
     let will_after = t.elapsed();
     assert_eq!(out, "status/fleeting gone\n");
-    assert!(will_after >= Duration::from_millis(900), "will delayed: {will_after:?}");
+    assert!(
+        will_after >= Duration::from_millis(900),
+        "will delayed: {will_after:?}"
+    );
     // The watcher left after the will; the vanished client's session lives until it expires.
-    wait_until("session expired", Duration::from_secs(10), || node_stat(&node, "sessions") == 0);
-    assert!(t.elapsed() >= Duration::from_millis(1900), "expiry honoured: {:?}", t.elapsed());
+    wait_until("session expired", Duration::from_secs(10), || {
+        node_stat(&node, "sessions") == 0
+    });
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "expiry honoured: {:?}",
+        t.elapsed()
+    );
 }
 
 trait WaitOutput {
@@ -104,7 +128,11 @@ impl WaitOutput for std::process::Child {
     fn wait_with_output_timeout(&mut self) -> String {
         // mosquitto_sub exits by itself after -C 1 or -W 15.
         let mut out = String::new();
-        self.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        self.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         let _ = self.wait();
         out
     }
@@ -119,7 +147,9 @@ fn qos2_publish_is_delivered_once() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("subscribed", Duration::from_secs(10), || node_stat(&node, "subscriptions") == 2);
+    wait_until("subscribed", Duration::from_secs(10), || {
+        node_stat(&node, "subscriptions") == 2
+    });
     for m in ["one", "two", "three"] {
         let st = Command::new(need("mosquitto_pub"))
             .args(["-h", "127.0.0.1", "-p", &node.mqtt.port().to_string()])
@@ -129,7 +159,10 @@ fn qos2_publish_is_delivered_once() {
         assert!(st.success());
     }
     let out = sub.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "q2/x one\nq2/x two\nq2/x three\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "q2/x one\nq2/x two\nq2/x three\n"
+    );
 }
 
 #[test]
@@ -145,17 +178,40 @@ fn users_and_anonymous_access() {
     let port = node.mqtt.port().to_string();
     let run = |args: &[&str]| {
         Command::new(need("mosquitto_pub"))
-            .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-t", "t", "-m", "x"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                "mqttv311",
+                "-t",
+                "t",
+                "-m",
+                "x",
+            ])
             .args(args)
             .output()
             .unwrap()
     };
     let anon = run(&[]);
     assert!(!anon.status.success());
-    assert!(String::from_utf8_lossy(&anon.stderr).to_lowercase().contains("not authori"), "{:?}", anon);
+    assert!(
+        String::from_utf8_lossy(&anon.stderr)
+            .to_lowercase()
+            .contains("not authori"),
+        "{:?}",
+        anon
+    );
     let wrong = run(&["-u", "shop", "-P", "nope"]);
     assert!(!wrong.status.success());
-    assert!(String::from_utf8_lossy(&wrong.stderr).to_lowercase().contains("password"), "{:?}", wrong);
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr)
+            .to_lowercase()
+            .contains("password"),
+        "{:?}",
+        wrong
+    );
     let ok = run(&["-u", "shop", "-P", "s3cret"]);
     assert!(ok.status.success(), "{:?}", ok);
 }

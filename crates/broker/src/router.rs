@@ -107,7 +107,9 @@ pub struct Broker {
 /// and counters flushed in batches.
 pub struct Publisher {
     session: Option<SessionId>,
-    protocol: &'static str,
+    /// `meshgate_events_published_total{protocol}` and its bytes, resolved once per publisher.
+    published: metrics::Counter,
+    published_bytes: metrics::Counter,
     app_id: Option<Arc<str>>,
     cache: Option<MatchCache<SessionId, Target>>,
     tally: LocalTally,
@@ -120,7 +122,8 @@ pub struct Publisher {
 impl Publisher {
     /// Flushes counters into the shared metrics.
     pub fn flush(&mut self, broker: &Broker) {
-        self.tally.flush(&broker.shared.stats);
+        self.tally
+            .flush(&broker.shared.stats, &self.published, &self.published_bytes);
     }
 
     /// Sets the app id stamped on published events.
@@ -160,11 +163,16 @@ impl Broker {
         mb
     }
 
-    /// Publishing state for one connection. `session` enables MQTT no-local.
+    /// Publishing state for one connection. `protocol` labels its metrics (a fixed small set:
+    /// "mqtt", "http", bridge kinds); `session` enables MQTT no-local.
     pub fn publisher(&self, protocol: &'static str, session: Option<SessionId>) -> Publisher {
         Publisher {
             session,
-            protocol,
+            published: metrics::counter!("meshgate_events_published_total", "protocol" => protocol),
+            published_bytes: metrics::counter!(
+                "meshgate_events_published_bytes_total",
+                "protocol" => protocol
+            ),
             app_id: None,
             cache: None,
             tally: LocalTally::default(),
@@ -242,7 +250,11 @@ impl Broker {
         let subs = m.subscribers();
         let order = &mut p.order;
         order.clear();
-        order.extend(subs.iter().enumerate().map(|(i, (sid, _))| (*sid, i as u32)));
+        order.extend(
+            subs.iter()
+                .enumerate()
+                .map(|(i, (sid, _))| (*sid, i as u32)),
+        );
         // One copy per session even when several of its filters match, at the highest QoS of
         // those filters (MQTT 5 §3.3.4). Sorting a reused scratch list keeps this O(n log n)
         // and allocation-free at any fan-out.

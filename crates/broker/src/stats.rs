@@ -6,10 +6,6 @@ use metrics::{Counter, Gauge, counter, gauge};
 /// Handles to the router's Prometheus series, registered once at start.
 #[derive(Clone)]
 pub struct BrokerStats {
-    /// `meshgate_events_published_total`: events accepted from publishers.
-    pub published: Counter,
-    /// `meshgate_events_published_bytes_total`: payload bytes accepted.
-    pub published_bytes: Counter,
     /// `meshgate_events_routed_total`: copies handed to subscriber mailboxes.
     pub routed: Counter,
     /// `meshgate_events_unrouted_total`: accepted events that matched no subscriber.
@@ -26,8 +22,6 @@ impl BrokerStats {
     /// Registers the series with the installed `metrics` recorder.
     pub fn register() -> Self {
         Self {
-            published: counter!("meshgate_events_published_total"),
-            published_bytes: counter!("meshgate_events_published_bytes_total"),
             routed: counter!("meshgate_events_routed_total"),
             unrouted: counter!("meshgate_events_unrouted_total"),
             dropped_full: counter!("meshgate_events_dropped_total", "reason" => "queue_full"),
@@ -37,7 +31,8 @@ impl BrokerStats {
     }
 }
 
-/// Per-publisher tallies, flushed into [`BrokerStats`] in batches.
+/// Per-publisher tallies, flushed into [`BrokerStats`] and the publisher's own
+/// `meshgate_events_published_total{protocol}` series in batches.
 #[derive(Debug, Default)]
 pub(crate) struct LocalTally {
     pub published: u64,
@@ -48,12 +43,12 @@ pub(crate) struct LocalTally {
 }
 
 impl LocalTally {
-    pub(crate) fn flush(&mut self, s: &BrokerStats) {
+    pub(crate) fn flush(&mut self, s: &BrokerStats, published: &Counter, bytes: &Counter) {
         if self.published == 0 && self.dropped_full == 0 {
             return;
         }
-        s.published.increment(self.published);
-        s.published_bytes.increment(self.published_bytes);
+        published.increment(self.published);
+        bytes.increment(self.published_bytes);
         s.routed.increment(self.routed);
         s.unrouted.increment(self.unrouted);
         s.dropped_full.increment(self.dropped_full);

@@ -1,11 +1,12 @@
 //! HTTP API of a meshgate node (axum): `POST /v1/publish/{topic}`, `GET /v1/subscribe?filter=`
-//! as Server-Sent Events, `GET /v1/mesh`, `GET /healthz`, `GET /metrics`.
+//! as Server-Sent Events, `GET /v1/ws?filter=` (WebSocket, both directions), `GET /v1/mesh`, `GET /healthz`, `GET /metrics`.
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says what went wrong. Publishes and
 //! subscriptions go through the node's [`meshgate_broker::Broker`] like MQTT ones.
 
 mod publish;
 mod subscribe;
+mod ws;
 
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/publish/{*topic}", post(publish::publish))
         .route("/v1/publish/", post(publish::empty_topic))
         .route("/v1/subscribe", get(subscribe::subscribe))
+        .route("/v1/ws", get(ws::websocket))
         .route("/v1/mesh", get(mesh))
         .route("/v1/node", get(node))
         .route("/healthz", get(healthz))

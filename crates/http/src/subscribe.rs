@@ -25,12 +25,12 @@ pub(crate) struct SubscribeParams {
 }
 
 /// Ends the stream's subscription when the client goes away (the stream is dropped).
-struct Subscription {
+pub(crate) struct Subscription {
     broker: Broker,
     mailbox: Arc<Mailbox>,
     filters: Vec<Filter>,
     group: Option<String>,
-    rx: MailboxReceiver,
+    pub(crate) rx: MailboxReceiver,
 }
 
 impl Drop for Subscription {
@@ -47,36 +47,51 @@ pub(crate) async fn subscribe(
     State(s): State<HttpState>,
     params: Result<Query<SubscribeParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Query(params) = match params {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let (filters, group) = match parse_filter(&params.filter) {
-        Ok((f, g)) => (f, params.group.or(g)),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid filter: {e}")),
-    };
-    if group
-        .as_deref()
-        .is_some_and(|g| g.is_empty() || g.contains(['/', '+', '#', '*', '>']))
-    {
-        return error(StatusCode::BAD_REQUEST, "invalid group name");
-    }
-    let mailbox = s.broker.new_mailbox(s.sse_queue);
-    let rx = mailbox.attach().await;
-    for f in &filters {
-        s.broker
-            .subscribe(&mailbox, f, group.as_deref(), SubOptions::default());
-    }
-    let sub = Subscription {
-        broker: s.broker.clone(),
-        mailbox,
-        filters,
-        group,
-        rx,
+    let sub = match Subscription::open(&s, params).await {
+        Ok(sub) => sub,
+        Err(resp) => return resp,
     };
     Sse::new(events(sub))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+impl Subscription {
+    /// Validates the query and subscribes a fresh mailbox; the error is the HTTP answer.
+    pub(crate) async fn open(
+        s: &HttpState,
+        params: Result<Query<SubscribeParams>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<Subscription, Response> {
+        let Query(params) = params.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
+        let (filters, group) = match parse_filter(&params.filter) {
+            Ok((f, g)) => (f, params.group.or(g)),
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid filter: {e}"),
+                ));
+            }
+        };
+        if group
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.contains(['/', '+', '#', '*', '>']))
+        {
+            return Err(error(StatusCode::BAD_REQUEST, "invalid group name"));
+        }
+        let mailbox = s.broker.new_mailbox(s.sse_queue);
+        let rx = mailbox.attach().await;
+        for f in &filters {
+            s.broker
+                .subscribe(&mailbox, f, group.as_deref(), SubOptions::default());
+        }
+        Ok(Subscription {
+            broker: s.broker.clone(),
+            mailbox,
+            filters,
+            group,
+            rx,
+        })
+    }
 }
 
 /// Native syntax unless the filter uses MQTT's `+`, `#` or `$share/`.
