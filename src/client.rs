@@ -121,22 +121,35 @@ pub fn publish(a: PubArgs) -> anyhow::Result<()> {
         let n = messages.len();
         let topic = a.topic.clone();
         let retain = a.retain;
+        let sender = client.clone();
         tokio::spawn(async move {
             for m in messages {
-                if client.publish(&topic, q, retain, m).await.is_err() {
+                if sender.publish(&topic, q, retain, m).await.is_err() {
                     break;
                 }
             }
-            let _ = client.disconnect().await;
         });
-        let mut acked = 0;
+        // Disconnect only once everything left (QoS 0) or was acknowledged (QoS 1).
+        let (mut sent, mut acked, mut closing) = (0, 0, n == 0);
+        if closing {
+            client.disconnect().await?;
+        }
         loop {
             match ev.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {}
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => sent += 1,
                 Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                 Ok(_) => {}
                 Err(e) => bail!("connection to {} failed: {e}", a.conn.addr),
+            }
+            let done = if q == QoS::AtLeastOnce {
+                acked >= n
+            } else {
+                sent >= n
+            };
+            if done && !closing {
+                closing = true;
+                client.disconnect().await?;
             }
         }
         if q == QoS::AtLeastOnce && acked < n {

@@ -115,6 +115,8 @@ pub struct Publisher {
     tally: LocalTally,
     /// Round-robin position for queue groups.
     rr: usize,
+    /// Wall clock (ms) set by the front end once per read batch; 0 = read the clock per event.
+    clock_ms: u64,
     /// Reused scratch list (session, index into the match) to deliver once per session.
     order: Vec<(SessionId, u32)>,
 }
@@ -124,6 +126,12 @@ impl Publisher {
     pub fn flush(&mut self, broker: &Broker) {
         self.tally
             .flush(&broker.shared.stats, &self.published, &self.published_bytes);
+    }
+
+    /// Sets the time stamped on the events published until the next call: a front end that
+    /// publishes a batch read in one go reads the clock once per batch, not per event.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.clock_ms = now_ms;
     }
 
     /// Sets the app id stamped on published events.
@@ -177,6 +185,7 @@ impl Broker {
             cache: None,
             tally: LocalTally::default(),
             rr: 0,
+            clock_ms: 0,
             order: Vec::new(),
         }
     }
@@ -197,7 +206,11 @@ impl Broker {
                 max,
             });
         }
-        let now = now_ms();
+        let now = if p.clock_ms != 0 {
+            p.clock_ms
+        } else {
+            now_ms()
+        };
         let id = self.shared.ids.next(now);
         env.set_event_id(id);
         if env.timestamp_ms == 0 {

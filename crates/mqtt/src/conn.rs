@@ -307,6 +307,7 @@ impl Conn {
                         Ok(n) => {
                             self.ctx.stats.received_bytes.increment(n as u64);
                             last_read = Instant::now();
+                            self.publisher.set_clock(meshgate_broker::now_ms());
                         }
                     }
                     if let Some(end) = self.on_bytes() {
@@ -701,6 +702,8 @@ impl Conn {
 }
 
 fn publish_will_now(ctx: &Context, publisher: &mut Publisher, will: Will) {
+    // The batch clock is stale by now (the will may be delayed): read the clock afresh.
+    publisher.set_clock(0);
     let topic = will.env.topic.clone();
     match ctx.broker.publish(publisher, will.env, will.qos) {
         Ok(_) => debug!(%topic, "will published"),

@@ -17,6 +17,7 @@ mod naive;
 mod retained;
 mod topic;
 mod trie;
+mod wild;
 
 pub use cache::MatchCache;
 pub use error::TopicError;

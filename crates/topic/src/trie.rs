@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use foldhash::fast::RandomState;
 
 use crate::entry::Entry;
-use crate::filter::{Filter, Level};
+use crate::filter::Filter;
 use crate::matches::Matches;
-use crate::topic::split_level;
+use crate::wild::WildTree;
 
 /// Distinguishes tries, so that a cache never mistakes one trie's generation for another's.
 static NEXT_TRIE_ID: AtomicU64 = AtomicU64::new(1);
@@ -21,74 +21,17 @@ static NEXT_TRIE_ID: AtomicU64 = AtomicU64::new(1);
 ///
 /// Literal filters (no wildcard) live in one flat hash map keyed by the whole filter, so a topic
 /// that only literal filters name costs one hash lookup whatever the number of subscriptions.
-/// Filters with a wildcard live in a tree of levels whose nodes hold literal children (hash map),
-/// a `*` child, `prefix*` children and the filters ending in `>`; a match walks it once, level by
-/// level, visiting each node at most once.
+/// Filters with a wildcard live in a tree of levels (see `wild.rs`) whose nodes have literal
+/// children, a `*` child, `prefix*` children and the filters ending in `>`; a match walks it
+/// once, level by level, visiting each node at most once.
 pub struct Trie<K, V> {
     /// Keyed by the filter's shared text: the trie stores no copy of it.
     literals: HashMap<Arc<str>, Entry<K, V>, RandomState>,
-    wild: Node<K, V>,
+    wild: WildTree<K, V>,
     len: usize,
     filters: usize,
     generation: u64,
     id: u64,
-}
-
-/// A node of the wildcard tree: the filters that reach it share their leading levels.
-struct Node<K, V> {
-    children: HashMap<Box<str>, Node<K, V>, RandomState>,
-    star: Option<Box<Node<K, V>>>,
-    prefixes: Option<Box<Prefixes<K, V>>>,
-    /// Filters ending in `>` at this level.
-    rest: Option<Box<Entry<K, V>>>,
-    /// Filters ending just above this node (their last level led here).
-    entry: Option<Box<Entry<K, V>>>,
-}
-
-/// The `prefix*` children of a node, keyed by prefix. A topic level is looked up once per
-/// distinct prefix length present, not compared with every prefix.
-struct Prefixes<K, V> {
-    nodes: HashMap<Box<str>, Node<K, V>, RandomState>,
-    /// Distinct prefix lengths in bytes, ascending, with how many prefixes have each.
-    lens: Vec<(usize, usize)>,
-}
-
-impl<K, V> Node<K, V> {
-    fn new() -> Self {
-        Self {
-            children: HashMap::default(),
-            star: None,
-            prefixes: None,
-            rest: None,
-            entry: None,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.star.is_none()
-            && self.prefixes.is_none()
-            && self.rest.is_none()
-            && self.entry.is_none()
-    }
-}
-
-impl<K, V> Prefixes<K, V> {
-    fn add_len(&mut self, len: usize) {
-        match self.lens.binary_search_by_key(&len, |&(l, _)| l) {
-            Ok(i) => self.lens[i].1 += 1,
-            Err(i) => self.lens.insert(i, (len, 1)),
-        }
-    }
-
-    fn remove_len(&mut self, len: usize) {
-        if let Ok(i) = self.lens.binary_search_by_key(&len, |&(l, _)| l) {
-            self.lens[i].1 -= 1;
-            if self.lens[i].1 == 0 {
-                self.lens.remove(i);
-            }
-        }
-    }
 }
 
 impl<K: Copy + Eq + Hash, V: Clone> Trie<K, V> {
@@ -96,7 +39,7 @@ impl<K: Copy + Eq + Hash, V: Clone> Trie<K, V> {
     pub fn new() -> Self {
         Self {
             literals: HashMap::default(),
-            wild: Node::new(),
+            wild: WildTree::new(),
             len: 0,
             filters: 0,
             generation: 0,
@@ -113,7 +56,7 @@ impl<K: Copy + Eq + Hash, V: Clone> Trie<K, V> {
                 .entry(filter.shared_text().clone())
                 .or_insert_with(|| Entry::new(filter.shared_text().clone()))
         } else {
-            wild_entry(&mut self.wild, filter)
+            self.wild.entry_or_insert(filter)
         };
         if entry.is_empty() {
             self.filters += 1;
@@ -135,13 +78,7 @@ impl<K: Copy + Eq + Hash, V: Clone> Trie<K, V> {
             }
             value
         } else {
-            remove_wild(
-                &mut self.wild,
-                filter.levels(),
-                group,
-                key,
-                &mut filter_gone,
-            )?
+            self.wild.remove(filter, group, key, &mut filter_gone)?
         };
         self.generation += 1;
         self.len -= 1;
@@ -182,7 +119,7 @@ impl<K: Copy + Eq + Hash, V: Clone> Trie<K, V> {
             entry.add_to(out);
         }
         if !self.wild.is_empty() {
-            walk(&self.wild, topic, true, out);
+            self.wild.match_into(topic, out);
         }
     }
 
@@ -191,181 +128,7 @@ impl<K: Copy + Eq + Hash, V: Clone> Trie<K, V> {
         for entry in self.literals.values() {
             entry.for_each(&mut f);
         }
-        visit(&self.wild, &mut f);
-    }
-}
-
-/// Finds or creates the entry of a wildcard filter.
-fn wild_entry<'a, K: Copy + Eq + Hash, V: Clone>(
-    mut node: &'a mut Node<K, V>,
-    filter: &Filter,
-) -> &'a mut Entry<K, V> {
-    let text = filter.shared_text();
-    for level in filter.levels() {
-        node = match level {
-            Level::Literal(l) => {
-                if !node.children.contains_key(l) {
-                    node.children.insert(Box::from(l), Node::new());
-                }
-                // The key was inserted just above if it was missing.
-                node.children.get_mut(l).expect("child exists")
-            }
-            Level::Star => node.star.get_or_insert_with(|| Box::new(Node::new())),
-            Level::Prefix(p) => {
-                let ps = node.prefixes.get_or_insert_with(|| {
-                    Box::new(Prefixes {
-                        nodes: HashMap::default(),
-                        lens: Vec::new(),
-                    })
-                });
-                if !ps.nodes.contains_key(p) {
-                    ps.nodes.insert(Box::from(p), Node::new());
-                    ps.add_len(p.len());
-                }
-                // The key was inserted just above if it was missing.
-                ps.nodes.get_mut(p).expect("prefix child exists")
-            }
-            Level::Rest => {
-                return node
-                    .rest
-                    .get_or_insert_with(|| Box::new(Entry::new(text.clone())));
-            }
-        };
-    }
-    node.entry
-        .get_or_insert_with(|| Box::new(Entry::new(text.clone())))
-}
-
-/// Removes an entry below `node`, pruning nodes left empty on the way back up.
-fn remove_wild<'f, K: Copy + Eq + Hash, V: Clone>(
-    node: &mut Node<K, V>,
-    mut levels: impl Iterator<Item = Level<'f>>,
-    group: Option<&str>,
-    key: K,
-    filter_gone: &mut bool,
-) -> Option<V> {
-    let Some(level) = levels.next() else {
-        return remove_from(&mut node.entry, group, key, filter_gone);
-    };
-    match level {
-        Level::Rest => remove_from(&mut node.rest, group, key, filter_gone),
-        Level::Literal(l) => {
-            let child = node.children.get_mut(l)?;
-            let value = remove_wild(child, levels, group, key, filter_gone)?;
-            if child.is_empty() {
-                node.children.remove(l);
-            }
-            Some(value)
-        }
-        Level::Star => {
-            let child = node.star.as_deref_mut()?;
-            let value = remove_wild(child, levels, group, key, filter_gone)?;
-            if child.is_empty() {
-                node.star = None;
-            }
-            Some(value)
-        }
-        Level::Prefix(p) => {
-            let ps = node.prefixes.as_deref_mut()?;
-            let child = ps.nodes.get_mut(p)?;
-            let value = remove_wild(child, levels, group, key, filter_gone)?;
-            if child.is_empty() {
-                ps.nodes.remove(p);
-                ps.remove_len(p.len());
-                if ps.nodes.is_empty() {
-                    node.prefixes = None;
-                }
-            }
-            Some(value)
-        }
-    }
-}
-
-fn remove_from<K: Copy + Eq + Hash, V: Clone>(
-    slot: &mut Option<Box<Entry<K, V>>>,
-    group: Option<&str>,
-    key: K,
-    filter_gone: &mut bool,
-) -> Option<V> {
-    let entry = slot.as_deref_mut()?;
-    let value = entry.remove(group, key)?;
-    if entry.is_empty() {
-        *slot = None;
-        *filter_gone = true;
-    }
-    Some(value)
-}
-
-/// Adds every filter below `node` matching the topic levels `rest` (never empty: a node is only
-/// walked while levels remain). `first` marks the topic's first level, for the `$` rule.
-fn walk<K: Copy + Eq + Hash, V: Clone>(
-    node: &Node<K, V>,
-    rest: &str,
-    first: bool,
-    out: &mut Matches<K, V>,
-) {
-    let (level, tail) = split_level(rest);
-    let system = first && level.starts_with('$');
-    if !system {
-        if let Some(entry) = &node.rest {
-            entry.add_to(out);
-        }
-        if let Some(star) = &node.star {
-            step(star, tail, out);
-        }
-    }
-    if let Some(child) = node.children.get(level) {
-        step(child, tail, out);
-    }
-    if let Some(ps) = &node.prefixes {
-        for &(len, _) in &ps.lens {
-            if len > level.len() {
-                break;
-            }
-            if !level.is_char_boundary(len) {
-                continue;
-            }
-            if let Some(child) = ps.nodes.get(&level[..len]) {
-                step(child, tail, out);
-            }
-        }
-    }
-}
-
-/// Continues a walk in `node` after one level was consumed.
-#[inline]
-fn step<K: Copy + Eq + Hash, V: Clone>(
-    node: &Node<K, V>,
-    tail: Option<&str>,
-    out: &mut Matches<K, V>,
-) {
-    match tail {
-        None => {
-            if let Some(entry) = &node.entry {
-                entry.add_to(out);
-            }
-        }
-        Some(rest) => walk(node, rest, false, out),
-    }
-}
-
-fn visit<K: Copy + Eq + Hash, V: Clone>(
-    node: &Node<K, V>,
-    f: &mut impl FnMut(&str, Option<&str>, K, &V),
-) {
-    for entry in [&node.entry, &node.rest].into_iter().flatten() {
-        entry.for_each(f);
-    }
-    for child in node.children.values() {
-        visit(child, f);
-    }
-    if let Some(star) = &node.star {
-        visit(star, f);
-    }
-    if let Some(ps) = &node.prefixes {
-        for child in ps.nodes.values() {
-            visit(child, f);
-        }
+        self.wild.for_each(&mut f);
     }
 }
 
@@ -446,7 +209,8 @@ mod tests {
         t.remove(&f("a/b*"), None, 1);
         t.remove(&f("a/bcd*/x"), None, 3);
         t.remove(&f("a/é*"), None, 4);
-        assert!(t.wild.is_empty(), "every node pruned");
+        assert!(t.wild.is_empty());
+        assert_eq!(t.wild.node_count(), 1, "every node but the root pruned");
     }
 
     #[test]
