@@ -1,7 +1,9 @@
 //! Criterion benchmarks of the topic trie: uncached and cached matches, inserts and removes at
-//! 1k, 100k and 1M subscriptions with 1% and 10% wildcard filters.
+//! 1k, 100k and 1M subscriptions with 1% and 10% wildcard filters (and 1M with none).
 //!
 //! `cargo bench -p meshgate-benches --bench trie` (add `-- --test` for a quick smoke run).
+//! `TRIE_BENCH_ONLY=1M/10pct` builds and measures that configuration alone (the others are
+//! built even when a criterion filter skips their measurements).
 
 use std::collections::HashSet;
 use std::hint::black_box;
@@ -61,33 +63,39 @@ fn topic_in(rng: &mut StdRng, scale: u32) -> String {
 
 /// A wildcard filter derived from a random topic, as narrow as real subscriptions tend to be:
 /// `*` for one middle level, `prefix*` for one level (its last character dropped), or the last
-/// level cut off for `>`; one in five combines two of these.
+/// level replaced by `>`; one in five combines two of these. At least three levels stay literal,
+/// so no filter takes a whole region (`orders/us-east/*/>`).
 fn wildcard(rng: &mut StdRng) -> String {
-    let t = topic(rng);
-    let mut levels: Vec<String> = t.split('/').map(String::from).collect();
-    let n = levels.len();
-    let kinds = if rng.random_bool(0.2) { 2 } else { 1 };
-    for _ in 0..kinds {
-        match rng.random_range(0..3) {
-            0 => levels[rng.random_range(1..n - 1)] = "*".into(),
-            1 => {
-                let i = rng.random_range(2..n);
-                let level = &levels[i];
-                if level.ends_with('*') || level.len() < 2 {
-                    continue;
+    loop {
+        let t = topic(rng);
+        let mut levels: Vec<String> = t.split('/').map(String::from).collect();
+        let n = levels.len();
+        let kinds = if rng.random_bool(0.2) { 2 } else { 1 };
+        for _ in 0..kinds {
+            match rng.random_range(0..3) {
+                0 => levels[rng.random_range(1..n - 1)] = "*".into(),
+                1 => {
+                    let i = rng.random_range(2..n);
+                    let level = &levels[i];
+                    if level.ends_with('*') || level.len() < 3 {
+                        continue;
+                    }
+                    levels[i] = format!("{}*", &level[..level.len() - 1]);
                 }
-                levels[i] = format!("{}*", &level[..level.len() - 1]);
-            }
-            _ => {
-                levels[n - 1] = ">".into();
-                break;
+                _ => {
+                    levels[n - 1] = ">".into();
+                    break;
+                }
             }
         }
+        let literal = levels
+            .iter()
+            .filter(|l| !l.ends_with('*') && *l != ">")
+            .count();
+        if literal < n && literal >= 3 {
+            return levels.join("/");
+        }
     }
-    if !levels.iter().any(|l| l.ends_with('*') || l == ">") {
-        levels[n - 1] = ">".into();
-    }
-    levels.join("/")
 }
 
 /// `count` distinct filters, `wild_percent` of them with a wildcard.
@@ -170,92 +178,117 @@ fn human(n: usize) -> String {
 }
 
 fn bench_trie(c: &mut Criterion) {
-    for subs in [1_000, 100_000, 1_000_000] {
-        for wild_percent in [1, 10] {
-            let mut s = setup(subs, wild_percent);
-            let mut group = c.benchmark_group(format!("trie/{}", s.label));
-            group
-                .sample_size(10)
-                .warm_up_time(Duration::from_millis(500))
-                .measurement_time(Duration::from_secs(2));
-
-            group.throughput(Throughput::Elements(1));
-            group.bench_function("match_uncached", |b| {
-                let mut out = Matches::new();
-                let mut i = 0;
-                b.iter(|| {
-                    i = (i + 1) & (s.topics.len() - 1);
-                    s.trie.match_into(black_box(&s.topics[i]), &mut out);
-                    black_box(out.subscribers().len())
-                })
-            });
-
-            // 256 hot topics in a 4096-slot cache: after warming, every lookup is a hit.
-            let hot = &s.topics[..256];
-            let mut cache = MatchCache::new(4096);
-            for t in hot {
-                cache.lookup(&s.trie, t);
-            }
-            group.bench_function("match_cached", |b| {
-                let mut i = 0;
-                b.iter(|| {
-                    i = (i + 1) & (hot.len() - 1);
-                    black_box(
-                        cache
-                            .lookup(&s.trie, black_box(&hot[i]))
-                            .subscribers()
-                            .len(),
-                    )
-                })
-            });
-            eprintln!(
-                "trie {}: cache hits {} misses {}",
-                s.label,
-                cache.hits(),
-                cache.misses()
-            );
-
-            group.throughput(Throughput::Elements(s.batch.len() as u64));
-            let base = subs as u32;
-            group.bench_function("insert", |b| {
-                b.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iters {
-                        let start = Instant::now();
-                        for (i, f) in s.batch.iter().enumerate() {
-                            s.trie.insert(f, None, base + i as u32, 0);
-                        }
-                        spent += start.elapsed();
-                        for (i, f) in s.batch.iter().enumerate() {
-                            s.trie.remove(f, None, base + i as u32);
-                        }
-                    }
-                    spent
-                })
-            });
-            group.bench_function("remove", |b| {
-                b.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iters {
-                        for (i, f) in s.batch.iter().enumerate() {
-                            s.trie.insert(f, None, base + i as u32, 0);
-                        }
-                        let start = Instant::now();
-                        for (i, f) in s.batch.iter().enumerate() {
-                            black_box(s.trie.remove(f, None, base + i as u32));
-                        }
-                        spent += start.elapsed();
-                    }
-                    spent
-                })
-            });
-            group.finish();
-            assert_eq!(
-                s.trie.len(),
-                subs,
-                "the batch benchmarks leave the trie as built"
-            );
+    let only = std::env::var("TRIE_BENCH_ONLY").ok();
+    // 1M with no wildcard at all is the baseline: the flat map of literal filters alone.
+    let configs = [
+        (1_000, 1),
+        (1_000, 10),
+        (100_000, 1),
+        (100_000, 10),
+        (1_000_000, 0),
+        (1_000_000, 1),
+        (1_000_000, 10),
+    ];
+    for (subs, wild_percent) in configs {
+        let label = format!("{}/{wild_percent}pct", human(subs));
+        if only.as_ref().is_some_and(|o| *o != label) {
+            continue;
         }
+        let mut s = setup(subs, wild_percent);
+        let mut group = c.benchmark_group(format!("trie/{}", s.label));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("match_uncached", |b| {
+            let mut out = Matches::new();
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & (s.topics.len() - 1);
+                s.trie.match_into(black_box(&s.topics[i]), &mut out);
+                black_box(out.subscribers().len())
+            })
+        });
+
+        // The same work on 16 topics whose trie paths stay in the CPU caches: the gap to
+        // `match_uncached` is the cost of cache misses, the rest is computation.
+        group.bench_function("match_uncached_hot16", |b| {
+            let mut out = Matches::new();
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & 15;
+                s.trie.match_into(black_box(&s.topics[i]), &mut out);
+                black_box(out.subscribers().len())
+            })
+        });
+
+        // 256 hot topics in a 4096-slot cache: after warming, every lookup is a hit.
+        let hot = &s.topics[..256];
+        let mut cache = MatchCache::new(4096);
+        for t in hot {
+            cache.lookup(&s.trie, t);
+        }
+        group.bench_function("match_cached", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & (hot.len() - 1);
+                black_box(
+                    cache
+                        .lookup(&s.trie, black_box(&hot[i]))
+                        .subscribers()
+                        .len(),
+                )
+            })
+        });
+        eprintln!(
+            "trie {}: cache hits {} misses {}",
+            s.label,
+            cache.hits(),
+            cache.misses()
+        );
+
+        group.throughput(Throughput::Elements(s.batch.len() as u64));
+        let base = subs as u32;
+        group.bench_function("insert", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    for (i, f) in s.batch.iter().enumerate() {
+                        s.trie.insert(f, None, base + i as u32, 0);
+                    }
+                    spent += start.elapsed();
+                    for (i, f) in s.batch.iter().enumerate() {
+                        s.trie.remove(f, None, base + i as u32);
+                    }
+                }
+                spent
+            })
+        });
+        group.bench_function("remove", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    for (i, f) in s.batch.iter().enumerate() {
+                        s.trie.insert(f, None, base + i as u32, 0);
+                    }
+                    let start = Instant::now();
+                    for (i, f) in s.batch.iter().enumerate() {
+                        black_box(s.trie.remove(f, None, base + i as u32));
+                    }
+                    spent += start.elapsed();
+                }
+                spent
+            })
+        });
+        group.finish();
+        assert_eq!(
+            s.trie.len(),
+            subs,
+            "the batch benchmarks leave the trie as built"
+        );
     }
 }
 

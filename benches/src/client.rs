@@ -63,14 +63,6 @@ impl Conn {
         }
     }
 
-    /// Bytes queued and not yet flushed.
-    pub fn queued(&self) -> usize {
-        match self {
-            Conn::Mqtt(c) => c.queued(),
-            Conn::Nats(c) => c.queued(),
-        }
-    }
-
     /// Writes everything queued.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {

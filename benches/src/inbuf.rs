@@ -14,7 +14,11 @@ pub struct InBuf {
 impl InBuf {
     /// An empty buffer that reads up to `capacity` bytes per call (grows for larger frames).
     pub fn new(capacity: usize) -> Self {
-        Self { buf: vec![0; capacity], start: 0, end: 0 }
+        Self {
+            buf: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
     }
 
     /// The unparsed bytes.
@@ -46,7 +50,10 @@ impl InBuf {
                 self.buf.resize(doubled, 0);
             }
         }
-        let n = reader.read(&mut self.buf[self.end..]).await.context("read from broker")?;
+        let n = reader
+            .read(&mut self.buf[self.end..])
+            .await
+            .context("read from broker")?;
         if n == 0 {
             bail!("connection closed by the broker");
         }

@@ -47,15 +47,32 @@ pub async fn run(opts: &Opts, rate: u64) -> anyhow::Result<Report> {
         received: 0,
     }));
     let mut sub = Conn::connect(opts.proto, &opts.addr, &format!("lg-ls-{pid}")).await?;
-    sub.subscribe(std::slice::from_ref(&topic), 1).await.context("subscribe")?;
-    let sub_task = tokio::spawn(subscriber(sub, anchor, record_from_ns.clone(), recorder.clone()));
+    sub.subscribe(std::slice::from_ref(&topic), 1)
+        .await
+        .context("subscribe")?;
+    let sub_task = tokio::spawn(subscriber(
+        sub,
+        anchor,
+        record_from_ns.clone(),
+        recorder.clone(),
+    ));
 
     let publisher = Conn::connect(opts.proto, &opts.addr, &format!("lg-lp-{pid}")).await?;
     let stream = publisher.into_std()?;
+    // A broker that stops reading must fail the run, not hang it.
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let total = rate * (opts.warmup() + opts.duration()).as_millis() as u64 / 1000;
     let (proto, payload) = (opts.proto, opts.payload);
     let paced = tokio::task::spawn_blocking(move || {
-        paced_publisher(stream, proto, topic.as_bytes(), payload, rate, total, anchor)
+        paced_publisher(
+            stream,
+            proto,
+            topic.as_bytes(),
+            payload,
+            rate,
+            total,
+            anchor,
+        )
     });
 
     tokio::time::sleep(opts.warmup()).await;
@@ -122,7 +139,10 @@ async fn subscriber(
     loop {
         conn.read(|_topic, payload| {
             let field = |i: usize| {
-                payload.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+                payload
+                    .get(i * 8..i * 8 + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
             };
             if let (Some(scheduled), Some(sent)) = (field(1), field(2)) {
                 samples.push([scheduled, sent, nanos_since(anchor)]);
@@ -136,8 +156,10 @@ async fn subscriber(
             if scheduled < from {
                 continue;
             }
-            rec.from_send.saturating_record(now.saturating_sub(sent).max(1));
-            rec.from_schedule.saturating_record(now.saturating_sub(scheduled).max(1));
+            rec.from_send
+                .saturating_record(now.saturating_sub(sent).max(1));
+            rec.from_schedule
+                .saturating_record(now.saturating_sub(scheduled).max(1));
         }
     }
 }

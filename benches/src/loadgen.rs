@@ -111,6 +111,9 @@ pub struct Opts {
     /// Topic filters per MQTT SUBSCRIBE packet.
     #[arg(long, default_value_t = 100)]
     sub_batch: usize,
+    /// Seconds allowed for subscribing (many-subs on a slow broker can take minutes).
+    #[arg(long, default_value_t = 120)]
+    subscribe_timeout: u64,
     /// Messages per second for latency.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
@@ -130,6 +133,10 @@ impl Opts {
         Duration::from_secs_f64(self.warmup.max(0.0))
     }
 
+    fn subscribe_timeout(&self) -> Duration {
+        Duration::from_secs(self.subscribe_timeout)
+    }
+
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.duration.max(0.001))
     }
@@ -142,16 +149,28 @@ pub struct Snapshot {
     delivered: u64,
     broker_cpu: Option<f64>,
     own_cpu: f64,
+    machine_busy: f64,
 }
 
 impl Snapshot {
     /// Reads the clocks now.
     pub fn take(opts: &Opts, sent: u64, delivered: u64) -> anyhow::Result<Self> {
         let broker_cpu = match opts.broker_pid {
-            Some(pid) => Some(CpuClock::new(Some(pid)).seconds().context("broker CPU (is it still running?)")?),
+            Some(pid) => Some(
+                CpuClock::new(Some(pid))
+                    .seconds()
+                    .context("broker CPU (is it still running?)")?,
+            ),
             None => None,
         };
-        Ok(Self { at: Instant::now(), sent, delivered, broker_cpu, own_cpu: CpuClock::new(None).seconds()? })
+        Ok(Self {
+            at: Instant::now(),
+            sent,
+            delivered,
+            broker_cpu,
+            own_cpu: CpuClock::new(None).seconds()?,
+            machine_busy: procstat::machine_busy_seconds()?,
+        })
     }
 
     /// The report for the window from `before` to `self`.
@@ -160,6 +179,10 @@ impl Snapshot {
         let sent = self.sent - before.sent;
         let delivered = self.delivered - before.delivered;
         let broker_cpu_s = self.broker_cpu.zip(before.broker_cpu).map(|(a, b)| a - b);
+        let loadgen_cpu_s = self.own_cpu - before.own_cpu;
+        let machine = self.machine_busy - before.machine_busy;
+        // Ticks are 10 ms: clamp the rounding noise at zero.
+        let other_cpu_s = (machine - loadgen_cpu_s - broker_cpu_s.unwrap_or(0.0)).max(0.0);
         Report {
             label: opts.label.clone(),
             proto: Some(opts.proto),
@@ -171,8 +194,11 @@ impl Snapshot {
             sent_per_s: sent as f64 / seconds,
             delivered_per_s: delivered as f64 / seconds,
             broker_cpu_s,
-            delivered_per_broker_cpu_s: broker_cpu_s.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
-            loadgen_cpu_s: self.own_cpu - before.own_cpu,
+            delivered_per_broker_cpu_s: broker_cpu_s
+                .filter(|c| *c > 0.0)
+                .map(|c| delivered as f64 / c),
+            loadgen_cpu_s,
+            other_cpu_s,
             ..Report::default()
         }
     }
@@ -192,7 +218,13 @@ async fn run(opts: Opts) -> anyhow::Result<Report> {
     match opts.workload {
         Workload::OneToOne => {
             let topic = p.topic(&["bench", "one"]);
-            throughput::run(&opts, "one-to-one", vec![vec![topic.clone()]], Topics::Fixed(topic.into_bytes())).await
+            throughput::run(
+                &opts,
+                "one-to-one",
+                vec![vec![topic.clone()]],
+                Topics::Fixed(topic.into_bytes()),
+            )
+            .await
         }
         Workload::FanOut => {
             let topic = p.topic(&["bench", "fan"]);
@@ -201,9 +233,20 @@ async fn run(opts: Opts) -> anyhow::Result<Report> {
         }
         Workload::ManySubs => {
             let n = opts.subscriptions.max(1);
-            let filters = (0..n).map(|i| p.topic(&["bench", "sub", &i.to_string()])).collect();
+            let filters = (0..n)
+                .map(|i| p.topic(&["bench", "sub", &i.to_string()]))
+                .collect();
             let prefix = format!("{}{}", p.topic(&["bench", "sub"]), p.separator()).into_bytes();
-            throughput::run(&opts, "many-subs", vec![filters], Topics::Random { prefix, count: n as u64 }).await
+            throughput::run(
+                &opts,
+                "many-subs",
+                vec![filters],
+                Topics::Random {
+                    prefix,
+                    count: n as u64,
+                },
+            )
+            .await
         }
         Workload::Latency => latency::run(&opts, opts.rate).await,
     }
@@ -225,14 +268,21 @@ fn summarize(files: &[String], baseline: &str, order: &[String]) -> anyhow::Resu
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Summarize { files, baseline, order } => summarize(&files, &baseline, &order).map(|md| print!("{md}")),
+        Command::Summarize {
+            files,
+            baseline,
+            order,
+        } => summarize(&files, &baseline, &order).map(|md| print!("{md}")),
         Command::Run(opts) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .context("tokio runtime")
             .and_then(|rt| rt.block_on(run(opts)))
-            .and_then(|report| Ok(println!("{}", serde_json::to_string(&report)?))),
+            .and_then(|report| {
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

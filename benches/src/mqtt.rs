@@ -122,11 +122,17 @@ pub fn parse(data: &[u8]) -> anyhow::Result<Option<(Packet<'_>, usize)>> {
             Packet::SubAck(u16::from_be_bytes([body[0], body[1]]), &body[2..])
         }
         3 => {
-            ensure!(first & 0x06 == 0, "PUBLISH with QoS > 0 (subscriptions ask QoS 0)");
+            ensure!(
+                first & 0x06 == 0,
+                "PUBLISH with QoS > 0 (subscriptions ask QoS 0)"
+            );
             ensure!(body.len() >= 2, "malformed PUBLISH");
             let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
             ensure!(body.len() >= 2 + topic_len, "malformed PUBLISH topic");
-            Packet::Publish { topic: &body[2..2 + topic_len], payload: &body[2 + topic_len..] }
+            Packet::Publish {
+                topic: &body[2..2 + topic_len],
+                payload: &body[2 + topic_len..],
+            }
         }
         13 => Packet::PingResp,
         _ => Packet::Other(first),
@@ -146,7 +152,9 @@ pub struct Conn {
 impl Conn {
     /// Connects and waits for a successful CONNACK.
     pub async fn connect(addr: &str, client_id: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
         let mut conn = Self {
@@ -225,14 +233,12 @@ impl Conn {
         encode_publish(&mut self.out, topic, payload);
     }
 
-    /// Bytes queued and not yet flushed.
-    pub fn queued(&self) -> usize {
-        self.out.len()
-    }
-
     /// Writes everything queued.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
-        self.wr.write_all(&self.out).await.context("write to broker")?;
+        self.wr
+            .write_all(&self.out)
+            .await
+            .context("write to broker")?;
         self.out.clear();
         Ok(())
     }
@@ -283,7 +289,13 @@ mod tests {
             assert_eq!(parse(&out[..out.len() - 1]).unwrap(), None);
             let (packet, n) = parse(&out).unwrap().unwrap();
             assert_eq!(n, out.len());
-            assert_eq!(packet, Packet::Publish { topic: b"bench/one", payload: &payload });
+            assert_eq!(
+                packet,
+                Packet::Publish {
+                    topic: b"bench/one",
+                    payload: &payload
+                }
+            );
         }
     }
 
@@ -299,8 +311,14 @@ mod tests {
 
     #[test]
     fn parses_acks_and_rejects_garbage() {
-        assert_eq!(parse(b"\x20\x02\x00\x00").unwrap(), Some((Packet::ConnAck(0), 4)));
-        assert_eq!(parse(b"\x90\x04\x00\x01\x00\x80").unwrap(), Some((Packet::SubAck(1, b"\x00\x80"), 6)));
+        assert_eq!(
+            parse(b"\x20\x02\x00\x00").unwrap(),
+            Some((Packet::ConnAck(0), 4))
+        );
+        assert_eq!(
+            parse(b"\x90\x04\x00\x01\x00\x80").unwrap(),
+            Some((Packet::SubAck(1, b"\x00\x80"), 6))
+        );
         assert_eq!(parse(b"\xd0\x00").unwrap(), Some((Packet::PingResp, 2)));
         assert!(parse(b"\x30\xff\xff\xff\xff\x01").is_err());
         assert!(parse(b"\x32\x05\x00\x01a\x00\x01").is_err());

@@ -70,10 +70,14 @@ pub fn parse(data: &[u8]) -> anyhow::Result<Option<(Op<'_>, usize)>> {
     let after = nl + 1;
     if let Some(args) = line.strip_prefix(b"MSG ") {
         // MSG <subject> <sid> [reply-to] <#bytes>
-        let mut tokens = args.split(|b| *b == b' ' || *b == b'\t').filter(|t| !t.is_empty());
+        let mut tokens = args
+            .split(|b| *b == b' ' || *b == b'\t')
+            .filter(|t| !t.is_empty());
         let subject = tokens.next().context("MSG without subject")?;
-        let len_token = tokens.last().context("MSG without size")?;
-        let len: usize = std::str::from_utf8(len_token)?.parse().context("MSG size")?;
+        let len_token = tokens.next_back().context("MSG without size")?;
+        let len: usize = std::str::from_utf8(len_token)?
+            .parse()
+            .context("MSG size")?;
         let Some(payload) = data.get(after..after + len) else {
             return Ok(None);
         };
@@ -91,7 +95,10 @@ pub fn parse(data: &[u8]) -> anyhow::Result<Option<(Op<'_>, usize)>> {
     } else if line.starts_with(b"INFO") || line == b"+OK" {
         Op::Ignored
     } else {
-        bail!("unexpected line from nats-server: {}", String::from_utf8_lossy(line));
+        bail!(
+            "unexpected line from nats-server: {}",
+            String::from_utf8_lossy(line)
+        );
     };
     Ok(Some((op, after)))
 }
@@ -107,7 +114,9 @@ pub struct Conn {
 impl Conn {
     /// Connects, sends CONNECT and waits for the PONG that proves the server accepted it.
     pub async fn connect(addr: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
         let mut conn = Self {
@@ -165,14 +174,12 @@ impl Conn {
         encode_pub(&mut self.out, subject, payload);
     }
 
-    /// Bytes queued and not yet flushed.
-    pub fn queued(&self) -> usize {
-        self.out.len()
-    }
-
     /// Writes everything queued.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
-        self.wr.write_all(&self.out).await.context("write to nats-server")?;
+        self.wr
+            .write_all(&self.out)
+            .await
+            .context("write to nats-server")?;
         self.out.clear();
         Ok(())
     }
@@ -211,10 +218,22 @@ mod tests {
         assert_eq!(out, b"PUB bench.one 5\r\nhello\r\n");
         let msg = b"MSG bench.one 1 5\r\nhello\r\nMSG a 2 reply 0\r\n\r\n";
         let (op, n) = parse(msg).unwrap().unwrap();
-        assert_eq!(op, Op::Msg { subject: b"bench.one", payload: b"hello" });
+        assert_eq!(
+            op,
+            Op::Msg {
+                subject: b"bench.one",
+                payload: b"hello"
+            }
+        );
         assert_eq!(n, 26);
         let (op, m) = parse(&msg[n..]).unwrap().unwrap();
-        assert_eq!(op, Op::Msg { subject: b"a", payload: b"" });
+        assert_eq!(
+            op,
+            Op::Msg {
+                subject: b"a",
+                payload: b""
+            }
+        );
         assert_eq!(n + m, msg.len());
         for cut in 0..n {
             assert_eq!(parse(&msg[..cut]).unwrap(), None, "cut at {cut}");
@@ -226,7 +245,10 @@ mod tests {
         assert_eq!(parse(b"PING\r\n").unwrap(), Some((Op::Ping, 6)));
         assert_eq!(parse(b"+OK\r\n").unwrap(), Some((Op::Ignored, 5)));
         assert_eq!(parse(b"INFO {}\r\n").unwrap(), Some((Op::Ignored, 9)));
-        assert_eq!(parse(b"-ERR 'x'\r\n").unwrap(), Some((Op::Err(b" 'x'"), 10)));
+        assert_eq!(
+            parse(b"-ERR 'x'\r\n").unwrap(),
+            Some((Op::Err(b" 'x'"), 10))
+        );
         assert!(parse(b"BOGUS\r\n").is_err());
         let mut n = Vec::new();
         push_decimal(&mut n, 1_234_567);

@@ -36,9 +36,11 @@ pub struct Report {
     pub delivered_total: u64,
     /// Copies that never arrived: `sent_total * subscribers - delivered_total`.
     pub lost: u64,
-    /// Times the publisher's flow-control window stayed full with no progress and was reset
-    /// (a sign of messages dropped by the broker).
+    /// Times the publisher's flow-control window stayed full with no delivery for 200 ms: the
+    /// broker dropped the window's tail, or it is stalled.
     pub stalls: u64,
+    /// Messages delivered with a payload of the wrong size (should be 0).
+    pub malformed: u64,
     /// Flow-control window: messages allowed in flight between publisher and slowest subscriber.
     pub window: u64,
     /// Open-loop publish rate for the latency workload (messages per second).
@@ -49,10 +51,15 @@ pub struct Report {
     pub delivered_per_broker_cpu_s: Option<f64>,
     /// CPU seconds of the load generator itself in the measured window.
     pub loadgen_cpu_s: f64,
+    /// CPU seconds that every other process on the machine used in the measured window: more
+    /// than a few hundredths per second means the numbers shared the cores with other work.
+    pub other_cpu_s: f64,
     /// Seconds taken to subscribe (and get every acknowledgement), for `many-subs`.
     pub subscribe_s: Option<f64>,
     /// Latency percentiles, for `latency`.
     pub latency: Option<Latency>,
+    /// Something the numbers alone do not say (e.g. the broker stopped reading the publisher).
+    pub note: Option<String>,
     /// Why the run failed (written by the runner script; a successful run has none).
     pub error: Option<String>,
 }

@@ -23,7 +23,10 @@ struct Progress {
 }
 
 fn options(opts: &Opts, id: String) -> anyhow::Result<MqttOptions> {
-    let (host, port) = opts.addr.rsplit_once(':').context("--addr must be HOST:PORT")?;
+    let (host, port) = opts
+        .addr
+        .rsplit_once(':')
+        .context("--addr must be HOST:PORT")?;
     let mut o = MqttOptions::new(id, host, port.parse::<u16>().context("port")?);
     o.set_keep_alive(Duration::from_secs(60));
     o.set_max_packet_size(1 << 20, 1 << 20);
@@ -69,14 +72,20 @@ pub async fn one_to_one(opts: &Opts) -> anyhow::Result<Report> {
             while !progress.stop.load(Relaxed) {
                 let acked = progress.next_seq.load(Relaxed).max(forgotten);
                 if seq.saturating_sub(acked) >= window {
-                    let waited = tokio::time::timeout(Duration::from_millis(200), progress.notify.notified()).await;
+                    let waited = tokio::time::timeout(
+                        Duration::from_millis(200),
+                        progress.notify.notified(),
+                    )
+                    .await;
                     if waited.is_err() {
                         forgotten = seq;
                     }
                     continue;
                 }
                 payload[..8].copy_from_slice(&seq.to_le_bytes());
-                publisher.publish(topic, QoS::AtMostOnce, false, payload.clone()).await?;
+                publisher
+                    .publish(topic, QoS::AtMostOnce, false, payload.clone())
+                    .await?;
                 seq += 1;
                 progress.sent.store(seq, Relaxed);
             }
@@ -115,7 +124,9 @@ async fn subscriber(mut events: EventLoop, progress: Arc<Progress>) -> anyhow::R
     loop {
         if let Event::Incoming(Packet::Publish(p)) = events.poll().await? {
             if let Some(seq) = p.payload.first_chunk::<8>() {
-                progress.next_seq.fetch_max(u64::from_le_bytes(*seq) + 1, Relaxed);
+                progress
+                    .next_seq
+                    .fetch_max(u64::from_le_bytes(*seq) + 1, Relaxed);
             }
             progress.delivered.fetch_add(1, Relaxed);
             progress.notify.notify_one();

@@ -36,6 +36,8 @@ struct Cell {
     cores: Vec<f64>,
     lost: u64,
     stalls: u64,
+    malformed: u64,
+    notes: Vec<String>,
     runs: usize,
 }
 
@@ -53,24 +55,55 @@ fn workload_rank(workload: &str) -> u8 {
 fn rows_of(r: &Report) -> Vec<(Row, Option<f64>)> {
     let ok = r.error.is_none();
     let rank = workload_rank(&r.workload);
-    let row = |sub: u8, title: String, unit| Row { order: (rank, r.payload_bytes, sub), title, unit };
+    let row = |sub: u8, title: String, unit| Row {
+        order: (rank, r.payload_bytes, sub),
+        title,
+        unit,
+    };
     let size = r.payload_bytes;
     match r.workload.as_str() {
         "latency" => {
             let lat = r.latency.clone().filter(|_| ok);
-            let rate = r.rate.map(|v| format!(" @ {}k msg/s", v / 1000)).unwrap_or_default();
+            let rate = r
+                .rate
+                .map(|v| format!(" @ {}k msg/s", v / 1000))
+                .unwrap_or_default();
             vec![
-                (row(0, format!("latency p50{rate}, {size} B (µs)"), Unit::Micros), lat.as_ref().map(|l| l.p50_us)),
-                (row(1, format!("latency p99{rate}, {size} B (µs)"), Unit::Micros), lat.as_ref().map(|l| l.p99_us)),
-                (row(2, format!("latency p99.9{rate}, {size} B (µs)"), Unit::Micros), lat.as_ref().map(|l| l.p999_us)),
+                (
+                    row(0, format!("latency p50{rate}, {size} B (µs)"), Unit::Micros),
+                    lat.as_ref().map(|l| l.p50_us),
+                ),
+                (
+                    row(1, format!("latency p99{rate}, {size} B (µs)"), Unit::Micros),
+                    lat.as_ref().map(|l| l.p99_us),
+                ),
+                (
+                    row(
+                        2,
+                        format!("latency p99.9{rate}, {size} B (µs)"),
+                        Unit::Micros,
+                    ),
+                    lat.as_ref().map(|l| l.p999_us),
+                ),
             ]
         }
         "many-subs" => {
             let subs = r.subscriptions;
             vec![
-                (row(0, format!("many-subs {subs} subs, {size} B (msg/s)"), Unit::Rate), ok.then_some(r.delivered_per_s)),
                 (
-                    Row { order: (3, size, 0), title: format!("many-subs: time to subscribe {subs} (s)"), unit: Unit::Seconds },
+                    row(
+                        0,
+                        format!("many-subs {subs} subs, {size} B (msg/s)"),
+                        Unit::Rate,
+                    ),
+                    ok.then_some(r.delivered_per_s),
+                ),
+                (
+                    Row {
+                        order: (3, size, 1),
+                        title: format!("many-subs: time to subscribe {subs} (s)"),
+                        unit: Unit::Seconds,
+                    },
                     r.subscribe_s.filter(|_| ok),
                 ),
             ]
@@ -80,7 +113,10 @@ fn rows_of(r: &Report) -> Vec<(Row, Option<f64>)> {
             vec![(row(0, title, Unit::Rate), ok.then_some(r.delivered_per_s))]
         }
         other => {
-            vec![(row(0, format!("{other} {size} B (msg/s)"), Unit::Rate), ok.then_some(r.delivered_per_s))]
+            vec![(
+                row(0, format!("{other} {size} B (msg/s)"), Unit::Rate),
+                ok.then_some(r.delivered_per_s),
+            )]
         }
     }
 }
@@ -125,56 +161,101 @@ pub fn render(reports: &[Report], order: &[String], baseline: &str) -> String {
             brokers.push(r.label.clone());
         }
     }
-    let present: Vec<&String> =
-        brokers.iter().filter(|b| reports.iter().any(|r| &r.label == *b)).collect();
+    let present: Vec<&String> = brokers
+        .iter()
+        .filter(|b| reports.iter().any(|r| &r.label == *b))
+        .collect();
     let mut table: BTreeMap<Row, BTreeMap<String, Cell>> = BTreeMap::new();
     for r in reports {
         for (row, value) in rows_of(r) {
-            let cell = table.entry(row.clone()).or_default().entry(r.label.clone()).or_default();
+            let cell = table
+                .entry(row.clone())
+                .or_default()
+                .entry(r.label.clone())
+                .or_default();
             cell.runs += 1;
             let Some(v) = value else { continue };
             cell.values.push(v);
-            if row.unit == Unit::Rate && row.order.2 == 0 {
+            if row.unit == Unit::Rate {
                 cell.per_cpu.extend(r.delivered_per_broker_cpu_s);
-                cell.cores.extend(r.broker_cpu_s.map(|c| c / r.seconds.max(f64::MIN_POSITIVE)));
+                cell.cores
+                    .extend(r.broker_cpu_s.map(|c| c / r.seconds.max(f64::MIN_POSITIVE)));
+            }
+            // Each report counts its losses once, on its first row.
+            if row.order.2 == 0 {
                 cell.lost += r.lost;
                 cell.stalls += r.stalls;
+                cell.malformed += r.malformed;
+                cell.notes.extend(r.note.clone());
             }
         }
     }
 
     let mut md = String::new();
     let header = |md: &mut String, first: &str| {
-        let _ = writeln!(md, "| {first} | {} |", present.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(
+            md,
+            "| {first} | {} |",
+            present
+                .iter()
+                .map(|b| b.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         let _ = writeln!(md, "|---|{}", "---:|".repeat(present.len()));
     };
-    let cell_text = |row: &Row, cells: &BTreeMap<String, Cell>, b: &str, pick: fn(&Cell) -> &[f64], unit: Unit| {
-        let Some(cell) = cells.get(b) else { return "–".to_string() };
-        let _ = row;
-        let Some(m) = median(pick(cell)) else {
-            return if cell.runs > 0 { "failed".to_string() } else { "–".to_string() };
+    // `spread`: add ±half the range of the values, relative to the median.
+    let cell_text = |cells: &BTreeMap<String, Cell>,
+                     b: &str,
+                     pick: fn(&Cell) -> &[f64],
+                     unit: Unit,
+                     spread: bool| {
+        let Some(cell) = cells.get(b) else {
+            return "–".to_string();
+        };
+        let values = pick(cell);
+        let Some(m) = median(values) else {
+            return if cell.runs > 0 {
+                "failed".to_string()
+            } else {
+                "–".to_string()
+            };
         };
         let mut text = format_value(unit, m);
+        if spread && values.len() > 1 && m > 0.0 {
+            let max = values.iter().copied().fold(f64::MIN, f64::max);
+            let min = values.iter().copied().fold(f64::MAX, f64::min);
+            let _ = write!(text, " ±{:.0}%", (max - min) / 2.0 / m * 100.0);
+        }
         if cell.values.len() < cell.runs {
             let _ = write!(text, " ({}/{} ok)", cell.values.len(), cell.runs);
         }
         text
     };
 
-    let _ = writeln!(md, "Medians over repetitions (higher msg/s is better; lower µs and s are better).\n");
+    let _ = writeln!(
+        md,
+        "Medians over repetitions, ± half the range between the lowest and highest repetition (higher msg/s is better; lower µs and s are better).\n"
+    );
     header(&mut md, "workload");
     for (row, cells) in &table {
-        let texts: Vec<String> = present.iter().map(|b| cell_text(row, cells, b, |c| &c.values, row.unit)).collect();
+        let texts: Vec<String> = present
+            .iter()
+            .map(|b| cell_text(cells, b, |c| &c.values, row.unit, true))
+            .collect();
         let _ = writeln!(md, "| {} | {} |", row.title, texts.join(" | "));
     }
 
-    let _ = writeln!(md, "\nMessages delivered per broker CPU second (broker cores busy in parentheses).\n");
+    let _ = writeln!(
+        md,
+        "\nMessages delivered per broker CPU second (broker cores busy in parentheses).\n"
+    );
     header(&mut md, "workload");
     for (row, cells) in table.iter().filter(|(row, _)| row.unit == Unit::Rate) {
         let texts: Vec<String> = present
             .iter()
             .map(|b| {
-                let per_cpu = cell_text(row, cells, b, |c| &c.per_cpu, Unit::Rate);
+                let per_cpu = cell_text(cells, b, |c| &c.per_cpu, Unit::Rate, false);
                 match cells.get(b.as_str()).and_then(|c| median(&c.cores)) {
                     Some(cores) => format!("{per_cpu} ({cores:.2})"),
                     None => per_cpu,
@@ -184,18 +265,47 @@ pub fn render(reports: &[Report], order: &[String], baseline: &str) -> String {
         let _ = writeln!(md, "| {} | {} |", row.title, texts.join(" | "));
     }
 
+    let others_busy: Vec<f64> = reports
+        .iter()
+        .filter(|r| r.error.is_none() && r.seconds > 0.0)
+        .map(|r| r.other_cpu_s / r.seconds)
+        .collect();
+    if let Some(m) = median(&others_busy) {
+        let max = others_busy.iter().copied().fold(0.0, f64::max);
+        let busy = others_busy.iter().filter(|v| **v > 0.25).count();
+        let _ = writeln!(
+            md,
+            "\nOther processes on the machine during the measured windows: median {m:.2} cores, \
+             max {max:.2}; {busy} of {} runs shared more than 0.25 cores with other work.",
+            others_busy.len()
+        );
+    }
+
     let losses: Vec<String> = table
         .iter()
         .flat_map(|(row, cells)| {
-            cells.iter().filter(|(_, c)| c.lost > 0 || c.stalls > 0).map(move |(b, c)| {
-                format!("{b}, {}: {} copies lost, {} window stalls (all repetitions)", row.title, c.lost, c.stalls)
-            })
+            cells
+                .iter()
+                .filter(|(_, c)| c.lost > 0 || c.stalls > 0 || c.malformed > 0 || !c.notes.is_empty())
+                .map(move |(b, c)| {
+                    let mut line = format!(
+                        "{b}, {}: {} copies not delivered, {} window stalls, {} malformed (all repetitions)",
+                        row.title, c.lost, c.stalls, c.malformed
+                    );
+                    for note in &c.notes {
+                        let _ = write!(line, "; {note}");
+                    }
+                    line
+                })
         })
         .collect();
     if losses.is_empty() {
-        let _ = writeln!(md, "\nNo message was lost in any throughput run.");
+        let _ = writeln!(md, "\nNo message was lost in any successful run.");
     } else {
-        let _ = writeln!(md, "\nLosses:\n");
+        let _ = writeln!(
+            md,
+            "\nLosses and notes (copies not delivered by the end of a 1 s drain count as lost):\n"
+        );
         for l in losses {
             let _ = writeln!(md, "- {l}");
         }
@@ -210,16 +320,26 @@ pub fn render(reports: &[Report], order: &[String], baseline: &str) -> String {
         md,
         "\nSame-run ratios {baseline} / other (for msg/s above 1 means {baseline} is faster; for µs and s below 1 means {baseline} is faster).\n"
     );
-    let _ = writeln!(md, "| workload | {} |", others.iter().map(|b| format!("{baseline} / {b}")).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        md,
+        "| workload | {} |",
+        others
+            .iter()
+            .map(|b| format!("{baseline} / {b}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let _ = writeln!(md, "|---|{}", "---:|".repeat(others.len()));
     for (row, cells) in &table {
         let base = cells.get(baseline).and_then(|c| median(&c.values));
         let texts: Vec<String> = others
             .iter()
-            .map(|b| match (base, cells.get(b.as_str()).and_then(|c| median(&c.values))) {
-                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
-                _ => "–".to_string(),
-            })
+            .map(
+                |b| match (base, cells.get(b.as_str()).and_then(|c| median(&c.values))) {
+                    (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+                    _ => "–".to_string(),
+                },
+            )
             .collect();
         let _ = writeln!(md, "| {} | {} |", row.title, texts.join(" | "));
     }
@@ -252,14 +372,23 @@ mod tests {
             report("a", "one-to-one", 200.0),
             report("b", "one-to-one", 1e6),
         ];
-        reports.push(Report { error: Some("exit 1".into()), ..report("b", "one-to-one", 0.0) });
+        reports.push(Report {
+            error: Some("exit 1".into()),
+            ..report("b", "one-to-one", 0.0)
+        });
         let md = render(&reports, &["b".into(), "a".into()], "a");
-        assert!(md.contains("| one-to-one 128 B (msg/s) | 1.00M (1/2 ok) | 200 |"), "{md}");
+        assert!(
+            md.contains("| one-to-one 128 B (msg/s) | 1.00M (1/2 ok) | 200 ±50% |"),
+            "{md}"
+        );
         assert!(md.contains("| a / b |"), "{md}");
         assert!(md.contains("| 0.00× |"), "{md}");
         assert!(md.contains("(0.50)"), "{md}");
         let without = render(&reports, &[], "meshgate");
-        assert!(without.contains("No ratios: meshgate was not measured"), "{without}");
+        assert!(
+            without.contains("No ratios: meshgate was not measured"),
+            "{without}"
+        );
     }
 
     #[test]

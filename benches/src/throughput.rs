@@ -7,7 +7,9 @@
 //! beyond the slowest subscriber. Without it a QoS 0 publisher only measures how fast the broker
 //! can accept (and drop) messages. A dropped message does not leak window (the highest sequence
 //! seen moves past gaps); if the window stays full with no progress for [`STALL`], the publisher
-//! counts a stall and forgets what is outstanding.
+//! counts a stall and sends a few more messages as probes: if the broker dropped the tail of the
+//! window, the probes get through and restart the flow; if it is only slow, the probes add
+//! little to its backlog.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -26,6 +28,9 @@ use crate::{Opts, Snapshot};
 
 /// How long a full window may see no progress before it is reset.
 const STALL: Duration = Duration::from_millis(200);
+
+/// How long the publisher may stay blocked in a write after the run ends.
+const PUBLISHER_GRACE: Duration = Duration::from_secs(5);
 
 /// Bytes encoded per write by the publisher.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -79,6 +84,10 @@ struct Shared {
     sent: AtomicU64,
     stalls: AtomicU64,
     stop: AtomicBool,
+    /// Payload size every message must arrive with.
+    payload_len: usize,
+    /// Messages that arrived with another size.
+    malformed: AtomicU64,
 }
 
 impl Shared {
@@ -101,19 +110,37 @@ pub async fn run(
         sent: AtomicU64::new(0),
         stalls: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        payload_len: opts.payload,
+        malformed: AtomicU64::new(0),
     });
 
     let subscribe_started = Instant::now();
     let mut subscribers = Vec::new();
     for (i, topics) in filters.iter().enumerate() {
         let mut conn = Conn::connect(opts.proto, &opts.addr, &format!("lg-s{i}-{pid}")).await?;
-        conn.subscribe(topics, opts.sub_batch).await.context("subscribe")?;
+        let limit = opts.subscribe_timeout();
+        tokio::time::timeout(limit, conn.subscribe(topics, opts.sub_batch))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "subscribing {} filters did not finish within {} s",
+                    topics.len(),
+                    limit.as_secs()
+                )
+            })?
+            .context("subscribe")?;
         subscribers.push(tokio::spawn(subscriber(conn, i, shared.clone())));
     }
     let subscribe_s = subscribe_started.elapsed().as_secs_f64();
 
     let conn = Conn::connect(opts.proto, &opts.addr, &format!("lg-p-{pid}")).await?;
-    let publisher = tokio::spawn(publisher(conn, shared.clone(), opts.window, opts.payload, topics));
+    let publisher = tokio::spawn(publisher(
+        conn,
+        shared.clone(),
+        opts.window,
+        opts.payload,
+        topics,
+    ));
 
     let snap = |s: &Shared| Snapshot::take(opts, s.sent.load(Relaxed), s.delivered());
     tokio::time::sleep(opts.warmup()).await;
@@ -122,7 +149,23 @@ pub async fn run(
     let after = snap(&shared)?;
     shared.stop.store(true, Relaxed);
     shared.progress.notify_one();
-    publisher.await.context("publisher task")?.context("publisher")?;
+    // Keep the publisher's socket open until the drain is over: closing it early could reset
+    // the connection before the broker has read everything.
+    // A broker that stops reading leaves the publisher blocked in a write: give up on it after
+    // a few seconds and report what was delivered, with a note.
+    let mut note = None;
+    let mut publisher = publisher;
+    let publisher_conn = match tokio::time::timeout(PUBLISHER_GRACE, &mut publisher).await {
+        Ok(joined) => Some(joined.context("publisher task")?.context("publisher")?),
+        Err(_) => {
+            publisher.abort();
+            note = Some(format!(
+                "publisher blocked: the broker read nothing from it for {} s",
+                PUBLISHER_GRACE.as_secs()
+            ));
+            None
+        }
+    };
 
     let sent_total = shared.sent.load(Relaxed);
     let expected = sent_total * filters.len() as u64;
@@ -130,6 +173,7 @@ pub async fn run(
     for task in &subscribers {
         task.abort();
     }
+    drop(publisher_conn);
 
     let mut report = after.report_since(&before, opts, workload);
     report.subscribers = filters.len();
@@ -138,12 +182,15 @@ pub async fn run(
     report.delivered_total = delivered_total;
     report.lost = expected.saturating_sub(delivered_total);
     report.stalls = shared.stalls.load(Relaxed);
+    report.malformed = shared.malformed.load(Relaxed);
+    report.note = note;
     report.window = opts.window;
     report.subscribe_s = Some(subscribe_s);
     Ok(report)
 }
 
-/// Waits until every copy has arrived, or nothing has arrived for a while; fails if a
+/// Waits until every copy has arrived, or nothing has arrived for a second (ten seconds at
+/// most); fails if a
 /// subscriber connection died.
 async fn drain(
     shared: &Shared,
@@ -151,7 +198,8 @@ async fn drain(
     expected: u64,
 ) -> anyhow::Result<u64> {
     let mut last = shared.delivered();
-    let mut last_change = Instant::now();
+    let started = Instant::now();
+    let mut last_change = started;
     loop {
         for task in subscribers {
             if task.is_finished() {
@@ -159,7 +207,10 @@ async fn drain(
             }
         }
         let now = shared.delivered();
-        if now >= expected || last_change.elapsed() > Duration::from_millis(500) {
+        if now >= expected
+            || last_change.elapsed() > Duration::from_secs(1)
+            || started.elapsed() > Duration::from_secs(10)
+        {
             return Ok(now);
         }
         if now != last {
@@ -175,13 +226,20 @@ async fn subscriber(mut conn: Conn, index: usize, shared: Arc<Shared>) -> anyhow
     let mut next_seq = 0u64;
     loop {
         let mut count = 0u64;
+        let mut malformed = 0u64;
         conn.read(|_topic, payload| {
             count += 1;
-            if let Some(seq) = payload.first_chunk::<8>() {
-                next_seq = next_seq.max(u64::from_le_bytes(*seq) + 1);
+            match payload.first_chunk::<8>() {
+                Some(seq) if payload.len() == shared.payload_len => {
+                    next_seq = next_seq.max(u64::from_le_bytes(*seq) + 1);
+                }
+                _ => malformed += 1,
             }
         })
         .await?;
+        if malformed > 0 {
+            shared.malformed.fetch_add(malformed, Relaxed);
+        }
         if count > 0 {
             stats.delivered.fetch_add(count, Relaxed);
             stats.next_seq.store(next_seq, Relaxed);
@@ -196,26 +254,38 @@ async fn publisher(
     window: u64,
     payload_len: usize,
     topics: Topics,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Conn> {
     let mut payload = vec![0u8; payload_len.max(8)];
     let mut topic_buf = Vec::with_capacity(64);
     let mut rng = SmallRng::seed_from_u64(0x6d65_7368);
     let per_message = payload.len() + topics.max_len() + 16;
     let batch = ((WRITE_BATCH / per_message) as u64).clamp(1, (window / 4).max(1));
     let mut seq = 0u64;
-    let mut forgotten = 0u64;
+    // Extra messages allowed beyond the window after stalls; reset by any progress.
+    let mut probes = 0u64;
+    let mut last_acked = 0u64;
     while !shared.stop.load(Relaxed) {
-        let acked = shared.subs.iter().map(|s| s.next_seq.load(Relaxed)).min().unwrap_or(seq);
-        let in_flight = seq.saturating_sub(acked.max(forgotten));
-        if in_flight >= window {
+        let acked = shared
+            .subs
+            .iter()
+            .map(|s| s.next_seq.load(Relaxed))
+            .min()
+            .unwrap_or(seq);
+        if acked != last_acked {
+            last_acked = acked;
+            probes = 0;
+        }
+        let in_flight = seq.saturating_sub(acked);
+        let limit = window + probes;
+        if in_flight >= limit {
             let waited = tokio::time::timeout(STALL, shared.progress.notified()).await;
             if waited.is_err() && !shared.stop.load(Relaxed) {
                 shared.stalls.fetch_add(1, Relaxed);
-                forgotten = seq;
+                probes += batch.min(64);
             }
             continue;
         }
-        for _ in 0..batch.min(window - in_flight) {
+        for _ in 0..batch.min(limit - in_flight) {
             payload[..8].copy_from_slice(&seq.to_le_bytes());
             conn.push_publish(topics.next(&mut rng, &mut topic_buf), &payload);
             seq += 1;
@@ -223,5 +293,5 @@ async fn publisher(
         conn.flush().await?;
         shared.sent.store(seq, Relaxed);
     }
-    Ok(())
+    Ok(conn)
 }

@@ -26,13 +26,19 @@ fn parse_one(text: &str) {
     let topic_ok = validate_topic(text).is_ok();
     let filter = Filter::parse(text);
     if let Ok(f) = &filter {
-        assert_eq!(Filter::parse(f.as_str()).as_ref(), Ok(f), "reparse {text:?}");
+        assert_eq!(
+            Filter::parse(f.as_str()).as_ref(),
+            Ok(f),
+            "reparse {text:?}"
+        );
         assert_eq!(f.to_string(), text);
         // Matching any text, even an invalid topic, must not panic.
         let _ = f.matches(text);
     }
     if topic_ok {
-        let f = filter.as_ref().expect("a valid topic is a valid literal filter");
+        let f = filter
+            .as_ref()
+            .expect("a valid topic is a valid literal filter");
         assert!(f.is_literal(), "{text:?}");
         assert!(f.matches(text), "{text:?} matches itself");
         assert!(matched_by_trie(f, text));

@@ -7,20 +7,26 @@ use foldhash::fast::RandomState;
 use crate::matches::Matches;
 use crate::trie::Trie;
 
+/// Ways per set: with four, a set thrashes only when five topics in steady use share it.
+const WAYS: usize = 4;
+
 /// A bounded cache of match results in front of one trie, invalidated by the trie's generation.
 /// Meant to be owned by one publisher (no locking inside): each publishing connection keeps one.
 ///
-/// Two-way set associative: a topic hashes to a set of two slots and, on a miss, replaces the
-/// less recently used one. There is no sweep and no growth; a replaced slot keeps the capacity of
-/// its topic string and result vectors, so a warm cache allocates nothing. A slot is valid only
-/// for the trie (and the generation of that trie) it was computed from.
+/// Four-way set associative: a topic hashes to a set of four slots and, on a miss, replaces the
+/// least recently used one. There is no sweep and no growth; a replaced slot keeps the capacity
+/// of its topic string and result vectors, so a warm cache allocates nothing. A slot is valid
+/// only for the trie, and the generation of that trie, it was computed from.
 ///
 /// Cached results hold clones of the trie's values until their slot is replaced or the cache is
 /// cleared or dropped.
 pub struct MatchCache<K, V> {
     slots: Box<[Slot<K, V>]>,
-    /// Per set, the way (0 or 1) used last.
-    recent: Box<[u8]>,
+    /// Per set, the hash of each way's topic (0: empty), so that a lookup reads one line to
+    /// find its candidate.
+    tags: Box<[[u64; WAYS]]>,
+    /// Per set, when each way was last used (a lookup counter).
+    used: Box<[[u64; WAYS]]>,
     set_mask: usize,
     hasher: RandomState,
     hits: u64,
@@ -36,9 +42,10 @@ struct Slot<K, V> {
 }
 
 impl<K: Copy + Eq + Hash, V: Clone> MatchCache<K, V> {
-    /// `capacity` entries (rounded up to a power of two, at least 2).
+    /// `capacity` entries (rounded up to a power of two, at least 4).
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(2).next_power_of_two();
+        let capacity = capacity.max(WAYS).next_power_of_two();
+        let sets = capacity / WAYS;
         let slots = (0..capacity)
             .map(|_| Slot {
                 topic: String::new(),
@@ -49,8 +56,9 @@ impl<K: Copy + Eq + Hash, V: Clone> MatchCache<K, V> {
             .collect();
         Self {
             slots,
-            recent: vec![0; capacity / 2].into_boxed_slice(),
-            set_mask: capacity / 2 - 1,
+            tags: vec![[0; WAYS]; sets].into_boxed_slice(),
+            used: vec![[0; WAYS]; sets].into_boxed_slice(),
+            set_mask: sets - 1,
             hasher: RandomState::default(),
             hits: 0,
             misses: 0,
@@ -59,36 +67,45 @@ impl<K: Copy + Eq + Hash, V: Clone> MatchCache<K, V> {
 
     /// Returns the matches for `topic`, computing them with `trie.match_into` on a miss.
     pub fn lookup<'a>(&'a mut self, trie: &Trie<K, V>, topic: &str) -> &'a Matches<K, V> {
-        let set = (self.hasher.hash_one(topic) as usize) & self.set_mask;
-        let base = set * 2;
+        // Never 0, which marks an empty way.
+        let tag = self.hasher.hash_one(topic) | 1;
+        let set = (tag >> 32) as usize & self.set_mask;
         let (id, generation) = (trie.id(), trie.generation());
-        let fresh = |s: &Slot<K, V>| s.trie == id && s.generation == generation;
-        let hit = (0..2).find(|&w| {
-            let s = &self.slots[base + w];
-            fresh(s) && s.topic == topic
-        });
-        let way = match hit {
-            Some(way) => {
-                self.hits += 1;
-                way
+        let same_topic = (0..WAYS)
+            .find(|&w| self.tags[set][w] == tag && self.slots[set * WAYS + w].topic == topic);
+        let way = match same_topic {
+            Some(w) => {
+                let slot = &self.slots[set * WAYS + w];
+                if slot.trie == id && slot.generation == generation {
+                    self.hits += 1;
+                    self.touch(set, w);
+                    return &self.slots[set * WAYS + w].matches;
+                }
+                // A stale copy of the same topic: refresh it in place.
+                w
             }
-            None => {
-                self.misses += 1;
-                // Refresh a stale copy of the same topic rather than keep two of it.
-                let way = (0..2)
-                    .find(|&w| self.slots[base + w].topic == topic)
-                    .unwrap_or(1 - usize::from(self.recent[set]));
-                let slot = &mut self.slots[base + way];
-                slot.topic.clear();
-                slot.topic.push_str(topic);
-                slot.trie = id;
-                slot.generation = generation;
-                trie.match_into(topic, &mut slot.matches);
-                way
-            }
+            None => self.victim(set),
         };
-        self.recent[set] = way as u8;
-        &self.slots[base + way].matches
+        self.misses += 1;
+        self.tags[set][way] = tag;
+        self.touch(set, way);
+        let slot = &mut self.slots[set * WAYS + way];
+        slot.topic.clear();
+        slot.topic.push_str(topic);
+        slot.trie = id;
+        slot.generation = generation;
+        trie.match_into(topic, &mut slot.matches);
+        &slot.matches
+    }
+
+    /// The least recently used way of a set (an empty one first).
+    fn victim(&self, set: usize) -> usize {
+        let used = &self.used[set];
+        (0..WAYS).min_by_key(|&w| used[w]).unwrap_or(0)
+    }
+
+    fn touch(&mut self, set: usize, way: usize) {
+        self.used[set][way] = self.hits + self.misses;
     }
 
     /// Number of lookups answered from the cache.
@@ -113,6 +130,8 @@ impl<K: Copy + Eq + Hash, V: Clone> MatchCache<K, V> {
             slot.trie = 0;
             slot.matches.clear();
         }
+        self.tags.fill([0; WAYS]);
+        self.used.fill([0; WAYS]);
     }
 }
 
@@ -135,7 +154,7 @@ mod tests {
     fn hits_misses_and_invalidation() {
         let mut trie = Trie::new();
         trie.insert(&f("a/*"), None, 1, 10);
-        let mut cache = MatchCache::new(4);
+        let mut cache = MatchCache::new(3);
         assert_eq!(cache.capacity(), 4);
         assert_eq!(keys(cache.lookup(&trie, "a/b")), [1]);
         assert_eq!(keys(cache.lookup(&trie, "a/b")), [1]);
@@ -189,8 +208,36 @@ mod tests {
             assert_eq!(cache.lookup(&trie, &topic).subscribers(), &[(1, 1)]);
         }
         assert_eq!(cache.misses(), 1000);
-        // The two most recent topics of a set survive: the last one always hits.
+        assert!(
+            cache.slots.iter().all(|s| s.topic.capacity() > 0),
+            "every slot in use"
+        );
+        // The most recent topics of a set survive: the last one always hits.
         assert_eq!(cache.lookup(&trie, "t/999").subscribers(), &[(1, 1)]);
         assert_eq!(cache.hits(), 1);
+    }
+
+    #[test]
+    fn four_topics_of_one_set_all_stay() {
+        let mut trie = Trie::new();
+        trie.insert(&f(">"), None, 1, 1);
+        // One set: four topics fit whatever their hashes, in any order of use.
+        let mut cache = MatchCache::new(4);
+        let topics = ["a", "b", "c", "d"];
+        for _ in 0..3 {
+            for t in topics {
+                cache.lookup(&trie, t);
+            }
+        }
+        assert_eq!((cache.hits(), cache.misses()), (8, 4));
+        cache.lookup(&trie, "e");
+        cache.lookup(&trie, "b");
+        assert_eq!(
+            cache.hits(),
+            9,
+            "the least recently used topic, a, made room"
+        );
+        cache.lookup(&trie, "a");
+        assert_eq!(cache.misses(), 6);
     }
 }

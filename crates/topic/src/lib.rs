@@ -8,6 +8,7 @@
 //! simulation can use it on virtual time.
 
 mod cache;
+mod children;
 mod entry;
 mod error;
 mod filter;

@@ -123,6 +123,14 @@ impl<K: Copy + Eq + Hash, V: Clone> Trie<K, V> {
         }
     }
 
+    /// A trie whose level hashes keep only the bits of `mask`, so that they collide.
+    #[cfg(test)]
+    pub(crate) fn with_narrow_hashes(mask: u64) -> Self {
+        let mut trie = Self::new();
+        trie.wild.narrow_hashes(mask);
+        trie
+    }
+
     /// Visits every (filter, group, key, value) entry (for admin listings, mesh digests).
     pub fn for_each(&self, mut f: impl FnMut(&str, Option<&str>, K, &V)) {
         for entry in self.literals.values() {
@@ -283,6 +291,51 @@ mod tests {
         );
         t.match_into("other", &mut out);
         assert!(out.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Colliding level hashes (two bits left) must not change any answer.
+        #[test]
+        fn colliding_hashes_change_nothing(
+            ops in proptest::collection::vec((0usize..12, proptest::option::of(0u8..2), 0u32..3, proptest::bool::ANY), 1..60),
+        ) {
+            const FILTERS: [&str; 12] = [
+                "a/*", "a/b", "a/bc*", "a/b*", "*/b", "a/>", ">", "ab/*/c", "a/b/c", "b*/x", "abc*/>", "a/bb*/c",
+            ];
+            const TOPICS: [&str; 8] = ["a/b", "a/bc", "a/bcd", "ab/x/c", "a/b/c", "bb/x", "abcd/e/f", "a/bbb/c"];
+            let mut trie = Trie::with_narrow_hashes(3);
+            let mut naive = crate::NaiveMatcher::new();
+            for (i, (f, g, k, insert)) in ops.into_iter().enumerate() {
+                let filter = Filter::parse(FILTERS[f]).unwrap();
+                let group = g.map(|g| ["g", "h"][g as usize]);
+                if insert {
+                    proptest::prop_assert_eq!(trie.insert(&filter, group, k, i as u32), naive.insert(&filter, group, k, i as u32));
+                } else {
+                    proptest::prop_assert_eq!(trie.remove(&filter, group, k), naive.remove(&filter, group, k));
+                }
+                let (mut got, mut want) = (Matches::new(), Matches::new());
+                for topic in TOPICS {
+                    trie.match_into(topic, &mut got);
+                    naive.match_into(topic, &mut want);
+                    let mut g: Vec<_> = got.subscribers().to_vec();
+                    let mut w: Vec<_> = want.subscribers().to_vec();
+                    g.sort();
+                    w.sort();
+                    proptest::prop_assert_eq!(g, w, "topic {}", topic);
+                    proptest::prop_assert_eq!(got.group_count(), want.group_count());
+                }
+            }
+            proptest::prop_assert_eq!(trie.len(), naive.len());
+            proptest::prop_assert_eq!(trie.filter_count(), naive.filter_count());
+        }
+    }
+
+    #[test]
+    fn shareable_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Trie<u64, Arc<str>>>();
+        shared::<crate::MatchCache<u64, Arc<str>>>();
+        shared::<crate::RetainTree<Arc<str>>>();
     }
 
     #[test]

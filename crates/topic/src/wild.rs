@@ -1,256 +1,200 @@
-//! The tree of wildcard filters: nodes in one arena, edges in one hash table.
+//! The tree of wildcard filters, tuned for few cache misses and little work per visited node.
 //!
-//! A match visits a handful of nodes per topic level (the literal child, the `*` child, the
-//! `prefix*` children), so each visit must be cheap. Every node sits in one `Vec`; every
-//! literal and `prefix*` edge sits in one table keyed by (parent, kind, hash of the level) with
-//! integer keys. A topic level is hashed once per node visit and the child's label, stored inline
-//! in the node for short levels, confirms the edge: no string comparison through a pointer.
+//! A match visits a few nodes per topic level (the literal child, the `*` child, the `prefix*`
+//! children). What keeps each visit cheap:
+//! - a node's literal children sit inline in the buckets of its hash map (hashbrown: one group
+//!   of control bytes answers "absent", the common case, from one cache line);
+//! - the maps are keyed by the level's hash, computed once per topic level and match with the
+//!   tree's seed, so a probe compares integers; the label, inline in the key for levels up to
+//!   22 bytes (nearly all), confirms a hit without following a pointer;
+//! - `*` children, `prefix*` children and the entries ending at a node are boxed: most nodes
+//!   have none.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 
 use foldhash::fast::RandomState;
 
+use crate::children::Children;
 use crate::entry::Entry;
 use crate::filter::{Filter, Level};
 use crate::matches::Matches;
-use crate::topic::split_level;
 
-const NONE: u32 = u32::MAX;
-const ROOT: u32 = 0;
-
-/// How a node hangs from its parent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Kind {
-    Root,
-    Literal,
-    Prefix,
-    Star,
+/// The `prefix*` children of a node.
+struct Prefixes<K, V> {
+    children: Children<Node<K, V>>,
+    /// Distinct prefix lengths in bytes, ascending, with how many prefixes have each: a topic
+    /// level is looked up once per length present, not compared with every prefix.
+    lens: Vec<(usize, u32)>,
 }
 
-/// A level's text: inline when short (most levels), boxed otherwise.
-#[derive(Clone, Debug)]
-enum Label {
-    Inline { len: u8, bytes: [u8; 22] },
-    Boxed(Box<[u8]>),
-}
-
-impl Label {
-    fn new(text: &str) -> Self {
-        let b = text.as_bytes();
-        if b.len() <= 22 {
-            let mut bytes = [0; 22];
-            bytes[..b.len()].copy_from_slice(b);
-            Label::Inline {
-                len: b.len() as u8,
-                bytes,
-            }
-        } else {
-            Label::Boxed(b.into())
-        }
-    }
-
-    #[inline]
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Label::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Label::Boxed(b) => b,
-        }
-    }
-}
-
-/// Key of a literal or prefix edge. Two labels with the same hash under one parent chain
-/// through `Node::next_same`, so a hash collision costs a step, never a wrong answer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct EdgeKey {
-    parent: u32,
-    prefix: bool,
-    hash: u64,
-}
-
-impl Hash for EdgeKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // `hash` is already a keyed hash of the level; mixing in the parent is enough.
-        let parent = (u64::from(self.parent) << 1) | u64::from(self.prefix);
-        state.write_u64(self.hash ^ parent.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    }
-}
-
-/// Passes an [`EdgeKey`]'s already mixed hash through.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `EdgeKey`; fold anything else in for completeness.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-struct Node<K, V> {
-    label: Label,
-    /// Hash of `label`, to find the node's edge again when unlinking it.
-    hash: u64,
-    parent: u32,
-    kind: Kind,
-    star: u32,
-    /// The next child of `parent` with the same kind and label hash (a collision chain).
-    next_same: u32,
-    /// Number of literal and prefix children.
-    children: u32,
-    /// Distinct lengths of `prefix*` children, ascending, with their counts.
-    prefix_lens: Vec<(usize, u32)>,
+/// Entries of the filters ending at a node.
+struct Ends<K, V> {
     /// Filters ending in `>` at this level.
-    rest: Option<Box<Entry<K, V>>>,
+    rest: Option<Entry<K, V>>,
     /// Filters whose last level leads to this node.
-    entry: Option<Box<Entry<K, V>>>,
+    entry: Option<Entry<K, V>>,
+}
+
+/// A node: the filters sharing the levels that lead here, and where they go next.
+struct Node<K, V> {
+    literals: Children<Node<K, V>>,
+    star: Option<Box<Node<K, V>>>,
+    prefixes: Option<Box<Prefixes<K, V>>>,
+    ends: Option<Box<Ends<K, V>>>,
+}
+
+impl<K, V> Default for Node<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<K, V> Node<K, V> {
-    fn new(kind: Kind, parent: u32, label: &str, hash: u64) -> Self {
+    fn new() -> Self {
         Self {
-            label: Label::new(label),
-            hash,
-            parent,
-            kind,
-            star: NONE,
-            next_same: NONE,
-            children: 0,
-            prefix_lens: Vec::new(),
-            rest: None,
-            entry: None,
+            literals: Children::new(),
+            star: None,
+            prefixes: None,
+            ends: None,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.children == 0 && self.star == NONE && self.rest.is_none() && self.entry.is_none()
+        self.literals.is_empty()
+            && self.star.is_none()
+            && self.prefixes.is_none()
+            && self.ends.is_none()
+    }
+}
+
+/// Hashes levels with the tree's seed.
+struct LevelHasher {
+    state: RandomState,
+    /// Tests narrow hashes to force collisions.
+    #[cfg(test)]
+    mask: u64,
+}
+
+impl LevelHasher {
+    fn new() -> Self {
+        Self {
+            state: RandomState::default(),
+            #[cfg(test)]
+            mask: u64::MAX,
+        }
+    }
+
+    #[inline]
+    fn hash(&self, level: &str) -> u64 {
+        let hash = self.state.hash_one(level);
+        #[cfg(test)]
+        let hash = hash & self.mask;
+        hash
+    }
+}
+
+/// The hashes of a topic's first levels, computed once per match: the walk looks the same
+/// level up in several nodes (below the literal child, below the `*` child...).
+struct LevelHashes {
+    known: u16,
+    hashes: [u64; 16],
+}
+
+impl LevelHashes {
+    #[inline]
+    fn of(&mut self, depth: usize, level: &str, hasher: &LevelHasher) -> u64 {
+        if depth >= self.hashes.len() {
+            return hasher.hash(level);
+        }
+        if self.known & (1 << depth) == 0 {
+            self.hashes[depth] = hasher.hash(level);
+            self.known |= 1 << depth;
+        }
+        self.hashes[depth]
+    }
+}
+
+/// Splits off the first level, by hand: levels are short and `split_once` has a setup cost.
+#[inline]
+fn split(s: &str) -> (&str, Option<&str>) {
+    match s.bytes().position(|b| b == b'/') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
     }
 }
 
 /// The wildcard filters of a trie.
 pub(crate) struct WildTree<K, V> {
-    nodes: Vec<Node<K, V>>,
-    free: Vec<u32>,
-    edges: HashMap<EdgeKey, u32, BuildHasherDefault<PassThrough>>,
-    hasher: RandomState,
+    root: Node<K, V>,
+    /// One seed for every level hash of this tree.
+    hasher: LevelHasher,
 }
 
 impl<K: Copy + Eq + Hash, V: Clone> WildTree<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            nodes: vec![Node::new(Kind::Root, NONE, "", 0)],
-            free: Vec::new(),
-            edges: HashMap::default(),
-            hasher: RandomState::default(),
+            root: Node::new(),
+            hasher: LevelHasher::new(),
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.nodes[ROOT as usize].is_empty()
+        self.root.is_empty()
     }
 
-    #[inline]
-    fn hash(&self, level: &str) -> u64 {
-        self.hasher.hash_one(level)
-    }
-
-    /// The child of `parent` along a literal (or prefix) edge labelled `label`.
-    #[inline]
-    fn child(&self, parent: u32, prefix: bool, hash: u64, label: &str) -> u32 {
-        let key = EdgeKey {
-            parent,
-            prefix,
-            hash,
-        };
-        let mut at = self.edges.get(&key).copied().unwrap_or(NONE);
-        while at != NONE {
-            let node = &self.nodes[at as usize];
-            if node.label.as_bytes() == label.as_bytes() {
-                return at;
-            }
-            at = node.next_same;
-        }
-        NONE
-    }
-
-    fn alloc(&mut self, node: Node<K, V>) -> u32 {
-        match self.free.pop() {
-            Some(at) => {
-                self.nodes[at as usize] = node;
-                at
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        }
-    }
-
-    /// The child along a literal or prefix edge, created if missing.
-    fn child_or_insert(&mut self, parent: u32, prefix: bool, label: &str) -> u32 {
-        let hash = self.hash(label);
-        let found = self.child(parent, prefix, hash, label);
-        if found != NONE {
-            return found;
-        }
-        let kind = if prefix { Kind::Prefix } else { Kind::Literal };
-        let at = self.alloc(Node::new(kind, parent, label, hash));
-        let key = EdgeKey {
-            parent,
-            prefix,
-            hash,
-        };
-        if let Some(head) = self.edges.insert(key, at) {
-            self.nodes[at as usize].next_same = head;
-        }
-        let p = &mut self.nodes[parent as usize];
-        p.children += 1;
-        if prefix {
-            let len = label.len();
-            match p.prefix_lens.binary_search_by_key(&len, |&(l, _)| l) {
-                Ok(i) => p.prefix_lens[i].1 += 1,
-                Err(i) => p.prefix_lens.insert(i, (len, 1)),
-            }
-        }
-        at
+    /// Keeps only the bits of `mask` of every level hash, to exercise collisions.
+    #[cfg(test)]
+    pub(crate) fn narrow_hashes(&mut self, mask: u64) {
+        assert!(
+            self.is_empty(),
+            "hashes change only while the tree is empty"
+        );
+        self.hasher.mask = mask;
     }
 
     /// Finds or creates the entry of a wildcard filter.
     pub(crate) fn entry_or_insert(&mut self, filter: &Filter) -> &mut Entry<K, V> {
-        let text = filter.shared_text();
-        let mut at = ROOT;
+        let hasher = &self.hasher;
+        let mut node = &mut self.root;
+        let mut rest = false;
         for level in filter.levels() {
-            at = match level {
-                Level::Literal(l) => self.child_or_insert(at, false, l),
-                Level::Prefix(p) => self.child_or_insert(at, true, p),
-                Level::Star => match self.nodes[at as usize].star {
-                    NONE => {
-                        let star = self.alloc(Node::new(Kind::Star, at, "", 0));
-                        self.nodes[at as usize].star = star;
-                        star
+            node = match level {
+                Level::Literal(l) => node.literals.get_or_insert(hasher.hash(l), l).0,
+                Level::Prefix(p) => {
+                    let ps = node.prefixes.get_or_insert_with(|| {
+                        Box::new(Prefixes {
+                            children: Children::new(),
+                            lens: Vec::new(),
+                        })
+                    });
+                    let (child, created) = ps.children.get_or_insert(hasher.hash(p), p);
+                    if created {
+                        match ps.lens.binary_search_by_key(&p.len(), |&(l, _)| l) {
+                            Ok(i) => ps.lens[i].1 += 1,
+                            Err(i) => ps.lens.insert(i, (p.len(), 1)),
+                        }
                     }
-                    star => star,
-                },
+                    child
+                }
+                Level::Star => node.star.get_or_insert_with(|| Box::new(Node::new())),
                 Level::Rest => {
-                    return self.nodes[at as usize]
-                        .rest
-                        .get_or_insert_with(|| Box::new(Entry::new(text.clone())));
+                    rest = true;
+                    break;
                 }
             };
         }
-        self.nodes[at as usize]
-            .entry
-            .get_or_insert_with(|| Box::new(Entry::new(text.clone())))
+        let ends = node.ends.get_or_insert_with(|| {
+            Box::new(Ends {
+                rest: None,
+                entry: None,
+            })
+        });
+        let slot = if rest {
+            &mut ends.rest
+        } else {
+            &mut ends.entry
+        };
+        slot.get_or_insert_with(|| Entry::new(filter.shared_text().clone()))
     }
 
     /// Removes an entry; `filter_gone` tells whether its filter lost its last entry.
@@ -261,114 +205,59 @@ impl<K: Copy + Eq + Hash, V: Clone> WildTree<K, V> {
         key: K,
         filter_gone: &mut bool,
     ) -> Option<V> {
-        let mut at = ROOT;
-        let mut rest = false;
-        for level in filter.levels() {
-            at = match level {
-                Level::Literal(l) => self.child(at, false, self.hash(l), l),
-                Level::Prefix(p) => self.child(at, true, self.hash(p), p),
-                Level::Star => self.nodes[at as usize].star,
-                Level::Rest => {
-                    rest = true;
-                    break;
-                }
-            };
-            if at == NONE {
-                return None;
-            }
-        }
-        let node = &mut self.nodes[at as usize];
-        let slot = if rest {
-            &mut node.rest
-        } else {
-            &mut node.entry
+        let removal = Removal {
+            hasher: &self.hasher,
+            group,
+            key,
         };
-        let entry = slot.as_deref_mut()?;
-        let value = entry.remove(group, key)?;
-        if entry.is_empty() {
-            *slot = None;
-            *filter_gone = true;
-            self.prune(at);
-        }
-        Some(value)
-    }
-
-    /// Unlinks and frees `at` and its ancestors while they are empty.
-    fn prune(&mut self, mut at: u32) {
-        while at != ROOT && self.nodes[at as usize].is_empty() {
-            let node = &self.nodes[at as usize];
-            let (parent, kind, hash, next) = (node.parent, node.kind, node.hash, node.next_same);
-            match kind {
-                Kind::Star => self.nodes[parent as usize].star = NONE,
-                Kind::Literal | Kind::Prefix => {
-                    let prefix = kind == Kind::Prefix;
-                    let key = EdgeKey {
-                        parent,
-                        prefix,
-                        hash,
-                    };
-                    let head = self.edges.get(&key).copied().unwrap_or(NONE);
-                    if head == at {
-                        match next {
-                            NONE => self.edges.remove(&key),
-                            next => self.edges.insert(key, next),
-                        };
-                    } else {
-                        let mut prev = head;
-                        while prev != NONE && self.nodes[prev as usize].next_same != at {
-                            prev = self.nodes[prev as usize].next_same;
-                        }
-                        if prev != NONE {
-                            self.nodes[prev as usize].next_same = next;
-                        }
-                    }
-                    let len = self.nodes[at as usize].label.as_bytes().len();
-                    let p = &mut self.nodes[parent as usize];
-                    p.children -= 1;
-                    if prefix {
-                        if let Ok(i) = p.prefix_lens.binary_search_by_key(&len, |&(l, _)| l) {
-                            p.prefix_lens[i].1 -= 1;
-                            if p.prefix_lens[i].1 == 0 {
-                                p.prefix_lens.remove(i);
-                            }
-                        }
-                    }
-                }
-                Kind::Root => return,
-            }
-            // Drop the label's box, if any, now rather than at reuse.
-            self.nodes[at as usize] = Node::new(Kind::Root, NONE, "", 0);
-            self.free.push(at);
-            at = parent;
-        }
+        removal.below(&mut self.root, filter.levels(), filter_gone)
     }
 
     /// Adds every wildcard filter matching `topic` to `out`.
     pub(crate) fn match_into(&self, topic: &str, out: &mut Matches<K, V>) {
-        let (level, tail) = split_level(topic);
-        self.walk(ROOT, level, tail, true, out);
+        let (level, tail) = split(topic);
+        let mut hashes = LevelHashes {
+            known: 0,
+            hashes: [0; 16],
+        };
+        self.walk(&self.root, 0, level, tail, &mut hashes, out);
     }
 
-    /// Adds the filters below `at` that match topic level `level` followed by `tail`.
-    fn walk(&self, at: u32, level: &str, tail: Option<&str>, first: bool, out: &mut Matches<K, V>) {
-        let node = &self.nodes[at as usize];
-        let system = first && level.starts_with('$');
+    /// Adds the filters below `node` that match topic level `level` (at `depth`) followed by
+    /// `tail`.
+    fn walk(
+        &self,
+        node: &Node<K, V>,
+        depth: usize,
+        level: &str,
+        tail: Option<&str>,
+        hashes: &mut LevelHashes,
+        out: &mut Matches<K, V>,
+    ) {
+        // Look the literal child up before descending anywhere: its loads then overlap with
+        // the work below instead of waiting for it.
+        let literal = if node.literals.is_empty() {
+            None
+        } else {
+            node.literals
+                .get(hashes.of(depth, level, &self.hasher), level)
+        };
+        let system = depth == 0 && level.starts_with('$');
         if !system {
-            if let Some(entry) = &node.rest {
-                entry.add_to(out);
+            if let Some(Ends { rest: Some(e), .. }) = node.ends.as_deref() {
+                e.add_to(out);
             }
-            if node.star != NONE {
-                self.step(node.star, tail, out);
+            if let Some(star) = &node.star {
+                self.step(star, depth, tail, hashes, out);
             }
         }
-        if node.children == 0 {
+        if let Some(child) = literal {
+            self.step(child, depth, tail, hashes, out);
+        }
+        let Some(prefixes) = node.prefixes.as_deref() else {
             return;
-        }
-        let literal = self.child(at, false, self.hash(level), level);
-        if literal != NONE {
-            self.step(literal, tail, out);
-        }
-        for &(len, _) in &node.prefix_lens {
+        };
+        for &(len, _) in &prefixes.lens {
             if len > level.len() {
                 break;
             }
@@ -376,40 +265,145 @@ impl<K: Copy + Eq + Hash, V: Clone> WildTree<K, V> {
                 continue;
             }
             let prefix = &level[..len];
-            let child = self.child(at, true, self.hash(prefix), prefix);
-            if child != NONE {
-                self.step(child, tail, out);
+            if let Some(child) = prefixes.children.get(self.hasher.hash(prefix), prefix) {
+                self.step(child, depth, tail, hashes, out);
             }
         }
     }
 
-    /// Continues a walk in `at` after one topic level was consumed.
+    /// Continues a walk in `node` after the topic level at `depth` was consumed.
     #[inline]
-    fn step(&self, at: u32, tail: Option<&str>, out: &mut Matches<K, V>) {
+    fn step(
+        &self,
+        node: &Node<K, V>,
+        depth: usize,
+        tail: Option<&str>,
+        hashes: &mut LevelHashes,
+        out: &mut Matches<K, V>,
+    ) {
         match tail {
             None => {
-                if let Some(entry) = &self.nodes[at as usize].entry {
-                    entry.add_to(out);
+                if let Some(Ends { entry: Some(e), .. }) = node.ends.as_deref() {
+                    e.add_to(out);
                 }
             }
             Some(rest) => {
-                let (level, tail) = split_level(rest);
-                self.walk(at, level, tail, false, out);
+                let (level, tail) = split(rest);
+                self.walk(node, depth + 1, level, tail, hashes, out);
             }
         }
     }
 
     pub(crate) fn for_each(&self, f: &mut impl FnMut(&str, Option<&str>, K, &V)) {
-        for node in &self.nodes {
-            for entry in [&node.entry, &node.rest].into_iter().flatten() {
-                entry.for_each(f);
-            }
-        }
+        visit(&self.root, f);
     }
 
-    /// Number of live nodes, the root included (for tests).
+    /// Number of nodes, the root included (for tests).
     #[cfg(test)]
     pub(crate) fn node_count(&self) -> usize {
-        self.nodes.len() - self.free.len()
+        fn count<K, V>(n: &Node<K, V>) -> usize {
+            let prefixes = n.prefixes.iter().flat_map(|p| p.children.nodes());
+            1 + n.literals.nodes().chain(prefixes).map(count).sum::<usize>()
+                + n.star.as_deref().map_or(0, count)
+        }
+        count(&self.root)
+    }
+}
+
+/// One entry to remove, and the tree's hasher.
+struct Removal<'a, K> {
+    hasher: &'a LevelHasher,
+    group: Option<&'a str>,
+    key: K,
+}
+
+impl<K: Copy + Eq + Hash> Removal<'_, K> {
+    /// Removes the entry below `node`, pruning the nodes left empty on the way back up.
+    fn below<'f, V: Clone>(
+        &self,
+        node: &mut Node<K, V>,
+        mut levels: impl Iterator<Item = Level<'f>>,
+        filter_gone: &mut bool,
+    ) -> Option<V> {
+        let level = levels.next();
+        let (label, prefix) = match level {
+            None | Some(Level::Rest) => {
+                let ends = node.ends.as_deref_mut()?;
+                let slot = if level.is_none() {
+                    &mut ends.entry
+                } else {
+                    &mut ends.rest
+                };
+                let entry = slot.as_mut()?;
+                let value = entry.remove(self.group, self.key)?;
+                if entry.is_empty() {
+                    *slot = None;
+                    *filter_gone = true;
+                    if ends.rest.is_none() && ends.entry.is_none() {
+                        node.ends = None;
+                    }
+                }
+                return Some(value);
+            }
+            Some(Level::Star) => {
+                let star = node.star.as_deref_mut()?;
+                let value = self.below(star, levels, filter_gone)?;
+                if star.is_empty() {
+                    node.star = None;
+                }
+                return Some(value);
+            }
+            Some(Level::Literal(l)) => (l, false),
+            Some(Level::Prefix(p)) => (p, true),
+        };
+        let hash = self.hasher.hash(label);
+        let children = match &mut node.prefixes {
+            Some(ps) if prefix => &mut ps.children,
+            _ if prefix => return None,
+            _ => &mut node.literals,
+        };
+        let child = children.get_mut(hash, label)?;
+        let value = self.below(child, levels, filter_gone)?;
+        if child.is_empty() {
+            children.remove(hash, label);
+            if prefix {
+                forget_prefix(node, label.len());
+            }
+        }
+        Some(value)
+    }
+}
+
+/// Forgets one prefix of length `len` whose child was just removed.
+fn forget_prefix<K, V>(node: &mut Node<K, V>, len: usize) {
+    let Some(ps) = node.prefixes.as_deref_mut() else {
+        return;
+    };
+    if let Ok(i) = ps.lens.binary_search_by_key(&len, |&(l, _)| l) {
+        ps.lens[i].1 -= 1;
+        if ps.lens[i].1 == 0 {
+            ps.lens.remove(i);
+        }
+    }
+    if ps.children.is_empty() {
+        node.prefixes = None;
+    }
+}
+
+fn visit<K: Copy + Eq + Hash, V: Clone>(
+    node: &Node<K, V>,
+    f: &mut impl FnMut(&str, Option<&str>, K, &V),
+) {
+    if let Some(ends) = node.ends.as_deref() {
+        for entry in [&ends.entry, &ends.rest].into_iter().flatten() {
+            entry.for_each(f);
+        }
+    }
+    let prefixes = node.prefixes.iter().flat_map(|p| p.children.nodes());
+    for child in node.literals.nodes().chain(prefixes) {
+        visit(child, f);
+    }
+    if let Some(star) = &node.star {
+        visit(star, f);
     }
 }
