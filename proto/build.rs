@@ -1,7 +1,7 @@
 //! Compiles the `.proto` files with protox (pure Rust), so no `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["meshgate/v1/envelope.proto"];
+    let files = ["meshgate/v1/envelope.proto", "meshgate/v1/link.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

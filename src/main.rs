@@ -4,6 +4,7 @@
 //! validates a configuration file.
 
 mod client;
+mod demo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,31 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Start a three-node mesh (one core, two edges) in this process on loopback, with
+    /// generated certificates, and print how to try it.
+    Demo(demo::DemoArgs),
+    /// Certificates of the mesh: a CA, then one certificate per node.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create the mesh CA: DIR/ca.pem and DIR/ca.key (keep ca.key safe; nodes do not need it).
+    Init {
+        /// Directory for the files (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Create DIR/NAME.pem and DIR/NAME.key for node NAME, signed by the CA in DIR.
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The node's name (as given to `meshgate run --name`).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +109,13 @@ fn main() -> ExitCode {
         Command::Pub(args) => client::publish(args),
         Command::Sub(args) => client::subscribe(args),
         Command::Config(ConfigCommand::Check { file }) => check(file),
+        Command::Demo(args) => demo::run(args),
+        Command::Cert(CertCommand::Init { dir }) => meshgate_mesh::tls::init_ca(&dir)
+            .map(|p| println!("created {}", p.display()))
+            .map_err(Into::into),
+        Command::Cert(CertCommand::Issue { dir, name }) => meshgate_mesh::tls::issue(&dir, &name)
+            .map(|p| println!("created {}", p.display()))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,8 +153,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let node = Node::start(config).await?;
+        let mesh = match (node.mesh_addr(), node.mesh()) {
+            (Some(a), Some(m)) => format!(" and mesh on {a} (incarnation {})", m.incarnation()),
+            _ => String::new(),
+        };
         eprintln!(
-            "meshgate {} serving MQTT on {} and HTTP on {} (Ctrl-C to stop)",
+            "meshgate {} serving MQTT on {} and HTTP on {}{mesh} (Ctrl-C to stop)",
             env!("CARGO_PKG_VERSION"),
             node.mqtt_addr(),
             node.http_addr()

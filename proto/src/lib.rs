@@ -14,6 +14,9 @@ pub mod v1 {
 pub use event_id::{EventId, EventIdGen};
 pub use v1::{DeliveryClass, Envelope, Header, Provenance};
 
+/// Version of the link protocol this build speaks (`Hello.protocol_version`).
+pub const LINK_PROTOCOL_VERSION: u32 = 1;
+
 impl Envelope {
     /// The event id as one value.
     pub fn event_id(&self) -> EventId {

@@ -14,6 +14,8 @@ pub struct NodeProc {
     child: Child,
     pub mqtt: SocketAddr,
     pub http: SocketAddr,
+    /// The mesh's UDP address, when the node runs with certificates.
+    pub mesh: Option<SocketAddr>,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -67,14 +69,15 @@ impl NodeProc {
         };
         // "meshgate X serving MQTT on A and HTTP on B (Ctrl-C to stop)"
         let words: Vec<&str> = line.split_whitespace().collect();
-        let after = |w: &str| -> SocketAddr {
-            let i = words.iter().position(|x| *x == w).expect("startup line");
-            words[i + 2].parse().expect("address")
+        let after = |w: &str| -> Option<SocketAddr> {
+            let i = words.iter().position(|x| *x == w)?;
+            Some(words[i + 2].parse().expect("address"))
         };
         let node = NodeProc {
             child,
-            mqtt: after("MQTT"),
-            http: after("HTTP"),
+            mqtt: after("MQTT").expect("startup line names MQTT"),
+            http: after("HTTP").expect("startup line names HTTP"),
+            mesh: after("mesh"),
             log,
         };
         wait_until("healthz", Duration::from_secs(10), || {
@@ -105,6 +108,18 @@ impl NodeProc {
         let mut ack = [0u8; 4];
         s.read_exact(&mut ack).expect("connack");
         assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    }
+
+    /// `GET /v1/mesh` as JSON.
+    pub fn mesh_view(&self) -> serde_json::Value {
+        let (status, body) = http_get(self.http, "/v1/mesh").expect("GET /v1/mesh");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn kill(&mut self) {

@@ -13,7 +13,9 @@ mod stats;
 
 pub use auth::{AuthError, Authenticator, Credentials, Identity, StaticAuth, User};
 pub use mailbox::{Delivery, Mailbox, MailboxReceiver, SessionId};
-pub use router::{Broker, BrokerConfig, PublishError, PublishReport, Publisher, SubOptions};
+pub use router::{
+    Broker, BrokerConfig, MeshHook, PublishError, PublishReport, Publisher, RemoteDest, SubOptions,
+};
 pub use stats::BrokerStats;
 
 /// Milliseconds since the Unix epoch, for event timestamps and ids.

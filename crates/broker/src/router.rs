@@ -26,12 +26,41 @@ pub struct SubOptions {
     pub sub_id: Option<u32>,
 }
 
-/// A trie entry: where matching events go. Remote nodes of the mesh join this type as another
-/// kind of target, so local and remote interest share one match.
+/// A trie entry: where matching events go. Local subscribers and remote nodes of the mesh are
+/// two kinds of target in one trie, so one match finds both.
 #[derive(Clone, Debug)]
-pub(crate) struct Target {
-    mailbox: Arc<Mailbox>,
-    opts: SubOptions,
+pub(crate) enum Target {
+    /// A session of this node.
+    Local {
+        mailbox: Arc<Mailbox>,
+        opts: SubOptions,
+    },
+    /// Another node of the mesh whose interest matches.
+    Remote { node: Arc<str> },
+}
+
+/// Trie keys of remote nodes have this bit set; local sessions count up from 1.
+const REMOTE_KEY: u64 = 1 << 63;
+
+/// One remote destination of an event: a node, and the queue groups it serves for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteDest {
+    /// Name of the destination node.
+    pub node: Arc<str>,
+    /// (group, filter) pairs this node was picked to serve, one member each.
+    pub groups: Vec<(Arc<str>, Arc<str>)>,
+}
+
+/// How the router reaches the rest of the mesh. The mesh crate implements it; a single node
+/// has none.
+pub trait MeshHook: Send + Sync + 'static {
+    /// A local subscription appeared (`added`) or went away. Called for every subscription,
+    /// the mesh keeps the reference counts.
+    fn interest(&self, filter: &Filter, group: Option<&str>, added: bool);
+    /// Sends `event` towards remote destinations (called at most once per publish).
+    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]);
+    /// Index of the nearest of `candidates` (remote node names), rotating among equals by `rr`.
+    fn nearest(&self, candidates: &[&str], rr: usize) -> Option<usize>;
 }
 
 /// Limits and identity of the router.
@@ -95,6 +124,9 @@ struct Shared {
     stats: BrokerStats,
     /// Live sessions by id, for admin listings.
     sessions: Mutex<HashMap<SessionId, Arc<Mailbox>>>,
+    /// Trie keys of remote nodes.
+    remote_keys: Mutex<HashMap<Arc<str>, SessionId>>,
+    mesh: std::sync::OnceLock<Arc<dyn MeshHook>>,
 }
 
 /// Handle to the router; cheap to clone, shared by every front end.
@@ -119,6 +151,8 @@ pub struct Publisher {
     clock_ms: u64,
     /// Reused scratch list (session, index into the match) to deliver once per session.
     order: Vec<(SessionId, u32)>,
+    /// Reused list of remote destinations of the event being routed.
+    remote: Vec<RemoteDest>,
 }
 
 impl Publisher {
@@ -154,6 +188,8 @@ impl Broker {
                 next_session: AtomicU64::new(1),
                 stats: BrokerStats::register(),
                 sessions: Mutex::new(HashMap::new()),
+                remote_keys: Mutex::new(HashMap::new()),
+                mesh: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -187,7 +223,63 @@ impl Broker {
             rr: 0,
             clock_ms: 0,
             order: Vec::new(),
+            remote: Vec::new(),
         }
+    }
+
+    /// Connects the router to the mesh. Interest that exists already is announced to it.
+    pub fn set_mesh(&self, hook: Arc<dyn MeshHook>) {
+        if self.shared.mesh.set(hook.clone()).is_err() {
+            return;
+        }
+        let trie = self.shared.trie.read();
+        trie.for_each(|f, g, _, t| {
+            if let (Target::Local { .. }, Ok(filter)) = (t, Filter::parse(f)) {
+                hook.interest(&filter, g, true);
+            }
+        });
+    }
+
+    /// Adds the interest of remote node `node` in `filter` (from the mesh registry).
+    pub fn add_remote_interest(&self, node: &Arc<str>, filter: &Filter, group: Option<&str>) {
+        let key = self.remote_key(node);
+        let mut trie = self.shared.trie.write();
+        trie.insert(filter, group, key, Target::Remote { node: node.clone() });
+        self.shared.stats.subscriptions.set(trie.len() as f64);
+    }
+
+    /// Removes what [`Broker::add_remote_interest`] added.
+    pub fn remove_remote_interest(&self, node: &Arc<str>, filter: &Filter, group: Option<&str>) {
+        let key = self.remote_key(node);
+        let mut trie = self.shared.trie.write();
+        trie.remove(filter, group, key);
+        self.shared.stats.subscriptions.set(trie.len() as f64);
+    }
+
+    fn remote_key(&self, node: &Arc<str>) -> SessionId {
+        let mut keys = self.shared.remote_keys.lock();
+        let n = keys.len() as u64;
+        *keys
+            .entry(node.clone())
+            .or_insert(SessionId(REMOTE_KEY | (n + 1)))
+    }
+
+    /// Delivers an event that arrived from the mesh to this node's own subscribers: every plain
+    /// subscriber, and one member of each listed queue group. Never forwards. Returns the number
+    /// of mailboxes it entered.
+    pub fn deliver_from_mesh(
+        &self,
+        p: &mut Publisher,
+        event: &Arc<Envelope>,
+        groups: &[(String, String)],
+    ) -> usize {
+        if event.retain {
+            let _ = self.retain(event);
+        }
+        let qos = u8::from(event.delivery == meshgate_proto::DeliveryClass::Guaranteed as i32);
+        let routed = self.route_inner(p, event, qos, Some(groups));
+        p.tally.routed += routed as u64;
+        routed
     }
 
     /// Accepts an event: validates it, mints its id, updates retained state, and queues it in
@@ -213,6 +305,9 @@ impl Broker {
         };
         let id = self.shared.ids.next(now);
         env.set_event_id(id);
+        if qos > 0 {
+            env.delivery = meshgate_proto::DeliveryClass::Guaranteed as i32;
+        }
         if env.timestamp_ms == 0 {
             env.timestamp_ms = now;
         }
@@ -230,7 +325,7 @@ impl Broker {
         p.tally.published += 1;
         p.tally.published_bytes += event.payload.len() as u64;
         let routed = self.route(p, &event, qos);
-        if routed == 0 {
+        if routed == 0 && p.remote.is_empty() {
             p.tally.unrouted += 1;
         }
         p.tally.routed += routed as u64;
@@ -255,6 +350,18 @@ impl Broker {
 
     /// Matches and delivers; returns the number of mailboxes the event entered.
     fn route(&self, p: &mut Publisher, event: &Arc<Envelope>, qos: u8) -> usize {
+        self.route_inner(p, event, qos, None)
+    }
+
+    /// `from_mesh`: the event came over a link; deliver to local subscribers only, and to the
+    /// queue groups listed (the origin chose this node for them).
+    fn route_inner(
+        &self,
+        p: &mut Publisher,
+        event: &Arc<Envelope>,
+        qos: u8,
+        from_mesh: Option<&[(String, String)]>,
+    ) -> usize {
         let trie = self.shared.trie.read();
         let slots = self.shared.config.match_cache_slots;
         let cache = p.cache.get_or_insert_with(|| MatchCache::new(slots));
@@ -262,6 +369,8 @@ impl Broker {
         let mut routed = 0;
         let subs = m.subscribers();
         let order = &mut p.order;
+        let remote = &mut p.remote;
+        remote.clear();
         order.clear();
         order.extend(
             subs.iter()
@@ -278,34 +387,105 @@ impl Broker {
         while i < order.len() {
             let (sid, first) = order[i];
             let target = &subs[first as usize].1;
-            let mut q = target.opts.qos;
             i += 1;
-            while i < order.len() && order[i].0 == sid {
-                q = q.max(subs[order[i].1 as usize].1.opts.qos);
-                i += 1;
-            }
-            if target.opts.no_local && p.session == Some(sid) {
-                continue;
-            }
-            if deliver(target, event, qos.min(q), &mut p.tally) {
-                routed += 1;
+            match target {
+                Target::Remote { node } => {
+                    while i < order.len() && order[i].0 == sid {
+                        i += 1;
+                    }
+                    if from_mesh.is_none() {
+                        remote.push(RemoteDest {
+                            node: node.clone(),
+                            groups: Vec::new(),
+                        });
+                    }
+                }
+                Target::Local { mailbox, opts } => {
+                    let mut q = opts.qos;
+                    while i < order.len() && order[i].0 == sid {
+                        if let Target::Local { opts, .. } = &subs[order[i].1 as usize].1 {
+                            q = q.max(opts.qos);
+                        }
+                        i += 1;
+                    }
+                    if opts.no_local && p.session == Some(sid) {
+                        continue;
+                    }
+                    if deliver(mailbox, opts, event, qos.min(q), &mut p.tally) {
+                        routed += 1;
+                    }
+                }
             }
         }
+        let mesh = self.shared.mesh.get();
         for g in m.groups() {
             if g.members.is_empty() {
                 continue;
             }
-            // Prefer a member that is online; otherwise queue at the next one in turn.
+            if let Some(listed) = from_mesh
+                && !listed
+                    .iter()
+                    .any(|(name, f)| name == g.group && f == g.filter)
+            {
+                continue;
+            }
+            // Prefer a local member that is online, then the nearest remote node, then a local
+            // member that is offline (its session queues the event).
             p.rr = p.rr.wrapping_add(1);
             let n = g.members.len();
             let start = p.rr % n;
-            let pick = (0..n)
+            let locals = (0..n)
                 .map(|k| &g.members[(start + k) % n])
-                .find(|(_, t)| t.mailbox.is_online())
-                .unwrap_or(&g.members[start]);
-            if deliver(&pick.1, event, qos.min(pick.1.opts.qos), &mut p.tally) {
+                .filter_map(|(_, t)| match t {
+                    Target::Local { mailbox, opts } => Some((mailbox, opts)),
+                    Target::Remote { .. } => None,
+                });
+            let mut online = None;
+            let mut offline = None;
+            for (mb, opts) in locals {
+                if mb.is_online() {
+                    online = Some((mb, opts));
+                    break;
+                }
+                offline.get_or_insert((mb, opts));
+            }
+            if online.is_none()
+                && from_mesh.is_none()
+                && let Some(mesh) = mesh
+            {
+                let mut candidates: Vec<&str> = Vec::new();
+                let mut nodes: Vec<&Arc<str>> = Vec::new();
+                for (_, t) in g.members {
+                    if let Target::Remote { node } = t {
+                        candidates.push(node);
+                        nodes.push(node);
+                    }
+                }
+                if let Some(k) = mesh.nearest(&candidates, p.rr) {
+                    let node = nodes[k];
+                    let gref = (Arc::<str>::from(g.group), Arc::<str>::from(g.filter));
+                    match remote.iter_mut().find(|d| &d.node == node) {
+                        Some(d) => d.groups.push(gref),
+                        None => remote.push(RemoteDest {
+                            node: node.clone(),
+                            groups: vec![gref],
+                        }),
+                    }
+                    continue;
+                }
+            }
+            if let Some((mb, opts)) = online.or(offline)
+                && deliver(mb, opts, event, qos.min(opts.qos), &mut p.tally)
+            {
                 routed += 1;
             }
+        }
+        drop(trie);
+        if !p.remote.is_empty()
+            && let Some(mesh) = mesh
+        {
+            mesh.forward(event, &p.remote);
+            p.tally.forwarded += 1;
         }
         routed
     }
@@ -319,13 +499,17 @@ impl Broker {
         group: Option<&str>,
         opts: SubOptions,
     ) -> bool {
-        let target = Target {
+        let target = Target::Local {
             mailbox: mailbox.clone(),
             opts,
         };
         let mut trie = self.shared.trie.write();
         let new = trie.insert(filter, group, mailbox.id(), target);
         self.shared.stats.subscriptions.set(trie.len() as f64);
+        drop(trie);
+        if new && let Some(mesh) = self.shared.mesh.get() {
+            mesh.interest(filter, group, true);
+        }
         new
     }
 
@@ -334,6 +518,10 @@ impl Broker {
         let mut trie = self.shared.trie.write();
         let removed = trie.remove(filter, group, session).is_some();
         self.shared.stats.subscriptions.set(trie.len() as f64);
+        drop(trie);
+        if removed && let Some(mesh) = self.shared.mesh.get() {
+            mesh.interest(filter, group, false);
+        }
         removed
     }
 
@@ -355,10 +543,11 @@ impl Broker {
     /// Every subscription as (filter, group, session), for admin listings.
     pub fn subscriptions(&self) -> Vec<(String, Option<String>, SessionId)> {
         let mut out = Vec::new();
-        self.shared
-            .trie
-            .read()
-            .for_each(|f, g, k, _| out.push((f.to_string(), g.map(str::to_string), k)));
+        self.shared.trie.read().for_each(|f, g, k, t| {
+            if matches!(t, Target::Local { .. }) {
+                out.push((f.to_string(), g.map(str::to_string), k))
+            }
+        });
         out
     }
 
@@ -384,14 +573,20 @@ impl Broker {
     }
 }
 
-fn deliver(t: &Target, event: &Arc<Envelope>, qos: u8, tally: &mut LocalTally) -> bool {
+fn deliver(
+    mailbox: &Mailbox,
+    opts: &SubOptions,
+    event: &Arc<Envelope>,
+    qos: u8,
+    tally: &mut LocalTally,
+) -> bool {
     let d = Delivery {
         event: event.clone(),
         qos,
-        retain: t.opts.retain_as_published && event.retain,
-        sub_id: t.opts.sub_id,
+        retain: opts.retain_as_published && event.retain,
+        sub_id: opts.sub_id,
     };
-    match t.mailbox.offer(d) {
+    match mailbox.offer(d) {
         Ok(()) => true,
         Err(Refused::Full) => {
             tally.dropped_full += 1;

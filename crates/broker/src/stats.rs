@@ -12,7 +12,9 @@ pub struct BrokerStats {
     pub unrouted: Counter,
     /// `meshgate_events_dropped_total{reason="queue_full"}`: slow consumers.
     pub dropped_full: Counter,
-    /// `meshgate_subscriptions`: entries in the trie.
+    /// `meshgate_events_forwarded_total`: published events sent towards other mesh nodes.
+    pub forwarded: Counter,
+    /// `meshgate_subscriptions`: entries in the trie (local sessions and remote nodes).
     pub subscriptions: Gauge,
     /// `meshgate_retained_messages`: retained messages held.
     pub retained: Gauge,
@@ -25,6 +27,7 @@ impl BrokerStats {
             routed: counter!("meshgate_events_routed_total"),
             unrouted: counter!("meshgate_events_unrouted_total"),
             dropped_full: counter!("meshgate_events_dropped_total", "reason" => "queue_full"),
+            forwarded: counter!("meshgate_events_forwarded_total"),
             subscriptions: gauge!("meshgate_subscriptions"),
             retained: gauge!("meshgate_retained_messages"),
         }
@@ -40,11 +43,12 @@ pub(crate) struct LocalTally {
     pub routed: u64,
     pub unrouted: u64,
     pub dropped_full: u64,
+    pub forwarded: u64,
 }
 
 impl LocalTally {
     pub(crate) fn flush(&mut self, s: &BrokerStats, published: &Counter, bytes: &Counter) {
-        if self.published == 0 && self.dropped_full == 0 {
+        if self.published == 0 && self.dropped_full == 0 && self.routed == 0 {
             return;
         }
         published.increment(self.published);
@@ -52,6 +56,7 @@ impl LocalTally {
         s.routed.increment(self.routed);
         s.unrouted.increment(self.unrouted);
         s.dropped_full.increment(self.dropped_full);
+        s.forwarded.increment(self.forwarded);
         *self = Self::default();
     }
 }

@@ -24,6 +24,9 @@ use tokio::sync::watch;
 /// Renders the Prometheus exposition text.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Renders the mesh view of `GET /v1/mesh`.
+pub type MeshView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
@@ -31,6 +34,8 @@ pub struct HttpState {
     pub broker: Broker,
     /// Prometheus text for `/metrics`.
     pub metrics: MetricsRender,
+    /// The mesh, when the node has one.
+    pub mesh: Option<MeshView>,
     /// Events queued per SSE stream before the slowest are dropped.
     pub sse_queue: usize,
 }
@@ -85,8 +90,11 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         .into_response()
 }
 
-/// The contract's mesh view. A single node has no links yet; the mesh adds them.
+/// The contract's mesh view; a node without mesh certificates has no links.
 async fn mesh(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    if let Some(view) = &s.mesh {
+        return Json(view());
+    }
     let name = s.broker.node_name();
     Json(json!({
         "node": name,

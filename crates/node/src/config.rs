@@ -148,8 +148,24 @@ pub struct MeshConfig {
     pub listen: SocketAddr,
     /// Nodes to dial, as `host:port`.
     pub peers: Vec<String>,
-    /// Directory holding `ca.pem`, `<name>.pem` and `<name>.key`.
+    /// Directory holding `ca.pem`, `<name>.pem` and `<name>.key`. The mesh runs only when set.
     pub tls_dir: Option<PathBuf>,
+    /// `edge` or `core`.
+    pub role: String,
+    /// Cost this node gives each of its links in shortest-path routing.
+    pub link_cost: u32,
+    /// Seconds between anti-entropy digests and pings on each link.
+    pub gossip_interval_secs: f64,
+    /// Seconds a silent link stays up before it is declared down.
+    pub idle_timeout_secs: f64,
+    /// Seconds the registry keeps the entry of a node that is unreachable.
+    pub expire_unreachable_secs: u64,
+    /// Longest wait, in seconds, between two dials of a peer that does not answer.
+    pub max_backoff_secs: f64,
+    /// Largest frame accepted from a peer, in bytes.
+    pub max_frame_bytes: usize,
+    /// Events queued per link before new direct events for it are dropped and counted.
+    pub link_queue: usize,
 }
 
 impl Default for MeshConfig {
@@ -158,6 +174,14 @@ impl Default for MeshConfig {
             listen: ([127, 0, 0, 1], 7400).into(),
             peers: Vec::new(),
             tls_dir: None,
+            role: "edge".into(),
+            link_cost: 10,
+            gossip_interval_secs: 1.0,
+            idle_timeout_secs: 10.0,
+            expire_unreachable_secs: 60,
+            max_backoff_secs: 5.0,
+            max_frame_bytes: 16 * 1024 * 1024,
+            link_queue: 65536,
         }
     }
 }
@@ -302,6 +326,36 @@ impl Config {
                     msg: format!("[{i}]: invalid address {p:?}, expected host:port"),
                 });
             }
+        }
+        if !matches!(self.mesh.role.as_str(), "edge" | "core") {
+            return bad(
+                "mesh.role",
+                format!("{:?}: use \"edge\" or \"core\"", self.mesh.role),
+            );
+        }
+        if self.mesh.link_cost == 0 {
+            return bad("mesh.link_cost", "must be at least 1".into());
+        }
+        for (key, v) in [
+            ("mesh.gossip_interval_secs", self.mesh.gossip_interval_secs),
+            ("mesh.idle_timeout_secs", self.mesh.idle_timeout_secs),
+            ("mesh.max_backoff_secs", self.mesh.max_backoff_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
+                return bad(key, format!("{v}: use a number of seconds above 0"));
+            }
+        }
+        if self.mesh.max_frame_bytes < 64 * 1024 + self.limits.max_payload_bytes {
+            return bad(
+                "mesh.max_frame_bytes",
+                format!(
+                    "{} is too small for limits.max_payload_bytes ({}) plus 64 KiB",
+                    self.mesh.max_frame_bytes, self.limits.max_payload_bytes
+                ),
+            );
+        }
+        if self.mesh.link_queue == 0 {
+            return bad("mesh.link_queue", "must be at least 1".into());
         }
         if self.limits.max_payload_bytes == 0 {
             return bad("limits.max_payload_bytes", "must be at least 1".into());

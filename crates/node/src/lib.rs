@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use meshgate_broker::{Broker, BrokerConfig, StaticAuth, User};
 use meshgate_http::HttpState;
+use meshgate_mesh::{Mesh, MeshConfig as LinkConfig, MeshError, TlsError};
 use meshgate_mqtt::{MqttConfig, MqttServer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use thiserror::Error;
@@ -32,6 +33,12 @@ pub enum NodeError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The mesh certificates could not be loaded.
+    #[error("mesh certificates: {0}")]
+    Tls(#[from] TlsError),
+    /// The mesh could not start.
+    #[error("{0}")]
+    Mesh(#[from] MeshError),
 }
 
 /// A running node.
@@ -39,6 +46,7 @@ pub struct Node {
     broker: Broker,
     mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
+    mesh: Option<Mesh>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -75,12 +83,33 @@ impl Node {
         let http_l = bind("HTTP", config.http.listen).await?;
         let mqtt_addr = mqtt_l.local_addr().unwrap_or(config.mqtt.listen);
         let http_addr = http_l.local_addr().unwrap_or(config.http.listen);
-        if !config.mesh.peers.is_empty() || config.mesh.tls_dir.is_some() {
-            warn!(
-                peers = config.mesh.peers.len(),
-                "mesh links are not implemented in this version; --peer and --tls-dir are accepted and ignored"
-            );
-        }
+        let (shutdown, rx) = watch::channel(false);
+        let mesh = match &config.mesh.tls_dir {
+            Some(dir) => {
+                let m = &config.mesh;
+                let tls = meshgate_mesh::tls::load(dir, &config.node.name)?;
+                let mut lc = LinkConfig::new(config.node.name.clone(), m.listen, tls);
+                lc.role = m.role.clone();
+                lc.peers = m.peers.clone();
+                lc.link_cost = m.link_cost;
+                lc.gossip_interval = Duration::from_secs_f64(m.gossip_interval_secs);
+                lc.idle_timeout = Duration::from_secs_f64(m.idle_timeout_secs);
+                lc.expire_unreachable = Duration::from_secs(m.expire_unreachable_secs);
+                lc.max_backoff = Duration::from_secs_f64(m.max_backoff_secs);
+                lc.max_frame_bytes = m.max_frame_bytes;
+                lc.link_queue = m.link_queue;
+                Some(Mesh::start(broker.clone(), lc, rx.clone()).await?)
+            }
+            None => {
+                if !config.mesh.peers.is_empty() {
+                    warn!(
+                        peers = config.mesh.peers.len(),
+                        "--peer needs --tls-dir (the mesh CA and this node's certificate): running as a single node"
+                    );
+                }
+                None
+            }
+        };
 
         let users = config.mqtt.users.iter().map(|u| User {
             username: u.username.clone(),
@@ -102,7 +131,6 @@ impl Node {
                 write_timeout: Duration::from_secs(m.write_timeout_secs),
             },
         ));
-        let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         {
             let mqtt = mqtt.clone();
@@ -111,7 +139,19 @@ impl Node {
         }
         let state = HttpState {
             broker: broker.clone(),
-            metrics: Arc::new(move || metrics.render()),
+            metrics: {
+                let mesh = mesh.clone();
+                Arc::new(move || {
+                    if let Some(m) = &mesh {
+                        m.export_metrics();
+                    }
+                    metrics.render()
+                })
+            },
+            mesh: mesh.clone().map(|m| {
+                let f: meshgate_http::MeshView = Arc::new(move || m.view());
+                f
+            }),
             sse_queue: config.http.sse_queue,
         };
         tasks.push(tokio::spawn(async move {
@@ -124,6 +164,7 @@ impl Node {
             broker,
             mqtt_addr,
             http_addr,
+            mesh,
             shutdown,
             tasks,
         })
@@ -137,6 +178,16 @@ impl Node {
     /// Where HTTP is served.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The mesh side, when the node has certificates.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// Where mesh links are accepted (UDP), when the mesh runs.
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh.as_ref().map(Mesh::local_addr)
     }
 
     /// The node's router.

@@ -1,0 +1,242 @@
+//! Frames on link streams: a 4-byte big-endian length, then one encoded [`Frame`].
+//!
+//! Event batches are encoded by hand from shared envelopes, so forwarding an event never copies
+//! it into an owned message first.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, BytesMut};
+use meshgate_proto::Envelope;
+use meshgate_proto::v1::{Destination, Frame};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use thiserror::Error;
+
+/// Why a stream's frames cannot be read; each closes the link with this reason.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix announces more than the receiver accepts.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The receiver's maximum.
+        max: usize,
+    },
+    /// The bytes are not a valid frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Appends `frame` with its length prefix to `out`.
+pub fn encode(frame: &Frame, out: &mut BytesMut) {
+    let len = frame.encoded_len();
+    out.reserve(4 + len);
+    out.put_u32(len as u32);
+    frame
+        .encode(out)
+        .expect("BytesMut grows as needed, encoding cannot run out of room");
+}
+
+/// Takes one complete frame off the front of `buf`, if there is one.
+pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let body = buf.split_to(len).freeze();
+    Frame::decode(body)
+        .map(Some)
+        .map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// One event queued on a link.
+#[derive(Clone, Debug)]
+pub struct OutEvent {
+    /// The event, shared with local subscribers and other links.
+    pub event: Arc<Envelope>,
+    /// The nodes this copy is for.
+    pub destinations: Vec<Destination>,
+    /// Links crossed before this one.
+    pub hops: u32,
+}
+
+const ORIGIN_TAG: u32 = 3; // Envelope.origin_node
+const EVENT_TAG: u32 = 1; // RoutedEvent.event
+const DESTS_TAG: u32 = 2; // RoutedEvent.destinations
+const HOPS_TAG: u32 = 3; // RoutedEvent.hops
+const BATCH_EVENTS_TAG: u32 = 1; // EventBatch.events
+const FRAME_EVENTS_TAG: u32 = 4; // Frame.events
+
+fn origin_len(env: &Envelope, origin: &str) -> usize {
+    if env.origin_node.is_empty() {
+        key_len(ORIGIN_TAG) + encoded_len_varint(origin.len() as u64) + origin.len()
+    } else {
+        0
+    }
+}
+
+fn routed_len(e: &OutEvent, origin: &str) -> usize {
+    let env_len = e.event.encoded_len() + origin_len(&e.event, origin);
+    let mut n = key_len(EVENT_TAG) + encoded_len_varint(env_len as u64) + env_len;
+    for d in &e.destinations {
+        let l = d.encoded_len();
+        n += key_len(DESTS_TAG) + encoded_len_varint(l as u64) + l;
+    }
+    if e.hops != 0 {
+        n += key_len(HOPS_TAG) + encoded_len_varint(u64::from(e.hops));
+    }
+    n
+}
+
+/// Appends one `Frame { events: EventBatch { events } }` with its length prefix. `origin` is
+/// this node's name, written into envelopes that have none yet (they leave their origin now).
+/// Returns the frame's size including the prefix.
+pub fn encode_events(events: &[OutEvent], origin: &str, out: &mut BytesMut) -> usize {
+    let lens: usize = events
+        .iter()
+        .map(|e| {
+            let l = routed_len(e, origin);
+            key_len(BATCH_EVENTS_TAG) + encoded_len_varint(l as u64) + l
+        })
+        .sum();
+    let frame_len = key_len(FRAME_EVENTS_TAG) + encoded_len_varint(lens as u64) + lens;
+    out.reserve(4 + frame_len);
+    out.put_u32(frame_len as u32);
+    encode_key(FRAME_EVENTS_TAG, WireType::LengthDelimited, out);
+    encode_varint(lens as u64, out);
+    for e in events {
+        encode_key(BATCH_EVENTS_TAG, WireType::LengthDelimited, out);
+        encode_varint(routed_len(e, origin) as u64, out);
+        let ol = origin_len(&e.event, origin);
+        encode_key(EVENT_TAG, WireType::LengthDelimited, out);
+        encode_varint((e.event.encoded_len() + ol) as u64, out);
+        if ol != 0 {
+            // A repeated scalar field: the last value wins, and the envelope itself writes no
+            // origin (it is empty), so this one stands.
+            encode_key(ORIGIN_TAG, WireType::LengthDelimited, out);
+            encode_varint(origin.len() as u64, out);
+            out.put_slice(origin.as_bytes());
+        }
+        e.event.encode_raw(out);
+        for d in &e.destinations {
+            prost::encoding::message::encode(DESTS_TAG, d, out);
+        }
+        if e.hops != 0 {
+            prost::encoding::uint32::encode(HOPS_TAG, &e.hops, out);
+        }
+    }
+    4 + frame_len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_proto::v1::{GroupRef, Hello, frame::Body};
+
+    #[test]
+    fn round_trip_and_limits() {
+        let mut buf = BytesMut::new();
+        let hello = Frame {
+            body: Some(Body::Hello(Hello {
+                node: "a".into(),
+                incarnation: 7,
+                protocol_version: 1,
+                ..Default::default()
+            })),
+        };
+        encode(&hello, &mut buf);
+        let whole = buf.clone();
+        // Byte by byte: nothing until the frame is complete.
+        let mut partial = BytesMut::new();
+        for (i, b) in whole.iter().enumerate() {
+            partial.put_u8(*b);
+            let got = decode(&mut partial, 1024).unwrap();
+            assert_eq!(got.is_some(), i == whole.len() - 1);
+            if let Some(f) = got {
+                assert_eq!(f, hello);
+            }
+        }
+        assert!(partial.is_empty());
+        let mut big = BytesMut::new();
+        big.put_u32(10_000);
+        assert_eq!(
+            decode(&mut big, 1024),
+            Err(FrameError::TooLarge {
+                len: 10_000,
+                max: 1024
+            })
+        );
+        let mut garbage = BytesMut::new();
+        garbage.put_u32(3);
+        garbage.put_slice(&[0xff, 0xff, 0xff]);
+        assert!(matches!(
+            decode(&mut garbage, 1024),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn hand_encoded_events_decode_as_frames() {
+        let local = Arc::new(Envelope {
+            topic: "a/b".into(),
+            payload: bytes::Bytes::from_static(b"hello"),
+            id_hi: 1,
+            id_lo: 2,
+            ..Default::default()
+        });
+        let transit = Arc::new(Envelope {
+            origin_node: "far".into(),
+            topic: "c".into(),
+            ..Default::default()
+        });
+        let dest = |n: &str| Destination {
+            node: n.into(),
+            groups: vec![GroupRef {
+                group: "g".into(),
+                filter: "a/>".into(),
+            }],
+        };
+        let events = vec![
+            OutEvent {
+                event: local,
+                destinations: vec![dest("x"), dest("y")],
+                hops: 0,
+            },
+            OutEvent {
+                event: transit,
+                destinations: vec![dest("z")],
+                hops: 3,
+            },
+        ];
+        let mut buf = BytesMut::new();
+        let n = encode_events(&events, "me", &mut buf);
+        assert_eq!(n, buf.len());
+        let Some(Frame {
+            body: Some(Body::Events(batch)),
+        }) = decode(&mut buf, 1 << 20).unwrap()
+        else {
+            panic!("not an event batch");
+        };
+        assert_eq!(batch.events.len(), 2);
+        let a = &batch.events[0];
+        let env = a.event.as_ref().unwrap();
+        assert_eq!(env.origin_node, "me", "stamped when leaving its origin");
+        assert_eq!(env.topic, "a/b");
+        assert_eq!(&env.payload[..], b"hello");
+        assert_eq!((env.id_hi, env.id_lo), (1, 2));
+        assert_eq!(a.destinations, vec![dest("x"), dest("y")]);
+        assert_eq!(a.hops, 0);
+        let b = &batch.events[1];
+        assert_eq!(b.event.as_ref().unwrap().origin_node, "far");
+        assert_eq!(b.hops, 3);
+    }
+}

@@ -1,0 +1,979 @@
+//! Mesh links of a meshgate node (DESIGN.md section 3): QUIC connections with mutual TLS to
+//! peer nodes, gossip of the subscription registry over them, and forwarding of events one copy
+//! per link along the shortest-path tree.
+//!
+//! The decisions (registry, versions, reachability, shortest paths) live in the pure
+//! `meshgate-registry` crate; this crate moves bytes and keeps counters. The router
+//! (`meshgate-broker`) sees the mesh through [`MeshHook`]: local interest goes out through it,
+//! remote interest comes back as entries in the router's own trie, so one match finds local
+//! subscribers and remote nodes alike.
+
+mod frame;
+mod link;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use meshgate_broker::{Broker, MeshHook, Publisher, RemoteDest};
+use meshgate_proto::v1::{Destination, Frame, GroupRef, Hello, Ping, Pong, frame::Body};
+use meshgate_proto::{Envelope, LINK_PROTOCOL_VERSION};
+use meshgate_registry::{Change, Gossip, HOP_LIMIT, RecentIds, Registry, RegistryConfig, Routes};
+use meshgate_topic::{Filter, validate_topic};
+use parking_lot::{Mutex, RwLock};
+use rustls::pki_types::CertificateDer;
+use serde_json::{Value, json};
+use thiserror::Error;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, info, warn};
+
+pub use frame::{FrameError, OutEvent};
+pub use link::{Link, LinkError, LinkStats};
+pub use tls::{MeshTls, TlsError};
+
+/// Settings of the mesh side of a node.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// This node's name (its certificate names it).
+    pub name: String,
+    /// "edge" or "core".
+    pub role: String,
+    /// UDP address to accept links on.
+    pub listen: SocketAddr,
+    /// Addresses (`host:port`) to dial and keep dialling.
+    pub peers: Vec<String>,
+    /// Certificates.
+    pub tls: MeshTls,
+    /// Largest frame accepted from a peer, bytes.
+    pub max_frame_bytes: usize,
+    /// Events queued per link before new ones are dropped (direct class).
+    pub link_queue: usize,
+    /// Period of anti-entropy digests, pings and expiry checks.
+    pub gossip_interval: Duration,
+    /// How long the entry of an unreachable node is kept.
+    pub expire_unreachable: Duration,
+    /// Cost this node gives each of its links.
+    pub link_cost: u32,
+    /// Longest wait between two dials of an unreachable peer.
+    pub max_backoff: Duration,
+    /// QUIC idle timeout: a silent peer is declared gone after this long.
+    pub idle_timeout: Duration,
+}
+
+impl MeshConfig {
+    /// Defaults for everything but identity, address and certificates.
+    pub fn new(name: String, listen: SocketAddr, tls: MeshTls) -> Self {
+        Self {
+            name,
+            role: "edge".into(),
+            listen,
+            peers: Vec::new(),
+            tls,
+            max_frame_bytes: 16 << 20,
+            link_queue: 65_536,
+            gossip_interval: Duration::from_secs(1),
+            expire_unreachable: Duration::from_secs(60),
+            link_cost: 10,
+            max_backoff: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the mesh could not start.
+#[derive(Debug, Error)]
+pub enum MeshError {
+    /// The UDP socket could not be bound.
+    #[error("cannot listen for mesh links on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The TLS configuration does not suit QUIC.
+    #[error("mesh TLS: {0}")]
+    Tls(String),
+}
+
+/// State of one configured dial target, for the admin view.
+#[derive(Clone, Debug, Default)]
+struct DialState {
+    /// Name of the node behind the address, once known.
+    peer: Option<Arc<str>>,
+    connected: bool,
+    attempts: u64,
+    last_error: Option<String>,
+}
+
+struct Inner {
+    cfg: MeshConfig,
+    name: Arc<str>,
+    incarnation: u64,
+    started: Instant,
+    broker: Broker,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    registry: Mutex<Registry>,
+    routes: RwLock<Arc<Routes>>,
+    links: RwLock<HashMap<Arc<str>, Arc<Link>>>,
+    /// Local interest changes waiting for the registry task: (filter, group, added).
+    pending: Mutex<Vec<(String, Option<String>, bool)>>,
+    wake: Notify,
+    recent: Mutex<RecentIds>,
+    dials: Mutex<HashMap<String, DialState>>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    unroutable: std::sync::atomic::AtomicU64,
+    hop_limit: std::sync::atomic::AtomicU64,
+    duplicates: std::sync::atomic::AtomicU64,
+    refused_links: std::sync::atomic::AtomicU64,
+    bad_events: std::sync::atomic::AtomicU64,
+}
+
+/// The mesh side of a node. Cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+impl Mesh {
+    /// Binds the mesh socket, connects the router, and starts accepting and dialling.
+    pub async fn start(
+        broker: Broker,
+        cfg: MeshConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Mesh, MeshError> {
+        let server_crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(cfg.tls.server.clone())
+                .map_err(|e| MeshError::Tls(e.to_string()))?;
+        let client_crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(cfg.tls.client.clone())
+                .map_err(|e| MeshError::Tls(e.to_string()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                cfg.idle_timeout
+                    .try_into()
+                    .map_err(|_| MeshError::Tls("idle timeout out of range".into()))?,
+            ))
+            .keep_alive_interval(Some(cfg.idle_timeout / 4))
+            .max_concurrent_uni_streams(8u32.into())
+            .max_concurrent_bidi_streams(4u32.into())
+            // Room for bursts of event batches on one stream.
+            .stream_receive_window((8u32 << 20).into())
+            .receive_window((32u32 << 20).into())
+            .send_window(32 << 20);
+        let transport = Arc::new(transport);
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport.clone());
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport);
+        let endpoint =
+            quinn::Endpoint::server(server, cfg.listen).map_err(|source| MeshError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let incarnation = meshgate_broker::now_ms();
+        let mut rc = RegistryConfig::new(cfg.name.clone(), incarnation);
+        rc.role = cfg.role.clone();
+        rc.expire_unreachable_ms = cfg.expire_unreachable.as_millis() as u64;
+        let mut registry = Registry::new(rc);
+        let routes = Arc::new(registry.routes().clone());
+        let inner = Arc::new(Inner {
+            name: cfg.name.as_str().into(),
+            incarnation,
+            started: Instant::now(),
+            broker: broker.clone(),
+            endpoint,
+            client,
+            registry: Mutex::new(registry),
+            routes: RwLock::new(routes),
+            links: RwLock::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            recent: Mutex::new(RecentIds::new(65_536)),
+            dials: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            cfg,
+        });
+        broker.set_mesh(Arc::new(Hook(Arc::downgrade(&inner))));
+        info!(
+            node = %inner.name,
+            addr = ?inner.endpoint.local_addr().ok(),
+            incarnation,
+            "mesh listening"
+        );
+        tokio::spawn(accept_loop(inner.clone(), shutdown.clone()));
+        tokio::spawn(registry_loop(inner.clone(), shutdown.clone()));
+        for p in inner.cfg.peers.clone() {
+            inner.dials.lock().insert(p.clone(), DialState::default());
+            tokio::spawn(dial_loop(inner.clone(), p, shutdown.clone()));
+        }
+        Ok(Mesh { inner })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner
+            .endpoint
+            .local_addr()
+            .unwrap_or(self.inner.cfg.listen)
+    }
+
+    /// The node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
+    /// Names of the peers with a link up.
+    pub fn linked_peers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .links
+            .read()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `GET /v1/mesh`: the contract's fields plus the registry view.
+    pub fn view(&self) -> Value {
+        let i = &self.inner;
+        let mut links: Vec<Value> = i
+            .links
+            .read()
+            .values()
+            .map(|l| {
+                let s = &l.stats;
+                let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                json!({
+                    "peer": &*l.peer,
+                    "state": "up",
+                    "dialled": l.dialled,
+                    "remote": l.remote.to_string(),
+                    "incarnation": l.incarnation,
+                    "role": l.role,
+                    "rtt_us": g(&s.rtt_us),
+                    "tx_events": g(&s.tx_events),
+                    "tx_bytes": g(&s.tx_bytes),
+                    "rx_events": g(&s.rx_events),
+                    "rx_bytes": g(&s.rx_bytes),
+                    "rx_fanout_copies": g(&s.rx_fanout),
+                    "dropped": g(&s.dropped),
+                    "tx_control_bytes": g(&s.tx_control_bytes),
+                    "rx_control_bytes": g(&s.rx_control_bytes),
+                })
+            })
+            .collect();
+        let up: Vec<Arc<str>> = i.links.read().keys().cloned().collect();
+        let dials: Vec<Value> = i
+            .dials
+            .lock()
+            .iter()
+            .map(|(addr, d)| {
+                if let Some(p) = &d.peer
+                    && !d.connected
+                    && !up.contains(p)
+                {
+                    links.push(json!({
+                        "peer": &**p, "state": "down", "remote": addr,
+                        "tx_events": 0, "tx_bytes": 0, "rx_events": 0, "rx_bytes": 0,
+                    }));
+                }
+                json!({
+                    "address": addr,
+                    "peer": d.peer.as_deref(),
+                    "connected": d.connected,
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                })
+            })
+            .collect();
+        links.sort_by(|a, b| a["peer"].as_str().cmp(&b["peer"].as_str()));
+        let reg = i.registry.lock();
+        let views = reg.nodes();
+        let mut nodes: Vec<String> = views
+            .iter()
+            .filter(|n| n.reachable)
+            .map(|n| n.name.to_string())
+            .collect();
+        if !nodes.iter().any(|n| **n == *i.name) {
+            nodes.push(i.name.to_string());
+        }
+        nodes.sort();
+        let registry: Vec<Value> = views
+            .iter()
+            .map(|n| {
+                json!({
+                    "node": &*n.name,
+                    "incarnation": n.incarnation,
+                    "version": n.max_version,
+                    "role": n.role,
+                    "reachable": n.reachable,
+                    "interest": n.interest,
+                    "links": n.links,
+                })
+            })
+            .collect();
+        let c = &i.counters;
+        json!({
+            "node": &*i.name,
+            "incarnation": i.incarnation,
+            "role": i.cfg.role,
+            "listen": self.local_addr().to_string(),
+            "links": links,
+            "nodes": nodes,
+            "registry": registry,
+            "dialling": dials,
+            "dropped": {
+                "unroutable": c.unroutable.load(Ordering::Relaxed),
+                "hop_limit": c.hop_limit.load(Ordering::Relaxed),
+                "duplicates": c.duplicates.load(Ordering::Relaxed),
+                "invalid": c.bad_events.load(Ordering::Relaxed),
+            },
+            "refused_links": c.refused_links.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Copies the link counters into the `metrics` recorder (called before each scrape).
+    pub fn export_metrics(&self) {
+        for l in self.inner.links.read().values() {
+            let s = &l.stats;
+            let peer = l.peer.to_string();
+            let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            metrics::counter!("meshgate_link_tx_events_total", "peer" => peer.clone())
+                .absolute(g(&s.tx_events));
+            metrics::counter!("meshgate_link_tx_bytes_total", "peer" => peer.clone())
+                .absolute(g(&s.tx_bytes));
+            metrics::counter!("meshgate_link_rx_events_total", "peer" => peer.clone())
+                .absolute(g(&s.rx_events));
+            metrics::counter!("meshgate_link_rx_bytes_total", "peer" => peer.clone())
+                .absolute(g(&s.rx_bytes));
+            metrics::counter!("meshgate_link_rx_fanout_copies_total", "peer" => peer.clone())
+                .absolute(g(&s.rx_fanout));
+            metrics::counter!("meshgate_link_dropped_total", "peer" => peer.clone())
+                .absolute(g(&s.dropped));
+            metrics::gauge!("meshgate_link_rtt_seconds", "peer" => peer)
+                .set(g(&s.rtt_us) as f64 / 1e6);
+        }
+        metrics::gauge!("meshgate_mesh_links").set(self.inner.links.read().len() as f64);
+        metrics::gauge!("meshgate_mesh_nodes").set(
+            self.inner
+                .registry
+                .lock()
+                .nodes()
+                .iter()
+                .filter(|n| n.reachable)
+                .count() as f64,
+        );
+    }
+}
+
+/// The router's view of the mesh.
+struct Hook(Weak<Inner>);
+
+impl MeshHook for Hook {
+    fn interest(&self, filter: &Filter, group: Option<&str>, added: bool) {
+        if let Some(i) = self.0.upgrade() {
+            i.pending.lock().push((
+                filter.as_str().to_string(),
+                group.map(str::to_string),
+                added,
+            ));
+            i.wake.notify_one();
+        }
+    }
+
+    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) {
+        if let Some(i) = self.0.upgrade() {
+            let dests = dests.iter().map(|d| Destination {
+                node: d.node.to_string(),
+                groups: d
+                    .groups
+                    .iter()
+                    .map(|(g, f)| GroupRef {
+                        group: g.to_string(),
+                        filter: f.to_string(),
+                    })
+                    .collect(),
+            });
+            i.forward(event, dests, 0);
+        }
+    }
+
+    fn nearest(&self, candidates: &[&str], rr: usize) -> Option<usize> {
+        let i = self.0.upgrade()?;
+        let routes = i.routes.read().clone();
+        let pick = routes.nearest(candidates, rr)?;
+        candidates.iter().position(|c| *c == pick)
+    }
+}
+
+/// The runtime the registry runs on: the clock and the control streams of the links.
+struct Rt<'a> {
+    links: &'a HashMap<Arc<str>, Arc<Link>>,
+    now: u64,
+}
+
+impl meshgate_registry::Runtime for Rt<'_> {
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
+
+    fn send(&mut self, to: &str, msg: Gossip) {
+        if let Some(l) = self.links.get(to) {
+            let body = match msg {
+                Gossip::Digest(d) => Body::Digest(d),
+                Gossip::Delta(d) => Body::Delta(d),
+            };
+            if !l.send_control(Frame { body: Some(body) }) {
+                // Anti-entropy resends whatever this loses.
+                debug!(peer = to, "control queue full, gossip dropped");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the registry, then mirrors what changed into the router's trie and the
+    /// route snapshot, under the same lock so that changes apply in order.
+    fn with_registry<R>(&self, f: impl FnOnce(&mut Registry, &mut Rt<'_>) -> R) -> R {
+        let mut reg = self.registry.lock();
+        let links = self.links.read();
+        let mut rt = Rt {
+            links: &links,
+            now: self.now_ms(),
+        };
+        let r = f(&mut reg, &mut rt);
+        drop(links);
+        let mut topology = false;
+        for c in reg.take_changes() {
+            match c {
+                Change::InterestAdded {
+                    node,
+                    filter,
+                    group,
+                } => match Filter::parse(&filter) {
+                    Ok(f) => self.broker.add_remote_interest(&node, &f, group.as_deref()),
+                    Err(e) => warn!(node = %node, filter, error = %e, "invalid filter in registry"),
+                },
+                Change::InterestRemoved {
+                    node,
+                    filter,
+                    group,
+                } => {
+                    if let Ok(f) = Filter::parse(&filter) {
+                        self.broker
+                            .remove_remote_interest(&node, &f, group.as_deref());
+                    }
+                }
+                Change::TopologyChanged => topology = true,
+            }
+        }
+        if topology {
+            *self.routes.write() = Arc::new(reg.routes().clone());
+        }
+        r
+    }
+
+    /// Sends one copy of `event` per next hop, each with the destinations behind that hop.
+    fn forward(&self, event: &Arc<Envelope>, dests: impl Iterator<Item = Destination>, hops: u32) {
+        let routes = self.routes.read().clone();
+        let mut per_hop: Vec<(&str, Vec<Destination>)> = Vec::new();
+        for d in dests {
+            let Some(hop) = routes.next_hop(&d.node) else {
+                self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            match per_hop.iter_mut().find(|(h, _)| *h == hop) {
+                Some((_, v)) => v.push(d),
+                None => per_hop.push((hop, vec![d])),
+            }
+        }
+        if per_hop.is_empty() {
+            return;
+        }
+        let links = self.links.read();
+        for (hop, destinations) in per_hop {
+            match links.get(hop) {
+                Some(l) => {
+                    l.send_event(OutEvent {
+                        event: event.clone(),
+                        destinations,
+                        hops,
+                    });
+                }
+                None => {
+                    self.counters
+                        .unroutable
+                        .fetch_add(destinations.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Handles events that arrived on a link: delivers the local share once, forwards the rest.
+    fn on_events(
+        &self,
+        link: &Link,
+        batch: meshgate_proto::v1::EventBatch,
+        publisher: &mut Publisher,
+    ) {
+        let n = batch.events.len() as u64;
+        link.stats.rx_events.fetch_add(n, Ordering::Relaxed);
+        let mut fanout = 0u64;
+        for re in batch.events {
+            let Some(env) = re.event else {
+                self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if validate_topic(&env.topic).is_err() {
+                self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let hops = re.hops.saturating_add(1);
+            let mut mine = None;
+            let mut rest = Vec::new();
+            for d in re.destinations {
+                if *d.node == *self.name {
+                    mine = Some(d.groups);
+                } else {
+                    rest.push(d);
+                }
+            }
+            let env = Arc::new(env);
+            if let Some(groups) = mine {
+                let id = (env.id_hi, env.id_lo);
+                if self.recent.lock().insert(id) {
+                    let groups: Vec<(String, String)> =
+                        groups.into_iter().map(|g| (g.group, g.filter)).collect();
+                    fanout += self.broker.deliver_from_mesh(publisher, &env, &groups) as u64;
+                } else {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if !rest.is_empty() {
+                if hops >= HOP_LIMIT {
+                    self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.forward(&env, rest.into_iter(), hops);
+                }
+            }
+        }
+        link.stats.rx_fanout.fetch_add(fanout, Ordering::Relaxed);
+        publisher.flush(&self.broker);
+    }
+
+    fn hello(&self) -> Frame {
+        Frame {
+            body: Some(Body::Hello(Hello {
+                node: self.name.to_string(),
+                incarnation: self.incarnation,
+                protocol_version: LINK_PROTOCOL_VERSION,
+                capabilities: Vec::new(),
+                role: self.cfg.role.clone(),
+            })),
+        }
+    }
+
+    /// Checks the peer's Hello against its certificate and this node.
+    fn check_hello(&self, conn: &quinn::Connection, h: &Hello) -> Result<(), LinkError> {
+        if h.protocol_version != LINK_PROTOCOL_VERSION {
+            return Err(LinkError::Refused(format!(
+                "unsupported link protocol version {} (this node speaks {LINK_PROTOCOL_VERSION})",
+                h.protocol_version
+            )));
+        }
+        if *h.node == *self.name {
+            return Err(LinkError::Refused(format!(
+                "the peer has this node's own name {:?}",
+                h.node
+            )));
+        }
+        let certs = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok());
+        let named = certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .is_some_and(|c| tls::cert_names(c, &h.node));
+        if !named {
+            return Err(LinkError::Refused(format!(
+                "the peer's certificate does not name node {:?}",
+                h.node
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds a link, collapsing duplicates between the same pair of nodes: both ends keep the
+    /// connection dialled by the node with the smaller name (or the newer incarnation of the
+    /// peer). Returns false if this connection is the duplicate.
+    fn register(&self, link: &Arc<Link>) -> bool {
+        let mut links = self.links.write();
+        if let Some(old) = links.get(&link.peer) {
+            let replace = if link.incarnation != old.incarnation {
+                link.incarnation > old.incarnation
+            } else if link.dialled == old.dialled {
+                false
+            } else {
+                // Keep the connection dialled by the smaller name.
+                let new_dialler_is_me = link.dialled;
+                let me_smaller = *self.name < *link.peer;
+                new_dialler_is_me == me_smaller
+            };
+            if !replace {
+                return false;
+            }
+            old.close("duplicate link");
+        }
+        links.insert(link.peer.clone(), link.clone());
+        true
+    }
+}
+
+/// Accepts incoming connections for the life of the node.
+async fn accept_loop(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = inner.endpoint.accept() => i,
+            _ = shutdown.changed() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    inner.counters.refused_links.fetch_add(1, Ordering::Relaxed);
+                    warn!(%remote, error = %e, "mesh connection refused during the handshake");
+                    return;
+                }
+            };
+            if let Err(e) = serve_accepted(&inner, conn.clone()).await {
+                inner.counters.refused_links.fetch_add(1, Ordering::Relaxed);
+                warn!(%remote, error = %e, "mesh link refused");
+                conn.close(1u32.into(), e.to_string().as_bytes());
+            }
+        });
+    }
+    inner.endpoint.close(0u32.into(), b"node shutting down");
+}
+
+async fn serve_accepted(inner: &Arc<Inner>, conn: quinn::Connection) -> Result<(), LinkError> {
+    let timeout = Duration::from_secs(5);
+    let (mut send, recv) = tokio::time::timeout(timeout, conn.accept_bi())
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    let mut reader = link::FrameReader::new(recv, inner.cfg.max_frame_bytes);
+    let hello = link::read_hello(&mut reader, timeout).await?;
+    inner.check_hello(&conn, &hello)?;
+    link::write_frame(&mut send, &inner.hello()).await?;
+    run_link(inner.clone(), conn, hello, false, send, reader).await;
+    Ok(())
+}
+
+/// Dials `addr` for the life of the node: retries with backoff and jitter, and dials again
+/// when the link goes down.
+async fn dial_loop(inner: Arc<Inner>, addr: String, mut shutdown: watch::Receiver<bool>) {
+    let initial = Duration::from_millis(100);
+    let mut backoff = initial;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        // While a link to the same node is up (it dialled us), do not dial a duplicate.
+        let known = inner.dials.lock().get(&addr).and_then(|d| d.peer.clone());
+        if let Some(p) = &known
+            && inner.links.read().contains_key(p)
+        {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
+        let started = Instant::now();
+        let result = dial_once(&inner, &addr).await;
+        let error = match result {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        {
+            let mut dials = inner.dials.lock();
+            let d = dials.entry(addr.clone()).or_default();
+            d.connected = false;
+            d.attempts += 1;
+            if let Some(e) = &error {
+                d.last_error = Some(e.clone());
+            }
+        }
+        if let Some(e) = &error {
+            debug!(%addr, error = %e, "dial failed");
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = initial;
+        }
+        let jitter = 0.75 + rand::random::<f64>() * 0.5;
+        let wait = backoff.mul_f64(jitter);
+        backoff = (backoff * 2).min(inner.cfg.max_backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One connection attempt; returns when the link it made goes down.
+async fn dial_once(inner: &Arc<Inner>, addr: &str) -> Result<(), LinkError> {
+    let target = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| LinkError::Refused(format!("cannot resolve {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| LinkError::Refused(format!("{addr} resolves to nothing")))?;
+    let connecting = inner
+        .endpoint
+        .connect_with(inner.client.clone(), target, "meshgate")
+        .map_err(|e| LinkError::Refused(e.to_string()))?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    let (mut send, recv) = conn.open_bi().await?;
+    link::write_frame(&mut send, &inner.hello()).await?;
+    let mut reader = link::FrameReader::new(recv, inner.cfg.max_frame_bytes);
+    let hello = match link::read_hello(&mut reader, Duration::from_secs(5)).await {
+        Ok(h) => h,
+        Err(e) => {
+            // The peer may have closed with a reason: report that one.
+            if let Some(reason) = conn.close_reason() {
+                return Err(LinkError::Connection(reason));
+            }
+            return Err(e);
+        }
+    };
+    if let Err(e) = inner.check_hello(&conn, &hello) {
+        inner.counters.refused_links.fetch_add(1, Ordering::Relaxed);
+        warn!(%addr, error = %e, "mesh link refused");
+        conn.close(1u32.into(), e.to_string().as_bytes());
+        return Err(e);
+    }
+    {
+        let mut dials = inner.dials.lock();
+        let d = dials.entry(addr.to_string()).or_default();
+        d.peer = Some(hello.node.as_str().into());
+        d.connected = true;
+        d.last_error = None;
+    }
+    run_link(inner.clone(), conn, hello, true, send, reader).await;
+    Ok(())
+}
+
+/// Runs a link whose handshake is done, until it goes down.
+async fn run_link(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    hello: Hello,
+    dialled: bool,
+    control_send: quinn::SendStream,
+    mut control: link::FrameReader,
+) {
+    let (ctx, crx) = mpsc::channel(4096);
+    let (etx, erx) = mpsc::channel(inner.cfg.link_queue.max(1));
+    let peer: Arc<str> = hello.node.as_str().into();
+    let link = Arc::new(Link {
+        peer: peer.clone(),
+        incarnation: hello.incarnation,
+        role: hello.role.clone(),
+        dialled,
+        remote: conn.remote_address(),
+        conn: conn.clone(),
+        stats: LinkStats::default(),
+        control: ctx,
+        events: etx,
+    });
+    // Register and announce under the registry lock, so gossip for this link starts after it.
+    let registered = {
+        let _reg = inner.registry.lock();
+        inner.register(&link)
+    };
+    if !registered {
+        info!(peer = %peer, "duplicate link closed");
+        link.close("duplicate link");
+        return;
+    }
+    info!(peer = %peer, remote = %link.remote, dialled, "mesh link up");
+    tokio::spawn(link::control_writer(control_send, crx, link.clone()));
+    let cost = inner.cfg.link_cost;
+    inner.with_registry(|reg, rt| reg.link_up(&peer, cost, rt));
+
+    // This side's event stream.
+    {
+        let (link, conn, inner) = (link.clone(), conn.clone(), inner.clone());
+        tokio::spawn(async move {
+            if let Ok(send) = conn.open_uni().await {
+                let _ = send.set_priority(-1);
+                link::event_writer(
+                    send,
+                    erx,
+                    link,
+                    inner.name.clone(),
+                    inner.cfg.max_frame_bytes,
+                )
+                .await;
+            }
+        });
+    }
+    // The peer's event stream.
+    {
+        let (link, conn, inner) = (link.clone(), conn.clone(), inner.clone());
+        tokio::spawn(async move {
+            let Ok(recv) = conn.accept_uni().await else {
+                return;
+            };
+            let mut reader = link::FrameReader::new(recv, inner.cfg.max_frame_bytes);
+            let mut publisher = inner.broker.publisher("mesh", None);
+            loop {
+                match reader.next().await {
+                    Ok(Some((f, size))) => {
+                        link.stats
+                            .rx_bytes
+                            .fetch_add(size as u64, Ordering::Relaxed);
+                        match f.body {
+                            Some(Body::Events(batch)) => {
+                                inner.on_events(&link, batch, &mut publisher)
+                            }
+                            _ => {
+                                close_with(&link, "unexpected frame on the event stream");
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        close_with(&link, &e.to_string());
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    // The control stream, in this task.
+    loop {
+        match control.next().await {
+            Ok(Some((f, size))) => {
+                link.stats
+                    .rx_control_bytes
+                    .fetch_add(size as u64, Ordering::Relaxed);
+                match f.body {
+                    Some(Body::Digest(d)) => {
+                        inner.with_registry(|reg, rt| reg.on_gossip(&peer, Gossip::Digest(d), rt))
+                    }
+                    Some(Body::Delta(d)) => {
+                        inner.with_registry(|reg, rt| reg.on_gossip(&peer, Gossip::Delta(d), rt))
+                    }
+                    Some(Body::Ping(p)) => {
+                        link.send_control(Frame {
+                            body: Some(Body::Pong(Pong { nonce: p.nonce })),
+                        });
+                    }
+                    Some(Body::Pong(p)) => {
+                        let now = inner.started.elapsed().as_micros() as u64;
+                        link.stats
+                            .rtt_us
+                            .store(now.saturating_sub(p.nonce), Ordering::Relaxed);
+                    }
+                    Some(Body::Close(c)) => {
+                        info!(peer = %peer, reason = c.reason, "peer closes the link");
+                        break;
+                    }
+                    Some(Body::Ack(_)) => {}
+                    Some(Body::Hello(_)) | Some(Body::Events(_)) | None => {
+                        close_with(&link, "unexpected frame on the control stream");
+                        break;
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                close_with(&link, &e.to_string());
+                break;
+            }
+        }
+    }
+    conn.close(0u32.into(), b"link closed");
+    let reason = conn.closed().await;
+    let removed = {
+        let mut links = inner.links.write();
+        if links.get(&peer).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            links.remove(&peer);
+            true
+        } else {
+            false
+        }
+    };
+    if removed {
+        info!(peer = %peer, reason = %reason, "mesh link down");
+        inner.with_registry(|reg, rt| reg.link_down(&peer, rt));
+    }
+}
+
+fn close_with(link: &Link, reason: &str) {
+    warn!(peer = %link.peer, reason, "closing mesh link");
+    link.close(reason);
+}
+
+/// Applies local interest changes, pushes deltas, and runs the periodic work.
+async fn registry_loop(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(inner.cfg.gossip_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let periodic = tokio::select! {
+            _ = inner.wake.notified() => false,
+            _ = tick.tick() => true,
+            _ = shutdown.changed() => break,
+        };
+        let pending = std::mem::take(&mut *inner.pending.lock());
+        inner.with_registry(|reg, rt| {
+            for (f, g, added) in &pending {
+                if *added {
+                    reg.add_interest(f, g.as_deref());
+                } else {
+                    reg.remove_interest(f, g.as_deref());
+                }
+            }
+            reg.flush(rt);
+            if periodic {
+                reg.tick(rt);
+            }
+        });
+        if periodic {
+            let nonce = inner.started.elapsed().as_micros() as u64;
+            for l in inner.links.read().values() {
+                l.send_control(Frame {
+                    body: Some(Body::Ping(Ping { nonce })),
+                });
+            }
+        }
+    }
+    for l in inner.links.read().values() {
+        l.send_control(Frame {
+            body: Some(Body::Close(meshgate_proto::v1::Close {
+                reason: "node shutting down".into(),
+            })),
+        });
+    }
+}

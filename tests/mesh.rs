@@ -1,0 +1,445 @@
+//! The mesh with real processes on loopback: QUIC links with certificates made by
+//! `meshgate cert`, gossip, routing across transit nodes, one copy per link, refusals.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{NodeProc, bin, wait_until};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `meshgate cert init` and `cert issue` for each name.
+fn certs(dir: &Path, names: &[&str]) {
+    let out = Command::new(bin())
+        .args(["cert", "init", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for n in names {
+        let out = Command::new(bin())
+            .args(["cert", "issue", "--dir"])
+            .arg(dir)
+            .args(["--name", n])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// A mesh node dialling `peers`.
+fn node(dir: &Path, name: &str, role: &str, peers: &[SocketAddr]) -> NodeProc {
+    let mut args: Vec<String> = vec![
+        "--name".into(),
+        name.into(),
+        "--mesh".into(),
+        "127.0.0.1:0".into(),
+        "--tls-dir".into(),
+        dir.display().to_string(),
+    ];
+    for p in peers {
+        args.push("--peer".into());
+        args.push(p.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    NodeProc::start_env(
+        &args,
+        &[
+            ("MESHGATE_MESH__ROLE", role),
+            ("MESHGATE_MESH__GOSSIP_INTERVAL_SECS", "0.2"),
+            ("MESHGATE_MESH__IDLE_TIMEOUT_SECS", "3"),
+            ("MESHGATE_MESH__MAX_BACKOFF_SECS", "0.5"),
+        ],
+    )
+}
+
+fn addr(n: &NodeProc) -> SocketAddr {
+    n.mesh.expect("node runs the mesh")
+}
+
+fn nodes_of(v: &Value) -> HashSet<String> {
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_nodes(all: &[&NodeProc], names: &[&str]) {
+    let want: HashSet<String> = names.iter().map(|s| s.to_string()).collect();
+    for n in all {
+        wait_until("every node to see the whole mesh", WAIT, || {
+            nodes_of(&n.mesh_view()) == want
+        });
+    }
+}
+
+/// The counter `field` of the link from `n` to `peer`.
+fn link(n: &NodeProc, peer: &str, field: &str) -> u64 {
+    let v = n.mesh_view();
+    v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["peer"] == peer && l["state"] == "up")
+        .unwrap_or_else(|| panic!("no link up to {peer}: {v}"))[field]
+        .as_u64()
+        .unwrap()
+}
+
+/// Interest count of `node` in `at`'s registry view.
+fn interest(at: &NodeProc, node: &str) -> Option<u64> {
+    let v = at.mesh_view();
+    v["registry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"] == node && e["reachable"] == true)
+        .and_then(|e| e["interest"].as_u64())
+}
+
+async fn client(n: &NodeProc, id: &str) -> (AsyncClient, UnboundedReceiver<Packet>) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", n.mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, mut ev) = AsyncClient::new(o, 10_000);
+    let (tx, rx) = unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let Event::Incoming(p) = e
+                && tx.send(p).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (c, rx)
+}
+
+async fn subscribe(
+    n: &NodeProc,
+    id: &str,
+    filter: &str,
+) -> (AsyncClient, UnboundedReceiver<Packet>) {
+    let (c, mut rx) = client(n, id).await;
+    c.subscribe(filter, QoS::AtMostOnce).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Packet::SubAck(_)) = rx.recv().await {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("suback");
+    (c, rx)
+}
+
+/// Counts publishes on `rx` until `want` arrived or `limit` passed; returns the payloads.
+async fn collect(rx: &mut UnboundedReceiver<Packet>, want: usize, limit: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        while got.len() < want {
+            match rx.recv().await {
+                Some(Packet::Publish(p)) => got.push(p.payload.to_vec()),
+                Some(_) => {}
+                None => break,
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// Publishes probes on `topic` from `publisher` until `rx` sees one; returns the time taken.
+async fn until_routed(
+    publisher: &AsyncClient,
+    topic: &str,
+    rx: &mut UnboundedReceiver<Packet>,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < WAIT,
+            "no probe on {topic} arrived in {WAIT:?}"
+        );
+        publisher
+            .publish(topic, QoS::AtMostOnce, false, b"probe".to_vec())
+            .await
+            .unwrap();
+        if let Ok(Some(Packet::Publish(_))) =
+            tokio::time::timeout(Duration::from_millis(10), rx.recv()).await
+        {
+            return start.elapsed();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_of_four_carries_one_copy_per_link_and_fans_out_at_the_destination() {
+    let d = tempfile::tempdir().unwrap();
+    let names = ["edge-a", "core-1", "core-2", "edge-b"];
+    certs(d.path(), &names);
+    let core1 = node(d.path(), "core-1", "core", &[]);
+    let core2 = node(d.path(), "core-2", "core", &[addr(&core1)]);
+    let edge_b = node(d.path(), "edge-b", "edge", &[addr(&core2)]);
+    let edge_a = node(d.path(), "edge-a", "edge", &[addr(&core1)]);
+    let all = [&edge_a, &core1, &core2, &edge_b];
+    wait_nodes(&all, &names);
+
+    // Ten subscribers behind edge-b, one wildcard filter.
+    let mut subs = Vec::new();
+    for i in 0..10 {
+        subs.push(subscribe(&edge_b, &format!("sub-{i}"), "orders/+/us/#").await);
+    }
+    let (publisher, _prx) = client(&edge_a, "pub").await;
+    // The subscription reaches edge-a through two transit nodes: measure how long it takes.
+    let took = until_routed(&publisher, "orders/probe/us/x", &mut subs[0].1).await;
+    eprintln!("subscription on edge-b served to a publisher on edge-a after {took:?}");
+    // MQTT `#` also matches the parent: `orders/+/us/#` is two native filters.
+    wait_until("edge-a to see edge-b's interest", WAIT, || {
+        interest(&edge_a, "edge-b") == Some(2)
+    });
+    // Drain probes from every subscriber before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (_, rx) in subs.iter_mut() {
+        while rx.try_recv().is_ok() {}
+    }
+    let path = [(&edge_a, "core-1"), (&core1, "core-2"), (&core2, "edge-b")];
+    let before: Vec<u64> = path.iter().map(|(n, p)| link(n, p, "tx_events")).collect();
+    let fanout_before = link(&edge_b, "core-2", "rx_fanout_copies");
+
+    for i in 0..1000u32 {
+        publisher
+            .publish(
+                format!("orders/{}/us/store-{}", i % 7, i % 3),
+                QoS::AtMostOnce,
+                false,
+                i.to_be_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+        // Nobody subscribes to these: they never leave edge-a.
+        if i % 2 == 0 {
+            publisher
+                .publish("orders/1/eu/x", QoS::AtMostOnce, false, b"no".to_vec())
+                .await
+                .unwrap();
+        }
+    }
+    for (i, (_, rx)) in subs.iter_mut().enumerate() {
+        let got = collect(rx, 1000, WAIT).await;
+        assert_eq!(got.len(), 1000, "subscriber {i} got {} of 1000", got.len());
+        let distinct: HashSet<_> = got.iter().collect();
+        assert_eq!(distinct.len(), 1000, "subscriber {i} got duplicates");
+    }
+    let after: Vec<u64> = path.iter().map(|(n, p)| link(n, p, "tx_events")).collect();
+    for (k, ((n, p), (b, a))) in path.iter().zip(before.iter().zip(&after)).enumerate() {
+        let name = n.mesh_view()["node"].as_str().unwrap().to_string();
+        assert_eq!(
+            a - b,
+            1000,
+            "hop {k}: link {name} -> {p} carried {} events for 1000 published",
+            a - b
+        );
+    }
+    let fanout = link(&edge_b, "core-2", "rx_fanout_copies") - fanout_before;
+    assert_eq!(
+        fanout, 10_000,
+        "ten local copies per event at the destination"
+    );
+    // Nothing went the other way except gossip.
+    assert_eq!(link(&edge_b, "core-2", "tx_events"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_routes_between_edges_and_a_restarted_node_rejoins_without_its_old_interest() {
+    let d = tempfile::tempdir().unwrap();
+    certs(d.path(), &["hub", "e1", "e2", "e3"]);
+    let hub = node(d.path(), "hub", "core", &[]);
+    let e1 = node(d.path(), "e1", "edge", &[addr(&hub)]);
+    let mut e2 = node(d.path(), "e2", "edge", &[addr(&hub)]);
+    let e3 = node(d.path(), "e3", "edge", &[addr(&hub)]);
+    wait_nodes(&[&hub, &e1, &e2, &e3], &["hub", "e1", "e2", "e3"]);
+
+    let (_c1, mut r1) = subscribe(&e1, "s1", "plant/#").await;
+    let (_c2, mut r2) = subscribe(&e2, "s2", "plant/+/temp").await;
+    let (publisher, _p) = client(&e3, "pub").await;
+    until_routed(&publisher, "plant/7/temp", &mut r1).await;
+    until_routed(&publisher, "plant/7/temp", &mut r2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while r1.try_recv().is_ok() {}
+    while r2.try_recv().is_ok() {}
+    for i in 0..100u32 {
+        publisher
+            .publish(
+                "plant/1/temp",
+                QoS::AtMostOnce,
+                false,
+                i.to_be_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+        publisher
+            .publish(
+                "plant/1/power",
+                QoS::AtMostOnce,
+                false,
+                i.to_be_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(collect(&mut r1, 200, WAIT).await.len(), 200);
+    assert_eq!(collect(&mut r2, 100, WAIT).await.len(), 100);
+    assert!(
+        collect(&mut r2, 1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "e2 gets only the temperature"
+    );
+
+    // e2 dies hard with its subscription; a new e2 (new incarnation) starts without one.
+    let old_inc = e2.mesh_view()["incarnation"].as_u64().unwrap();
+    e2.kill();
+    drop(r2);
+    let e2 = node(d.path(), "e2", "edge", &[addr(&hub)]);
+    let new_inc = e2.mesh_view()["incarnation"].as_u64().unwrap();
+    assert!(new_inc > old_inc);
+    wait_until(
+        "the new e2 to replace the old one in e3's registry",
+        WAIT,
+        || {
+            let v = e3.mesh_view();
+            v["registry"].as_array().unwrap().iter().any(|e| {
+                e["node"] == "e2"
+                    && e["incarnation"].as_u64() == Some(new_inc)
+                    && e["reachable"] == true
+            })
+        },
+    );
+    assert_eq!(
+        interest(&e3, "e2"),
+        Some(0),
+        "the old e2's interest does not linger"
+    );
+    let before = link(&hub, "e2", "tx_events");
+    let e3_before = link(&e3, "hub", "tx_events");
+    for _ in 0..50 {
+        publisher
+            .publish("plant/2/temp", QoS::AtMostOnce, false, b"x".to_vec())
+            .await
+            .unwrap();
+    }
+    assert_eq!(collect(&mut r1, 50, WAIT).await.len(), 50);
+    assert_eq!(link(&e3, "hub", "tx_events") - e3_before, 50);
+    assert_eq!(
+        link(&hub, "e2", "tx_events"),
+        before,
+        "nothing goes to the new e2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_across_nodes_gets_each_event_once() {
+    let d = tempfile::tempdir().unwrap();
+    certs(d.path(), &["a", "b", "c"]);
+    let a = node(d.path(), "a", "core", &[]);
+    let b = node(d.path(), "b", "edge", &[addr(&a)]);
+    let c = node(d.path(), "c", "edge", &[addr(&a)]);
+    wait_nodes(&[&a, &b, &c], &["a", "b", "c"]);
+    // Two members on b, one on c; none on a where the publisher is.
+    let mut members = [
+        subscribe(&b, "w1", "$share/workers/jobs/#").await,
+        subscribe(&b, "w2", "$share/workers/jobs/#").await,
+        subscribe(&c, "w3", "$share/workers/jobs/#").await,
+    ];
+    wait_until("a to see the group on b and c", WAIT, || {
+        interest(&a, "b") == Some(2) && interest(&a, "c") == Some(2)
+    });
+    let (publisher, _p) = client(&a, "pub").await;
+    for i in 0..300u32 {
+        publisher
+            .publish("jobs/x", QoS::AtMostOnce, false, i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let mut all = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while all.len() < 300 && Instant::now() < deadline {
+        for (_, rx) in members.iter_mut() {
+            while let Ok(p) = rx.try_recv() {
+                if let Packet::Publish(p) = p {
+                    all.push(p.payload.to_vec());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (_, rx) in members.iter_mut() {
+        while let Ok(p) = rx.try_recv() {
+            if let Packet::Publish(p) = p {
+                all.push(p.payload.to_vec());
+            }
+        }
+    }
+    assert_eq!(
+        all.len(),
+        300,
+        "each event to exactly one member of the group"
+    );
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_certificates_and_garbage_are_refused_and_change_nothing() {
+    let good = tempfile::tempdir().unwrap();
+    let evil = tempfile::tempdir().unwrap();
+    certs(good.path(), &["core", "edge"]);
+    certs(evil.path(), &["mallory"]);
+    let mut core = node(good.path(), "core", "core", &[]);
+    let edge = node(good.path(), "edge", "edge", &[addr(&core)]);
+    wait_nodes(&[&core, &edge], &["core", "edge"]);
+
+    // Garbage datagrams on the mesh port.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u32 {
+        let junk: Vec<u8> = (0..(i % 1200 + 1)).map(|k| (k * 31 + i) as u8).collect();
+        sock.send_to(&junk, addr(&core)).unwrap();
+    }
+    // A node with a certificate from another CA dials the core.
+    let mallory = node(evil.path(), "mallory", "edge", &[addr(&core)]);
+    wait_until("the core to refuse mallory", WAIT, || {
+        core.mesh_view()["refused_links"].as_u64().unwrap_or(0) > 0
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = core.mesh_view();
+    assert_eq!(
+        nodes_of(&v),
+        HashSet::from(["core".into(), "edge".into()]),
+        "{v}"
+    );
+    assert!(
+        !v["registry"].to_string().contains("mallory"),
+        "mallory never enters the registry: {v}"
+    );
+    assert_eq!(
+        nodes_of(&mallory.mesh_view()),
+        HashSet::from(["mallory".into()])
+    );
+    // The real link still works.
+    let (_s, mut rx) = subscribe(&edge, "s", "t/#").await;
+    let (p, _pr) = client(&core, "p").await;
+    until_routed(&p, "t/1", &mut rx).await;
+    core.assert_serving();
+}
