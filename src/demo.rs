@@ -12,7 +12,7 @@ use meshgate_node::{Config, Node};
 /// Options of `meshgate demo`.
 #[derive(Args)]
 pub struct DemoArgs {
-    /// First MQTT port: the core gets it, the edges the next two.
+    /// First MQTT port: the core gets it, the edges the next two (0: any free ports).
     #[arg(long, default_value_t = 1883)]
     mqtt_port: u16,
     /// First HTTP port.
@@ -45,25 +45,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             meshgate_mesh::tls::issue(&dir, n)?;
         }
     }
-    let addr = |port: u16, i: usize| -> SocketAddr { ([127, 0, 0, 1], port + i as u16).into() };
-    let configs: Vec<Config> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let mut c = Config::default();
-            c.node.name = name.to_string();
-            c.mqtt.listen = addr(args.mqtt_port, i);
-            c.http.listen = addr(args.http_port, i);
-            c.mesh.listen = addr(args.mesh_port, i);
-            c.mesh.tls_dir = Some(dir.clone());
-            c.mesh.role = if i == 0 { "core" } else { "edge" }.into();
-            if i > 0 {
-                c.mesh.peers = vec![addr(args.mesh_port, 0).to_string()];
-            }
-            c.mesh.gossip_interval_secs = 0.5;
-            c
-        })
-        .collect();
+    // Port 0 gives every node an ephemeral port; otherwise ports count up from the given one.
+    let addr = |port: u16, i: usize| -> SocketAddr {
+        let p = if port == 0 { 0 } else { port + i as u16 };
+        ([127, 0, 0, 1], p).into()
+    };
+    let config = |i: usize, core: Option<SocketAddr>| {
+        let mut c = Config::default();
+        c.node.name = NAMES[i].to_string();
+        c.mqtt.listen = addr(args.mqtt_port, i);
+        c.http.listen = addr(args.http_port, i);
+        c.mesh.listen = addr(args.mesh_port, i);
+        c.mesh.tls_dir = Some(dir.clone());
+        c.mesh.role = if i == 0 { "core" } else { "edge" }.into();
+        c.mesh.peers = core.iter().map(ToString::to_string).collect();
+        c.mesh.gossip_interval_secs = 0.5;
+        c
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -75,13 +73,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let result = rt.block_on(async {
-        let mut nodes = Vec::new();
-        for c in configs {
-            let name = c.node.name.clone();
+        let mut nodes: Vec<Node> = Vec::new();
+        for i in 0..NAMES.len() {
+            let core = nodes.first().and_then(Node::mesh_addr);
             nodes.push(
-                Node::start(c)
+                Node::start(config(i, core))
                     .await
-                    .with_context(|| format!("cannot start node {name}"))?,
+                    .with_context(|| format!("cannot start node {}", NAMES[i]))?,
             );
         }
         // Wait until the three nodes see each other, so the instructions work at once.
@@ -122,7 +120,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             m2.port()
         );
         println!("\nCtrl-C stops the demo.");
-        tokio::signal::ctrl_c().await.ok();
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        crate::wait_for_signal().await;
         for n in nodes {
             n.shutdown().await;
         }

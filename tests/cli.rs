@@ -95,3 +95,70 @@ fn pub_and_sub_clients() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connection to"));
 }
+
+#[test]
+fn demo_routes_from_one_edge_to_the_other() {
+    use std::io::{BufRead, BufReader};
+    let mut demo = Command::new(bin())
+        .args([
+            "demo",
+            "--mqtt-port",
+            "0",
+            "--http-port",
+            "0",
+            "--mesh-port",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("Ctrl-C stops the demo") {
+                let _ = tx.send(text.clone());
+            }
+        }
+    });
+    let text = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the demo prints its instructions");
+    // The table row of a node: name, role, MQTT address, ...
+    let mqtt_of = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{text}"))
+            .to_string()
+    };
+    let (e1, e2) = (mqtt_of("edge-1"), mqtt_of("edge-2"));
+    let mut sub = Command::new(bin())
+        .args(["sub", "--addr", &e2, "-C", "1", "orders/+/us/#"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Publish on edge-1 until the subscription made on edge-2 has reached it through the core.
+    let start = std::time::Instant::now();
+    while sub.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "nothing arrived");
+        let st = Command::new(bin())
+            .args(["pub", "--addr", &e1, "orders/17/us/ny", "hello"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "orders/17/us/ny hello\n"
+    );
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
