@@ -8,7 +8,7 @@
 //! remote interest comes back as entries in the router's own trie, so one match finds local
 //! subscribers and remote nodes alike.
 
-mod frame;
+pub mod frame;
 mod link;
 pub mod tls;
 
