@@ -443,3 +443,45 @@ async fn foreign_certificates_and_garbage_are_refused_and_change_nothing() {
     until_routed(&p, "t/1", &mut rx).await;
     core.assert_serving();
 }
+
+/// 100k filters on one node reach a node that joins later: how long and how many bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_learns_100k_filters_quickly_and_compactly() {
+    const N: usize = 100_000;
+    let d = tempfile::tempdir().unwrap();
+    certs(d.path(), &["big", "new"]);
+    let big = node(d.path(), "big", "core", &[]);
+    let (c, mut rx) = client(&big, "many").await;
+    for chunk in 0..N / 100 {
+        let filters = (0..100).map(|i| {
+            rumqttc::SubscribeFilter::new(format!("site/{chunk}/sensor-{i}/value"), QoS::AtMostOnce)
+        });
+        c.subscribe_many(filters).await.unwrap();
+    }
+    let mut acks = 0;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while acks < N / 100 {
+            if let Some(Packet::SubAck(_)) = rx.recv().await {
+                acks += 1;
+            }
+        }
+    })
+    .await
+    .expect("every SUBACK");
+    wait_until("big to advertise its interest", WAIT, || {
+        interest(&big, "big") == Some(N as u64)
+    });
+    let start = Instant::now();
+    let new = node(d.path(), "new", "edge", &[addr(&big)]);
+    wait_until(
+        "the new node to learn every filter",
+        Duration::from_secs(60),
+        || interest(&new, "big") == Some(N as u64),
+    );
+    let took = start.elapsed();
+    let bytes = link(&new, "big", "rx_control_bytes");
+    eprintln!(
+        "{N} filters reached a new node {took:?} after its start (process start included), {bytes} bytes of control frames"
+    );
+    assert!(bytes < 5_000_000, "{bytes} bytes for {N} filters");
+}

@@ -19,8 +19,12 @@ pub struct NodeProc {
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+/// The binary under test: Cargo's fresh build, or `MESHGATE_BIN` (e.g. a release build, to
+/// time the mesh tests: `MESHGATE_BIN=target/release/meshgate cargo test --test mesh`).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_meshgate"))
+    std::env::var_os("MESHGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_meshgate")))
 }
 
 impl NodeProc {
