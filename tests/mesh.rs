@@ -159,7 +159,8 @@ async fn collect(rx: &mut UnboundedReceiver<Packet>, want: usize, limit: Duratio
     got
 }
 
-/// Publishes probes on `topic` from `publisher` until `rx` sees one; returns the time taken.
+/// Publishes probes on `topic` from `publisher` until `rx` sees one (other messages on `rx` are
+/// skipped); returns the time taken.
 async fn until_routed(
     publisher: &AsyncClient,
     topic: &str,
@@ -175,10 +176,17 @@ async fn until_routed(
             .publish(topic, QoS::AtMostOnce, false, b"probe".to_vec())
             .await
             .unwrap();
-        if let Ok(Some(Packet::Publish(_))) =
-            tokio::time::timeout(Duration::from_millis(10), rx.recv()).await
-        {
-            return start.elapsed();
+        let wait = tokio::time::sleep(Duration::from_millis(10));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(Packet::Publish(p)) if p.topic == topic => return start.elapsed(),
+                    Some(_) => {}
+                    None => panic!("subscriber gone"),
+                },
+                _ = &mut wait => break,
+            }
         }
     }
 }
@@ -484,4 +492,35 @@ async fn a_joining_node_learns_100k_filters_quickly_and_compactly() {
         "{N} filters reached a new node {took:?} after its start (process start included), {bytes} bytes of control frames"
     );
     assert!(bytes < 5_000_000, "{bytes} bytes for {N} filters");
+}
+
+/// Two paths between the edges: when the core on the shorter one dies, routes move to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_move_to_the_remaining_path_when_a_node_dies() {
+    let d = tempfile::tempdir().unwrap();
+    certs(d.path(), &["a", "c1", "c2", "b"]);
+    let mut c1 = node(d.path(), "c1", "core", &[]);
+    let c2 = node(d.path(), "c2", "core", &[]);
+    let a = node(d.path(), "a", "edge", &[addr(&c1), addr(&c2)]);
+    let b = node(d.path(), "b", "edge", &[addr(&c1), addr(&c2)]);
+    wait_nodes(&[&a, &b, &c1, &c2], &["a", "b", "c1", "c2"]);
+    let (_s, mut rx) = subscribe(&b, "s", "r/#").await;
+    let (p, _pr) = client(&a, "p").await;
+    until_routed(&p, "r/1", &mut rx).await;
+    // Which core carries a's events now?
+    let via = |core: &str| link(&a, core, "tx_events");
+    let (n1, n2) = (via("c1"), via("c2"));
+    let (mut dead, alive) = if n1 >= n2 { (c1, c2) } else { (c2, c1) };
+    let alive_name = if n1 >= n2 { "c2" } else { "c1" };
+    let dead_name = if n1 >= n2 { "c1" } else { "c2" };
+    dead.kill();
+    // Once the link loss is noticed (idle timeout 3 s here), events flow through the other core.
+    let t = until_routed(&p, "r/2", &mut rx).await;
+    eprintln!("rerouted around {dead_name} after {t:?}");
+    assert!(link(&a, alive_name, "tx_events") > 0);
+    // Once b noticed too, nobody advertises a link to the dead core: it is unreachable.
+    wait_until("the dead core to leave a's reachable nodes", WAIT, || {
+        !nodes_of(&a.mesh_view()).contains(dead_name)
+    });
+    drop(alive);
 }
