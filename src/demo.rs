@@ -74,12 +74,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = rt.block_on(async {
         let mut nodes: Vec<Node> = Vec::new();
-        for i in 0..NAMES.len() {
+        for (i, name) in NAMES.iter().enumerate() {
             let core = nodes.first().and_then(Node::mesh_addr);
             nodes.push(
                 Node::start(config(i, core))
                     .await
-                    .with_context(|| format!("cannot start node {}", NAMES[i]))?,
+                    .with_context(|| format!("cannot start node {name}"))?,
             );
         }
         // Wait until the three nodes see each other, so the instructions work at once.

@@ -499,7 +499,7 @@ async fn a_joining_node_learns_100k_filters_quickly_and_compactly() {
 async fn routes_move_to_the_remaining_path_when_a_node_dies() {
     let d = tempfile::tempdir().unwrap();
     certs(d.path(), &["a", "c1", "c2", "b"]);
-    let mut c1 = node(d.path(), "c1", "core", &[]);
+    let c1 = node(d.path(), "c1", "core", &[]);
     let c2 = node(d.path(), "c2", "core", &[]);
     let a = node(d.path(), "a", "edge", &[addr(&c1), addr(&c2)]);
     let b = node(d.path(), "b", "edge", &[addr(&c1), addr(&c2)]);
