@@ -524,3 +524,74 @@ async fn routes_move_to_the_remaining_path_when_a_node_dies() {
     });
     drop(alive);
 }
+
+/// A free UDP port on loopback (bound, then released).
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn up_links(n: &NodeProc) -> Vec<String> {
+    n.mesh_view()["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["state"] == "up")
+        .map(|l| l["peer"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Nodes that dial each other before either is up: the dials retry until the peer starts, and
+/// the two connections collapse to one link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dials_retry_until_the_peer_starts_and_mutual_dials_make_one_link() {
+    let d = tempfile::tempdir().unwrap();
+    certs(d.path(), &["p", "q"]);
+    let (pa, qa) = (free_udp(), free_udp());
+    let start = |name: &str, at: SocketAddr, peer: SocketAddr| {
+        let args = [
+            "--name".to_string(),
+            name.into(),
+            "--mesh".into(),
+            at.to_string(),
+            "--tls-dir".into(),
+            d.path().display().to_string(),
+            "--peer".into(),
+            peer.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        NodeProc::start_env(&args, &[("MESHGATE_MESH__MAX_BACKOFF_SECS", "0.5")])
+    };
+    let p = start("p", pa, qa);
+    // p dials an address where nothing listens yet (each attempt ends at the 5 s handshake
+    // timeout), and keeps trying.
+    wait_until("p to have tried", WAIT, || {
+        p.mesh_view()["dialling"][0]["attempts"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert!(up_links(&p).is_empty());
+    let q = start("q", qa, pa);
+    let t = Instant::now();
+    wait_until("the link", WAIT, || {
+        up_links(&p) == ["q"] && up_links(&q) == ["p"]
+    });
+    eprintln!("linked {:?} after q started", t.elapsed());
+    // Both dialled; after a while each side still holds exactly one link, the same connection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(up_links(&p), ["q"]);
+    assert_eq!(up_links(&q), ["p"]);
+    let (_s, mut rx) = subscribe(&q, "s", "x").await;
+    let (c, _r) = client(&p, "c").await;
+    until_routed(&c, "x", &mut rx).await;
+    let (ps, qs) = (p.mesh_view(), q.mesh_view());
+    let dialled = |v: &Value| v["links"][0]["dialled"].as_bool().unwrap();
+    assert_ne!(
+        dialled(&ps),
+        dialled(&qs),
+        "one connection: dialled by one side only"
+    );
+}
