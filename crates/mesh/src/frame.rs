@@ -64,9 +64,117 @@ pub struct OutEvent {
     /// The event, shared with local subscribers and other links.
     pub event: Arc<Envelope>,
     /// The nodes this copy is for.
-    pub destinations: Vec<Destination>,
+    pub destinations: Dests,
     /// Links crossed before this one.
     pub hops: u32,
+}
+
+/// One destination of a queued event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutDest {
+    /// Made at the origin from the router's match: shared names, nothing allocated per event.
+    Shared {
+        /// The destination node.
+        node: Arc<str>,
+        /// (group, filter) pairs the node serves for this event.
+        groups: Vec<(Arc<str>, Arc<str>)>,
+    },
+    /// As decoded from a peer, passed on by a transit node.
+    Owned(Destination),
+}
+
+impl OutDest {
+    /// The destination node's name.
+    pub fn node(&self) -> &str {
+        match self {
+            OutDest::Shared { node, .. } => node,
+            OutDest::Owned(d) => &d.node,
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            OutDest::Owned(d) => d.encoded_len(),
+            OutDest::Shared { node, groups } => {
+                str_len(1, node)
+                    + groups
+                        .iter()
+                        .map(|(g, f)| {
+                            let l = str_len(1, g) + str_len(2, f);
+                            key_len(2) + encoded_len_varint(l as u64) + l
+                        })
+                        .sum::<usize>()
+            }
+        }
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        match self {
+            OutDest::Owned(d) => d.encode_raw(out),
+            OutDest::Shared { node, groups } => {
+                put_str(1, node, out);
+                for (g, f) in groups {
+                    encode_key(2, WireType::LengthDelimited, out);
+                    encode_varint((str_len(1, g) + str_len(2, f)) as u64, out);
+                    put_str(1, g, out);
+                    put_str(2, f, out);
+                }
+            }
+        }
+    }
+}
+
+/// Destinations of one queued copy: one (the common case, no allocation) or several.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Dests {
+    /// A single destination.
+    One(OutDest),
+    /// Several destinations behind the same next hop.
+    Many(Vec<OutDest>),
+}
+
+impl Dests {
+    /// Adds a destination.
+    pub fn push(&mut self, d: OutDest) {
+        match self {
+            Dests::Many(v) => v.push(d),
+            Dests::One(_) => {
+                let Dests::One(first) = std::mem::replace(self, Dests::Many(Vec::with_capacity(4)))
+                else {
+                    unreachable!()
+                };
+                if let Dests::Many(v) = self {
+                    v.push(first);
+                    v.push(d);
+                }
+            }
+        }
+    }
+
+    /// The destinations.
+    pub fn as_slice(&self) -> &[OutDest] {
+        match self {
+            Dests::One(d) => std::slice::from_ref(d),
+            Dests::Many(v) => v,
+        }
+    }
+}
+
+/// Encoded size of a non-empty string field (proto3 omits empty strings).
+fn str_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+    }
+}
+
+fn put_str(tag: u32, s: &str, out: &mut BytesMut) {
+    if !s.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(s.len() as u64, out);
+        out.put_slice(s.as_bytes());
+    }
 }
 
 const ORIGIN_TAG: u32 = 3; // Envelope.origin_node
@@ -87,7 +195,7 @@ fn origin_len(env: &Envelope, origin: &str) -> usize {
 fn routed_len(e: &OutEvent, origin: &str) -> usize {
     let env_len = e.event.encoded_len() + origin_len(&e.event, origin);
     let mut n = key_len(EVENT_TAG) + encoded_len_varint(env_len as u64) + env_len;
-    for d in &e.destinations {
+    for d in e.destinations.as_slice() {
         let l = d.encoded_len();
         n += key_len(DESTS_TAG) + encoded_len_varint(l as u64) + l;
     }
@@ -120,15 +228,14 @@ pub fn encode_events(events: &[OutEvent], origin: &str, out: &mut BytesMut) -> u
         encode_key(EVENT_TAG, WireType::LengthDelimited, out);
         encode_varint((e.event.encoded_len() + ol) as u64, out);
         if ol != 0 {
-            // A repeated scalar field: the last value wins, and the envelope itself writes no
-            // origin (it is empty), so this one stands.
-            encode_key(ORIGIN_TAG, WireType::LengthDelimited, out);
-            encode_varint(origin.len() as u64, out);
-            out.put_slice(origin.as_bytes());
+            // The envelope itself writes no origin (it is empty), so this one stands.
+            put_str(ORIGIN_TAG, origin, out);
         }
         e.event.encode_raw(out);
-        for d in &e.destinations {
-            prost::encoding::message::encode(DESTS_TAG, d, out);
+        for d in e.destinations.as_slice() {
+            encode_key(DESTS_TAG, WireType::LengthDelimited, out);
+            encode_varint(d.encoded_len() as u64, out);
+            d.encode(out);
         }
         if e.hops != 0 {
             prost::encoding::uint32::encode(HOPS_TAG, &e.hops, out);
@@ -205,15 +312,21 @@ mod tests {
                 filter: "a/>".into(),
             }],
         };
+        let shared = |n: &str| OutDest::Shared {
+            node: n.into(),
+            groups: vec![("g".into(), "a/>".into())],
+        };
+        let mut two = Dests::One(shared("x"));
+        two.push(shared("y"));
         let events = vec![
             OutEvent {
                 event: local,
-                destinations: vec![dest("x"), dest("y")],
+                destinations: two,
                 hops: 0,
             },
             OutEvent {
                 event: transit,
-                destinations: vec![dest("z")],
+                destinations: Dests::One(OutDest::Owned(dest("z"))),
                 hops: 3,
             },
         ];
@@ -237,6 +350,7 @@ mod tests {
         assert_eq!(a.hops, 0);
         let b = &batch.events[1];
         assert_eq!(b.event.as_ref().unwrap().origin_node, "far");
+        assert_eq!(b.destinations, vec![dest("z")]);
         assert_eq!(b.hops, 3);
     }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use meshgate_broker::{Broker, MeshHook, Publisher, RemoteDest};
-use meshgate_proto::v1::{Destination, Frame, GroupRef, Hello, Ping, Pong, frame::Body};
+use meshgate_proto::v1::{Frame, Hello, Ping, Pong, frame::Body};
 use meshgate_proto::{Envelope, LINK_PROTOCOL_VERSION};
 use meshgate_registry::{Change, Gossip, HOP_LIMIT, RecentIds, Registry, RegistryConfig, Routes};
 use meshgate_topic::{Filter, validate_topic};
@@ -30,7 +30,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info, warn};
 
-pub use frame::{FrameError, OutEvent};
+pub use frame::{Dests, FrameError, OutDest, OutEvent};
 pub use link::{Link, LinkError, LinkStats};
 pub use tls::{MeshTls, TlsError};
 
@@ -395,16 +395,9 @@ impl MeshHook for Hook {
 
     fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) {
         if let Some(i) = self.0.upgrade() {
-            let dests = dests.iter().map(|d| Destination {
-                node: d.node.to_string(),
-                groups: d
-                    .groups
-                    .iter()
-                    .map(|(g, f)| GroupRef {
-                        group: g.to_string(),
-                        filter: f.to_string(),
-                    })
-                    .collect(),
+            let dests = dests.iter().map(|d| OutDest::Shared {
+                node: d.node.clone(),
+                groups: d.groups.clone(),
             });
             i.forward(event, dests, 0);
         }
@@ -490,24 +483,28 @@ impl Inner {
     }
 
     /// Sends one copy of `event` per next hop, each with the destinations behind that hop.
-    fn forward(&self, event: &Arc<Envelope>, dests: impl Iterator<Item = Destination>, hops: u32) {
-        let routes = self.routes.read().clone();
-        let mut per_hop: Vec<(&str, Vec<Destination>)> = Vec::new();
+    /// One destination (or one next hop) allocates nothing.
+    fn forward(&self, event: &Arc<Envelope>, dests: impl Iterator<Item = OutDest>, hops: u32) {
+        let routes = self.routes.read();
+        let mut first: Option<(&str, Dests)> = None;
+        let mut more: Vec<(&str, Dests)> = Vec::new();
         for d in dests {
-            let Some(hop) = routes.next_hop(&d.node) else {
+            let Some(hop) = routes.next_hop(d.node()) else {
                 self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            match per_hop.iter_mut().find(|(h, _)| *h == hop) {
-                Some((_, v)) => v.push(d),
-                None => per_hop.push((hop, vec![d])),
+            match &mut first {
+                None => first = Some((hop, Dests::One(d))),
+                Some((h, v)) if *h == hop => v.push(d),
+                Some(_) => match more.iter_mut().find(|(h, _)| *h == hop) {
+                    Some((_, v)) => v.push(d),
+                    None => more.push((hop, Dests::One(d))),
+                },
             }
         }
-        if per_hop.is_empty() {
-            return;
-        }
+        let Some(first) = first else { return };
         let links = self.links.read();
-        for (hop, destinations) in per_hop {
+        for (hop, destinations) in std::iter::once(first).chain(more) {
             match links.get(hop) {
                 Some(l) => {
                     l.send_event(OutEvent {
@@ -519,7 +516,7 @@ impl Inner {
                 None => {
                     self.counters
                         .unroutable
-                        .fetch_add(destinations.len() as u64, Ordering::Relaxed);
+                        .fetch_add(destinations.as_slice().len() as u64, Ordering::Relaxed);
                 }
             }
         }
@@ -569,7 +566,7 @@ impl Inner {
                 if hops >= HOP_LIMIT {
                     self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    self.forward(&env, rest.into_iter(), hops);
+                    self.forward(&env, rest.into_iter().map(OutDest::Owned), hops);
                 }
             }
         }
