@@ -266,6 +266,15 @@ async fn chain_of_four_carries_one_copy_per_link_and_fans_out_at_the_destination
     );
     // Nothing went the other way except gossip.
     assert_eq!(link(&edge_b, "core-2", "tx_events"), 0);
+    // The same counters in Prometheus form.
+    let (_, metrics) = common::http_get(edge_a.http, "/metrics").unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("meshgate_link_tx_events_total{peer=\"core-1\"}"))
+        .unwrap_or_else(|| panic!("no link series in:\n{metrics}"));
+    let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value, after[0]);
+    assert!(metrics.contains("meshgate_mesh_nodes 4"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
