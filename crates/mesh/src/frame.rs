@@ -192,7 +192,8 @@ fn origin_len(env: &Envelope, origin: &str) -> usize {
     }
 }
 
-fn routed_len(e: &OutEvent, origin: &str) -> usize {
+/// (encoded envelope length with the origin, encoded `RoutedEvent` length).
+fn routed_len(e: &OutEvent, origin: &str) -> (usize, usize) {
     let env_len = e.event.encoded_len() + origin_len(&e.event, origin);
     let mut n = key_len(EVENT_TAG) + encoded_len_varint(env_len as u64) + env_len;
     for d in e.destinations.as_slice() {
@@ -202,32 +203,35 @@ fn routed_len(e: &OutEvent, origin: &str) -> usize {
     if e.hops != 0 {
         n += key_len(HOPS_TAG) + encoded_len_varint(u64::from(e.hops));
     }
-    n
+    (env_len, n)
 }
 
 /// Appends one `Frame { events: EventBatch { events } }` with its length prefix. `origin` is
 /// this node's name, written into envelopes that have none yet (they leave their origin now).
-/// Returns the frame's size including the prefix.
-pub fn encode_events(events: &[OutEvent], origin: &str, out: &mut BytesMut) -> usize {
-    let lens: usize = events
+/// `scratch` is reused between calls. Returns the frame's size including the prefix.
+pub fn encode_events(
+    events: &[OutEvent],
+    origin: &str,
+    out: &mut BytesMut,
+    scratch: &mut Vec<(usize, usize)>,
+) -> usize {
+    scratch.clear();
+    scratch.extend(events.iter().map(|e| routed_len(e, origin)));
+    let lens: usize = scratch
         .iter()
-        .map(|e| {
-            let l = routed_len(e, origin);
-            key_len(BATCH_EVENTS_TAG) + encoded_len_varint(l as u64) + l
-        })
+        .map(|&(_, l)| key_len(BATCH_EVENTS_TAG) + encoded_len_varint(l as u64) + l)
         .sum();
     let frame_len = key_len(FRAME_EVENTS_TAG) + encoded_len_varint(lens as u64) + lens;
     out.reserve(4 + frame_len);
     out.put_u32(frame_len as u32);
     encode_key(FRAME_EVENTS_TAG, WireType::LengthDelimited, out);
     encode_varint(lens as u64, out);
-    for e in events {
+    for (e, &(env_len, len)) in events.iter().zip(scratch.iter()) {
         encode_key(BATCH_EVENTS_TAG, WireType::LengthDelimited, out);
-        encode_varint(routed_len(e, origin) as u64, out);
-        let ol = origin_len(&e.event, origin);
+        encode_varint(len as u64, out);
         encode_key(EVENT_TAG, WireType::LengthDelimited, out);
-        encode_varint((e.event.encoded_len() + ol) as u64, out);
-        if ol != 0 {
+        encode_varint(env_len as u64, out);
+        if e.event.origin_node.is_empty() {
             // The envelope itself writes no origin (it is empty), so this one stands.
             put_str(ORIGIN_TAG, origin, out);
         }
@@ -331,7 +335,7 @@ mod tests {
             },
         ];
         let mut buf = BytesMut::new();
-        let n = encode_events(&events, "me", &mut buf);
+        let n = encode_events(&events, "me", &mut buf, &mut Vec::new());
         assert_eq!(n, buf.len());
         let Some(Frame {
             body: Some(Body::Events(batch)),

@@ -8,6 +8,7 @@
 //! remote interest comes back as entries in the router's own trie, so one match finds local
 //! subscribers and remote nodes alike.
 
+mod dedup;
 pub mod frame;
 mod link;
 pub mod tls;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use meshgate_broker::{Broker, MeshHook, Publisher, RemoteDest};
 use meshgate_proto::v1::{Frame, Hello, Ping, Pong, frame::Body};
 use meshgate_proto::{Envelope, LINK_PROTOCOL_VERSION};
-use meshgate_registry::{Change, Gossip, HOP_LIMIT, RecentIds, Registry, RegistryConfig, Routes};
+use meshgate_registry::{Change, Gossip, HOP_LIMIT, Registry, RegistryConfig, Routes};
 use meshgate_topic::{Filter, validate_topic};
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::CertificateDer;
@@ -33,6 +34,9 @@ use tracing::{debug, info, warn};
 pub use frame::{Dests, FrameError, OutDest, OutEvent};
 pub use link::{Link, LinkError, LinkStats};
 pub use tls::{MeshTls, TlsError};
+
+/// Links by peer name (looked up per forwarded event: a fast hasher).
+type LinkMap = HashMap<Arc<str>, Arc<Link>, foldhash::fast::RandomState>;
 
 /// Settings of the mesh side of a node.
 #[derive(Clone, Debug)]
@@ -119,11 +123,11 @@ struct Inner {
     client: quinn::ClientConfig,
     registry: Mutex<Registry>,
     routes: RwLock<Arc<Routes>>,
-    links: RwLock<HashMap<Arc<str>, Arc<Link>>>,
+    links: RwLock<LinkMap>,
     /// Local interest changes waiting for the registry task: (filter, group, added).
     pending: Mutex<Vec<(String, Option<String>, bool)>>,
     wake: Notify,
-    recent: Mutex<RecentIds>,
+    recent: Mutex<dedup::Dedup>,
     dials: Mutex<HashMap<String, DialState>>,
     counters: Counters,
 }
@@ -195,10 +199,10 @@ impl Mesh {
             client,
             registry: Mutex::new(registry),
             routes: RwLock::new(routes),
-            links: RwLock::new(HashMap::new()),
+            links: RwLock::new(LinkMap::default()),
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
-            recent: Mutex::new(RecentIds::new(65_536)),
+            recent: Mutex::new(dedup::Dedup::new()),
             dials: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             cfg,
@@ -413,7 +417,7 @@ impl MeshHook for Hook {
 
 /// The runtime the registry runs on: the clock and the control streams of the links.
 struct Rt<'a> {
-    links: &'a HashMap<Arc<str>, Arc<Link>>,
+    links: &'a LinkMap,
     now: u64,
 }
 

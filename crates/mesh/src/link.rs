@@ -207,6 +207,7 @@ pub(crate) async fn event_writer(
 ) {
     let mut batch = Vec::with_capacity(1024);
     let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut scratch = Vec::with_capacity(1024);
     // Keep each frame well under the receiver's limit.
     let budget = max_frame / 2;
     while rx.recv_many(&mut batch, 4096).await > 0 {
@@ -216,7 +217,7 @@ pub(crate) async fn event_writer(
         for i in 0..batch.len() {
             size += batch[i].event.payload.len() + batch[i].event.topic.len() + 64;
             if size >= budget || i + 1 == batch.len() {
-                frame::encode_events(&batch[start..=i], &origin, &mut buf);
+                frame::encode_events(&batch[start..=i], &origin, &mut buf, &mut scratch);
                 start = i + 1;
                 size = 0;
             }
@@ -228,7 +229,8 @@ pub(crate) async fn event_writer(
             .tx_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         batch.clear();
-        if send.write_all(&buf).await.is_err() {
+        // Hand the encoded bytes to quinn without another copy.
+        if send.write_chunk(buf.split().freeze()).await.is_err() {
             return;
         }
     }
