@@ -97,6 +97,15 @@ fn mesh(nodes: usize, seed: u64) -> anyhow::Result<()> {
     let wall = Instant::now();
     sim.run_for(10_000);
     report("10 s quiet (anti-entropy)", &sim, 10_000, wall.elapsed());
+    // Idle gossip must stay under 50 kbit/s per node: once in sync, summaries only.
+    let (mean, max) = per_node(&sim);
+    println!(
+        "  quiet gossip per node: mean {:.0} B/s ({:.2} kbit/s), max {:.0} B/s ({:.2} kbit/s)",
+        mean as f64 / 10.0,
+        mean as f64 * 8.0 / 10_000.0,
+        max as f64 / 10.0,
+        max as f64 * 8.0 / 10_000.0,
+    );
 
     let wall = Instant::now();
     sim.check_mirrors().map_err(anyhow::Error::msg)?;

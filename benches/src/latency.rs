@@ -2,6 +2,11 @@
 //! the broker does, with send timestamps in the payload; one subscriber records, per message, how
 //! long it took from the publisher's socket through the broker to the subscriber.
 //!
+//! With `echo` (the `rtt` workload) the path is a round trip: the publisher's broker, an echo
+//! client on the subscribers' broker that republishes every message on a second topic, and
+//! back to a recording subscriber on the publisher's broker. When the two brokers differ, a
+//! probe must make the whole trip before the paced publisher starts.
+//!
 //! The publisher paces itself with `thread::sleep` (a tokio timer is 1 ms coarse) and, when it
 //! falls behind its schedule, sends what is due in one write instead of skipping, so a slow
 //! broker cannot lower the offered rate.
@@ -16,6 +21,7 @@ use hdrhistogram::Histogram;
 
 use crate::client::{self, Conn, Proto};
 use crate::report::{Latency, Report};
+use crate::throughput::PROBE_SEQ;
 use crate::{Opts, Snapshot};
 
 /// Payload header: sequence number, scheduled send time, actual send time (ns since anchor).
@@ -27,8 +33,8 @@ struct Recorder {
     received: u64,
 }
 
-/// Runs the latency workload at `rate` messages per second.
-pub async fn run(opts: &Opts, rate: u64) -> anyhow::Result<Report> {
+/// Runs the latency workload at `rate` messages per second; with `echo`, round trips.
+pub async fn run(opts: &Opts, rate: u64, echo: bool) -> anyhow::Result<Report> {
     if opts.payload < HEADER {
         bail!("latency needs a payload of at least {HEADER} bytes");
     }
@@ -37,6 +43,7 @@ pub async fn run(opts: &Opts, rate: u64) -> anyhow::Result<Report> {
     }
     let pid = std::process::id();
     let topic = opts.proto.topic(&["bench", "lat"]);
+    let back = opts.proto.topic(&["bench", "lat-back"]);
     let anchor = Instant::now();
     let record_from_ns = Arc::new(AtomicU64::new(u64::MAX));
 
@@ -46,10 +53,32 @@ pub async fn run(opts: &Opts, rate: u64) -> anyhow::Result<Report> {
         from_schedule: new_histogram()?,
         received: 0,
     }));
-    let mut sub = Conn::connect(opts.proto, &opts.addr, &format!("lg-ls-{pid}")).await?;
-    sub.subscribe(std::slice::from_ref(&topic), 1)
+    // Without echo the recorder subscribes to `topic` where the subscribers go; with echo it
+    // subscribes to `back` where the publisher is, and the echo client sits in between.
+    let (rec_addr, rec_topic) = if echo {
+        (opts.pub_addr(), &back)
+    } else {
+        (opts.sub_addr(), &topic)
+    };
+    let mut sub = Conn::connect(opts.proto, rec_addr, &format!("lg-ls-{pid}")).await?;
+    sub.subscribe(std::slice::from_ref(rec_topic), 1)
         .await
         .context("subscribe")?;
+    let echo_task = if echo {
+        let mut conn = Conn::connect(opts.proto, opts.sub_addr(), &format!("lg-le-{pid}")).await?;
+        conn.subscribe(std::slice::from_ref(&topic), 1)
+            .await
+            .context("subscribe (echo)")?;
+        Some(tokio::spawn(echoer(conn, back.clone().into_bytes())))
+    } else {
+        None
+    };
+    let mut publisher = Conn::connect(opts.proto, opts.pub_addr(), &format!("lg-lp-{pid}")).await?;
+    let ready_s = if opts.cross() || echo {
+        Some(wait_for_probe(&mut publisher, &mut sub, topic.as_bytes(), opts).await?)
+    } else {
+        None
+    };
     let sub_task = tokio::spawn(subscriber(
         sub,
         anchor,
@@ -57,7 +86,6 @@ pub async fn run(opts: &Opts, rate: u64) -> anyhow::Result<Report> {
         recorder.clone(),
     ));
 
-    let publisher = Conn::connect(opts.proto, &opts.addr, &format!("lg-lp-{pid}")).await?;
     let stream = publisher.into_std()?;
     // A broker that stops reading must fail the run, not hang it.
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -91,10 +119,17 @@ pub async fn run(opts: &Opts, rate: u64) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     sub_task.abort();
+    if let Some(task) = echo_task {
+        if task.is_finished() {
+            bail!("the echo connection ended during the run (see the broker's log)");
+        }
+        task.abort();
+    }
 
     let rec = lock(&recorder);
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let mut report = after.report_since(&before, opts, "latency");
+    let mut report = after.report_since(&before, opts, if echo { "rtt" } else { "latency" });
+    report.ready_s = ready_s;
     let in_window = rec.from_send.len();
     report.sent = in_window.min(sent_total);
     report.sent_per_s = rate as f64;
@@ -125,6 +160,57 @@ fn lock(recorder: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
     recorder.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Publishes a probe (sequence [`PROBE_SEQ`]) every 5 ms until one arrives at `sub`; returns
+/// the seconds that took. Probes still in flight afterwards are skipped by the recorder.
+async fn wait_for_probe(
+    publisher: &mut Conn,
+    sub: &mut Conn,
+    topic: &[u8],
+    opts: &Opts,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut payload = vec![0u8; opts.payload];
+    payload[..8].copy_from_slice(&PROBE_SEQ.to_le_bytes());
+    loop {
+        if started.elapsed() > opts.ready_timeout() {
+            bail!(
+                "no probe published at {} came back within {} s",
+                opts.pub_addr(),
+                opts.ready_timeout
+            );
+        }
+        publisher.push_publish(topic, &payload);
+        publisher.flush().await?;
+        let mut seen = false;
+        if let Ok(read) = tokio::time::timeout(
+            Duration::from_millis(5),
+            sub.read(|_, p| seen |= p.first_chunk::<8>() == Some(&PROBE_SEQ.to_le_bytes())),
+        )
+        .await
+        {
+            read?;
+        }
+        if seen {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Republishes every message it receives on `back`, one write per read.
+async fn echoer(mut conn: Conn, back: Vec<u8>) -> anyhow::Result<()> {
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    loop {
+        conn.read(|_, p| payloads.push(p.to_vec())).await?;
+        if payloads.is_empty() {
+            continue;
+        }
+        for p in payloads.drain(..) {
+            conn.push_publish(&back, &p);
+        }
+        conn.flush().await?;
+    }
+}
+
 fn nanos_since(anchor: Instant) -> u64 {
     anchor.elapsed().as_nanos() as u64
 }
@@ -144,6 +230,9 @@ async fn subscriber(
                     .and_then(|b| b.try_into().ok())
                     .map(u64::from_le_bytes)
             };
+            if field(0) == Some(PROBE_SEQ) {
+                return;
+            }
             if let (Some(scheduled), Some(sent)) = (field(1), field(2)) {
                 samples.push([scheduled, sent, nanos_since(anchor)]);
             }

@@ -1,7 +1,9 @@
 //! `loadgen`: the end-to-end load harness. `loadgen run` drives ONE already-running broker (MQTT
 //! 3.1.1 or NATS) with one workload and prints one JSON line of results; `loadgen summarize`
 //! turns the lines of many runs into markdown tables. `benches/run-load.sh` starts the brokers
-//! and calls both.
+//! and calls both. With `--pub-addr` and `--sub-addr` the publisher and the subscribers use two
+//! linked brokers (nodes of a mesh); `loadgen probe` and `loadgen propagation` measure across
+//! nodes too, and `benches/run-mesh.sh` drives them.
 //!
 //! The clients are hand-rolled on raw TCP (QoS 0 only, batched writes) so that the load
 //! generator spends far less CPU per message than any broker it measures; `--client rumqttc`
@@ -13,6 +15,7 @@ mod latency;
 mod mqtt;
 mod nats;
 mod procstat;
+mod propagation;
 mod report;
 mod rumqttc_check;
 mod summary;
@@ -41,6 +44,18 @@ struct Cli {
 enum Command {
     /// Run one workload against one running broker and print one JSON line.
     Run(Opts),
+    /// Wait until a message published at `--pub-addr` reaches a subscriber at `--sub-addr`
+    /// (e.g. across two linked nodes); print the seconds it took.
+    Probe(propagation::ProbeOpts),
+    /// Subscription propagation: subscribe at one address while publishers at the others
+    /// publish continuously; time from SUBACK to each publisher's first delivery. MQTT only.
+    Propagation(propagation::PropagationOpts),
+    /// Markdown table of the JSON lines that `loadgen propagation` printed.
+    PropagationSummary {
+        /// Files of JSON lines written by `loadgen propagation`.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
     /// Read JSON lines (files, or stdin with `-`) and print markdown tables of medians.
     Summarize {
         /// Files of JSON lines written by `loadgen run`.
@@ -52,6 +67,9 @@ enum Command {
         /// Column order, comma separated.
         #[arg(long, value_delimiter = ',')]
         order: Vec<String>,
+        /// Also show payload bytes per second (MB/s) for one-to-one.
+        #[arg(long)]
+        bytes: bool,
     },
 }
 
@@ -67,6 +85,9 @@ enum Workload {
     ManySubs,
     /// Open loop at `--rate` messages per second; latency percentiles.
     Latency,
+    /// Round trip: open loop at `--rate` from `--pub-addr`, echoed by a client at `--sub-addr`
+    /// on another topic back to a subscriber at `--pub-addr`; latency percentiles.
+    Rtt,
 }
 
 /// Which MQTT client library drives the load.
@@ -84,9 +105,19 @@ pub struct Opts {
     /// Protocol to speak.
     #[arg(long, value_enum)]
     proto: Proto,
-    /// Broker address, HOST:PORT.
+    /// Broker address, HOST:PORT (of publishers and subscribers unless overridden below).
+    #[arg(long, required_unless_present_all = ["pub_addr", "sub_addr"])]
+    addr: Option<String>,
+    /// Address the publisher connects to (default `--addr`): publish on one node...
     #[arg(long)]
-    addr: String,
+    pub_addr: Option<String>,
+    /// ...and subscribe on another (default `--addr`). When the two differ, every run first
+    /// waits (up to `--ready-timeout`) until a probe message crosses from one to the other.
+    #[arg(long)]
+    sub_addr: Option<String>,
+    /// Seconds allowed for the first probe to cross from `--pub-addr` to `--sub-addr`.
+    #[arg(long, default_value_t = 15.0)]
+    ready_timeout: f64,
     /// Workload.
     #[arg(long, value_enum)]
     workload: Workload,
@@ -117,9 +148,10 @@ pub struct Opts {
     /// Messages per second for latency.
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
-    /// PID of the broker, to report its CPU seconds.
-    #[arg(long)]
-    broker_pid: Option<u32>,
+    /// PID of the broker, to report its CPU seconds; several (comma separated) are summed,
+    /// e.g. both nodes of a two-node mesh.
+    #[arg(long, value_delimiter = ',')]
+    broker_pid: Vec<u32>,
     /// Name of the broker in the output.
     #[arg(long, default_value = "broker")]
     label: String,
@@ -140,6 +172,31 @@ impl Opts {
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.duration.max(0.001))
     }
+
+    /// Where the publisher connects.
+    fn pub_addr(&self) -> &str {
+        self.pub_addr
+            .as_deref()
+            .or(self.addr.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Where the subscribers connect.
+    fn sub_addr(&self) -> &str {
+        self.sub_addr
+            .as_deref()
+            .or(self.addr.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// True when publisher and subscribers are on different brokers (nodes of a mesh).
+    fn cross(&self) -> bool {
+        self.pub_addr() != self.sub_addr()
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.ready_timeout.max(0.001))
+    }
 }
 
 /// Counters and CPU clocks at one instant; two of them make a report.
@@ -147,7 +204,8 @@ pub struct Snapshot {
     at: Instant,
     sent: u64,
     delivered: u64,
-    broker_cpu: Option<f64>,
+    /// CPU seconds of each broker process, in `--broker-pid` order.
+    broker_cpu: Vec<f64>,
     own_cpu: f64,
     machine_busy: f64,
 }
@@ -155,14 +213,15 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads the clocks now.
     pub fn take(opts: &Opts, sent: u64, delivered: u64) -> anyhow::Result<Self> {
-        let broker_cpu = match opts.broker_pid {
-            Some(pid) => Some(
-                CpuClock::new(Some(pid))
+        let broker_cpu = opts
+            .broker_pid
+            .iter()
+            .map(|pid| {
+                CpuClock::new(Some(*pid))
                     .seconds()
-                    .context("broker CPU (is it still running?)")?,
-            ),
-            None => None,
-        };
+                    .with_context(|| format!("CPU of broker {pid} (is it still running?)"))
+            })
+            .collect::<anyhow::Result<Vec<f64>>>()?;
         Ok(Self {
             at: Instant::now(),
             sent,
@@ -178,7 +237,13 @@ impl Snapshot {
         let seconds = (self.at - before.at).as_secs_f64();
         let sent = self.sent - before.sent;
         let delivered = self.delivered - before.delivered;
-        let broker_cpu_s = self.broker_cpu.zip(before.broker_cpu).map(|(a, b)| a - b);
+        let each: Vec<f64> = self
+            .broker_cpu
+            .iter()
+            .zip(&before.broker_cpu)
+            .map(|(a, b)| a - b)
+            .collect();
+        let broker_cpu_s = (!each.is_empty()).then(|| each.iter().sum::<f64>());
         let loadgen_cpu_s = self.own_cpu - before.own_cpu;
         let machine = self.machine_busy - before.machine_busy;
         // Ticks are 10 ms: clamp the rounding noise at zero.
@@ -199,6 +264,8 @@ impl Snapshot {
                 .map(|c| delivered as f64 / c),
             loadgen_cpu_s,
             other_cpu_s,
+            broker_cpu_each_s: (each.len() > 1).then_some(each),
+            cross_node: opts.cross(),
             ..Report::default()
         }
     }
@@ -248,21 +315,39 @@ async fn run(opts: Opts) -> anyhow::Result<Report> {
             )
             .await
         }
-        Workload::Latency => latency::run(&opts, opts.rate).await,
+        Workload::Latency => latency::run(&opts, opts.rate, false).await,
+        Workload::Rtt => latency::run(&opts, opts.rate, true).await,
     }
 }
 
-fn summarize(files: &[String], baseline: &str, order: &[String]) -> anyhow::Result<String> {
+fn read_input(file: &str) -> anyhow::Result<String> {
+    if file == "-" {
+        Ok(std::io::read_to_string(std::io::stdin())?)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("read {file}"))
+    }
+}
+
+fn summarize(
+    files: &[String],
+    baseline: &str,
+    order: &[String],
+    bytes: bool,
+) -> anyhow::Result<String> {
     let mut reports = Vec::new();
     for file in files {
-        let text = if file == "-" {
-            std::io::read_to_string(std::io::stdin())?
-        } else {
-            std::fs::read_to_string(file).with_context(|| format!("read {file}"))?
-        };
+        let text = read_input(file)?;
         reports.extend(summary::parse_lines(&text).with_context(|| format!("parse {file}"))?);
     }
-    Ok(summary::render(&reports, order, baseline))
+    Ok(summary::render(&reports, order, baseline, bytes))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
 }
 
 fn main() -> ExitCode {
@@ -272,12 +357,24 @@ fn main() -> ExitCode {
             files,
             baseline,
             order,
-        } => summarize(&files, &baseline, &order).map(|md| print!("{md}")),
-        Command::Run(opts) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("tokio runtime")
+            bytes,
+        } => summarize(&files, &baseline, &order, bytes).map(|md| print!("{md}")),
+        Command::PropagationSummary { files } => files
+            .iter()
+            .map(|f| read_input(f))
+            .collect::<anyhow::Result<Vec<String>>>()
+            .and_then(|texts| propagation::summarize(&texts.concat()))
+            .map(|md| print!("{md}")),
+        Command::Probe(p) => runtime()
+            .and_then(|rt| rt.block_on(propagation::probe(&p)))
+            .map(|s| println!("{s:.6}")),
+        Command::Propagation(p) => runtime()
+            .and_then(|rt| rt.block_on(propagation::run(&p)))
+            .and_then(|r| {
+                println!("{}", serde_json::to_string(&r)?);
+                Ok(())
+            }),
+        Command::Run(opts) => runtime()
             .and_then(|rt| rt.block_on(run(opts)))
             .and_then(|report| {
                 println!("{}", serde_json::to_string(&report)?);

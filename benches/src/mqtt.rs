@@ -30,6 +30,8 @@ pub enum Packet<'a> {
         /// Application payload.
         payload: &'a [u8],
     },
+    /// UNSUBACK with its packet id.
+    UnsubAck(u16),
     /// PINGRESP.
     PingResp,
     /// Any other packet type (first header byte).
@@ -78,6 +80,17 @@ pub fn encode_subscribe(out: &mut Vec<u8>, packet_id: u16, filters: &[String]) {
     for filter in filters {
         put_str(out, filter.as_bytes());
         out.push(0);
+    }
+}
+
+/// Appends an UNSUBSCRIBE packet.
+pub fn encode_unsubscribe(out: &mut Vec<u8>, packet_id: u16, filters: &[String]) {
+    let body = 2 + filters.iter().map(|f| 2 + f.len()).sum::<usize>();
+    out.push(0xa2);
+    put_len(out, body);
+    out.extend_from_slice(&packet_id.to_be_bytes());
+    for filter in filters {
+        put_str(out, filter.as_bytes());
     }
 }
 
@@ -133,6 +146,10 @@ pub fn parse(data: &[u8]) -> anyhow::Result<Option<(Packet<'_>, usize)>> {
                 topic: &body[2..2 + topic_len],
                 payload: &body[2 + topic_len..],
             }
+        }
+        11 => {
+            ensure!(body.len() == 2, "malformed UNSUBACK");
+            Packet::UnsubAck(u16::from_be_bytes([body[0], body[1]]))
         }
         13 => Packet::PingResp,
         _ => Packet::Other(first),
@@ -214,7 +231,9 @@ impl Conn {
                         }
                         Packet::PingResp | Packet::Publish { .. } => {}
                         Packet::Other(b) => bail!("unexpected packet 0x{b:02x} while subscribing"),
-                        Packet::ConnAck(_) => bail!("unexpected CONNACK"),
+                        Packet::ConnAck(_) | Packet::UnsubAck(_) => {
+                            bail!("unexpected {packet:?} while subscribing")
+                        }
                     }
                     inbuf.consume(n);
                 }
@@ -225,6 +244,30 @@ impl Conn {
             anyhow::Ok(())
         };
         tokio::try_join!(send, receive)?;
+        Ok(())
+    }
+
+    /// Queues a SUBSCRIBE (QoS 0); [`Conn::flush`] sends it, [`Conn::read_packets`] sees the
+    /// SUBACK.
+    pub fn push_subscribe(&mut self, packet_id: u16, filters: &[String]) {
+        encode_subscribe(&mut self.out, packet_id, filters);
+    }
+
+    /// Queues an UNSUBSCRIBE; [`Conn::flush`] sends it.
+    pub fn push_unsubscribe(&mut self, packet_id: u16, filters: &[String]) {
+        encode_unsubscribe(&mut self.out, packet_id, filters);
+    }
+
+    /// Waits for data, then hands every complete packet to `on_packet`. Cancel-safe.
+    pub async fn read_packets(
+        &mut self,
+        mut on_packet: impl FnMut(&Packet<'_>),
+    ) -> anyhow::Result<()> {
+        self.inbuf.fill(&mut self.rd).await?;
+        while let Some((packet, n)) = parse(self.inbuf.data())? {
+            on_packet(&packet);
+            self.inbuf.consume(n);
+        }
         Ok(())
     }
 
@@ -307,6 +350,13 @@ mod tests {
         out.clear();
         encode_subscribe(&mut out, 10, &["a/b".to_string(), "c".to_string()]);
         assert_eq!(out, b"\x82\x0c\x00\x0a\x00\x03a/b\x00\x00\x01c\x00");
+        out.clear();
+        encode_unsubscribe(&mut out, 10, &["a/b".to_string(), "c".to_string()]);
+        assert_eq!(out, b"\xa2\x0a\x00\x0a\x00\x03a/b\x00\x01c");
+        assert_eq!(
+            parse(b"\xb0\x02\x00\x0a").unwrap(),
+            Some((Packet::UnsubAck(10), 4))
+        );
     }
 
     #[test]

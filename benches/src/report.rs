@@ -47,6 +47,14 @@ pub struct Report {
     pub rate: Option<u64>,
     /// Broker CPU seconds (user + system) in the measured window, if `--broker-pid` was given.
     pub broker_cpu_s: Option<f64>,
+    /// CPU seconds of each broker process when several were given (e.g. the two nodes of a
+    /// mesh), in `--broker-pid` order; their sum is `broker_cpu_s`.
+    pub broker_cpu_each_s: Option<Vec<f64>>,
+    /// True when the publisher and the subscribers were connected to different brokers.
+    pub cross_node: bool,
+    /// Seconds until the first probe crossed from the publisher's broker to the subscribers'
+    /// (only when they differ).
+    pub ready_s: Option<f64>,
     /// Delivered messages per broker CPU second.
     pub delivered_per_broker_cpu_s: Option<f64>,
     /// CPU seconds of the load generator itself in the measured window.

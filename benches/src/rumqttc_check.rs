@@ -22,11 +22,10 @@ struct Progress {
     notify: Notify,
 }
 
-fn options(opts: &Opts, id: String) -> anyhow::Result<MqttOptions> {
-    let (host, port) = opts
-        .addr
+fn options(addr: &str, id: String) -> anyhow::Result<MqttOptions> {
+    let (host, port) = addr
         .rsplit_once(':')
-        .context("--addr must be HOST:PORT")?;
+        .context("addresses must be HOST:PORT")?;
     let mut o = MqttOptions::new(id, host, port.parse::<u16>().context("port")?);
     o.set_keep_alive(Duration::from_secs(60));
     o.set_max_packet_size(1 << 20, 1 << 20);
@@ -45,7 +44,8 @@ pub async fn one_to_one(opts: &Opts) -> anyhow::Result<Report> {
         notify: Notify::new(),
     });
 
-    let (sub, mut sub_loop) = AsyncClient::new(options(opts, format!("lg-rs-{pid}"))?, 1024);
+    let (sub, mut sub_loop) =
+        AsyncClient::new(options(opts.sub_addr(), format!("lg-rs-{pid}"))?, 1024);
     sub.subscribe(topic, QoS::AtMostOnce).await?;
     loop {
         if let Event::Incoming(Packet::SubAck(_)) = sub_loop.poll().await.context("subscriber")? {
@@ -54,7 +54,8 @@ pub async fn one_to_one(opts: &Opts) -> anyhow::Result<Report> {
     }
     let sub_task = tokio::spawn(subscriber(sub_loop, progress.clone()));
 
-    let (publisher, mut pub_loop) = AsyncClient::new(options(opts, format!("lg-rp-{pid}"))?, 1024);
+    let (publisher, mut pub_loop) =
+        AsyncClient::new(options(opts.pub_addr(), format!("lg-rp-{pid}"))?, 1024);
     let pub_loop_task = tokio::spawn(async move {
         loop {
             pub_loop.poll().await?;

@@ -18,6 +18,8 @@ enum Unit {
     Seconds,
     /// Microseconds, lower is better.
     Micros,
+    /// Payload bytes per second, higher is better (shown in MB/s).
+    Bytes,
 }
 
 /// One table row: sorted by `order`, shown as `title`.
@@ -47,12 +49,14 @@ fn workload_rank(workload: &str) -> u8 {
         "fan-out" => 1,
         "many-subs" => 2,
         "latency" => 4,
+        "rtt" => 5,
         _ => 9,
     }
 }
 
-/// The rows one report contributes to, with its value there (`None` for a failed run).
-fn rows_of(r: &Report) -> Vec<(Row, Option<f64>)> {
+/// The rows one report contributes to, with its value there (`None` for a failed run); with
+/// `bytes`, one-to-one also gets a row of payload bytes per second.
+fn rows_of(r: &Report, bytes: bool) -> Vec<(Row, Option<f64>)> {
     let ok = r.error.is_none();
     let rank = workload_rank(&r.workload);
     let row = |sub: u8, title: String, unit| Row {
@@ -62,25 +66,30 @@ fn rows_of(r: &Report) -> Vec<(Row, Option<f64>)> {
     };
     let size = r.payload_bytes;
     match r.workload.as_str() {
-        "latency" => {
+        "latency" | "rtt" => {
             let lat = r.latency.clone().filter(|_| ok);
             let rate = r
                 .rate
                 .map(|v| format!(" @ {}k msg/s", v / 1000))
                 .unwrap_or_default();
+            let what = if r.workload == "rtt" {
+                "round trip"
+            } else {
+                "latency"
+            };
             vec![
                 (
-                    row(0, format!("latency p50{rate}, {size} B (µs)"), Unit::Micros),
+                    row(0, format!("{what} p50{rate}, {size} B (µs)"), Unit::Micros),
                     lat.as_ref().map(|l| l.p50_us),
                 ),
                 (
-                    row(1, format!("latency p99{rate}, {size} B (µs)"), Unit::Micros),
+                    row(1, format!("{what} p99{rate}, {size} B (µs)"), Unit::Micros),
                     lat.as_ref().map(|l| l.p99_us),
                 ),
                 (
                     row(
                         2,
-                        format!("latency p99.9{rate}, {size} B (µs)"),
+                        format!("{what} p99.9{rate}, {size} B (µs)"),
                         Unit::Micros,
                     ),
                     lat.as_ref().map(|l| l.p999_us),
@@ -113,10 +122,21 @@ fn rows_of(r: &Report) -> Vec<(Row, Option<f64>)> {
             vec![(row(0, title, Unit::Rate), ok.then_some(r.delivered_per_s))]
         }
         other => {
-            vec![(
+            let mut rows = vec![(
                 row(0, format!("{other} {size} B (msg/s)"), Unit::Rate),
                 ok.then_some(r.delivered_per_s),
-            )]
+            )];
+            if bytes && other == "one-to-one" {
+                rows.push((
+                    row(
+                        1,
+                        format!("{other} {size} B (MB/s of payload)"),
+                        Unit::Bytes,
+                    ),
+                    ok.then_some(r.delivered_per_s * size as f64),
+                ));
+            }
+            rows
         }
     }
 }
@@ -140,6 +160,7 @@ fn format_value(unit: Unit, v: f64) -> String {
         Unit::Seconds => format!("{v:.2}"),
         Unit::Micros if v >= 100.0 => format!("{v:.0}"),
         Unit::Micros => format!("{v:.1}"),
+        Unit::Bytes => format!("{:.0}", v / 1e6),
     }
 }
 
@@ -154,7 +175,7 @@ pub fn parse_lines(text: &str) -> anyhow::Result<Vec<Report>> {
 
 /// Renders the markdown summary; `order` fixes the broker columns (others follow in order of
 /// appearance) and `baseline` names the broker whose ratios to the others are shown.
-pub fn render(reports: &[Report], order: &[String], baseline: &str) -> String {
+pub fn render(reports: &[Report], order: &[String], baseline: &str, bytes: bool) -> String {
     let mut brokers: Vec<String> = order.to_vec();
     for r in reports {
         if !brokers.contains(&r.label) {
@@ -167,7 +188,7 @@ pub fn render(reports: &[Report], order: &[String], baseline: &str) -> String {
         .collect();
     let mut table: BTreeMap<Row, BTreeMap<String, Cell>> = BTreeMap::new();
     for r in reports {
-        for (row, value) in rows_of(r) {
+        for (row, value) in rows_of(r, bytes) {
             let cell = table
                 .entry(row.clone())
                 .or_default()
@@ -376,7 +397,7 @@ mod tests {
             error: Some("exit 1".into()),
             ..report("b", "one-to-one", 0.0)
         });
-        let md = render(&reports, &["b".into(), "a".into()], "a");
+        let md = render(&reports, &["b".into(), "a".into()], "a", false);
         assert!(
             md.contains("| one-to-one 128 B (msg/s) | 1.00M (1/2 ok) | 200 ±50% |"),
             "{md}"
@@ -384,10 +405,33 @@ mod tests {
         assert!(md.contains("| a / b |"), "{md}");
         assert!(md.contains("| 0.00× |"), "{md}");
         assert!(md.contains("(0.50)"), "{md}");
-        let without = render(&reports, &[], "meshgate");
+        let without = render(&reports, &[], "meshgate", false);
         assert!(
             without.contains("No ratios: meshgate was not measured"),
             "{without}"
+        );
+    }
+
+    #[test]
+    fn bytes_rows_and_round_trips() {
+        let mut one = report("a", "one-to-one", 1000.0);
+        one.payload_bytes = 1024;
+        let rtt = Report {
+            latency: Some(crate::report::Latency {
+                p50_us: 250.0,
+                ..Default::default()
+            }),
+            rate: Some(10_000),
+            ..report("a", "rtt", 0.0)
+        };
+        let md = render(&[one, rtt], &[], "a", true);
+        assert!(
+            md.contains("| one-to-one 1024 B (MB/s of payload) | 1 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| round trip p50 @ 10k msg/s, 128 B (µs) | 250 |"),
+            "{md}"
         );
     }
 

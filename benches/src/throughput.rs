@@ -35,6 +35,13 @@ const PUBLISHER_GRACE: Duration = Duration::from_secs(5);
 /// Bytes encoded per write by the publisher.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// Sequence number of readiness probes (publisher and subscribers on different brokers):
+/// subscribers count them apart and never as deliveries.
+pub const PROBE_SEQ: u64 = u64::MAX;
+
+/// How often a readiness probe is sent until one arrives.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+
 /// Where the publisher sends each message.
 pub enum Topics {
     /// Always the same topic.
@@ -62,6 +69,14 @@ impl Topics {
         }
     }
 
+    /// A topic that reaches a subscription (for readiness probes).
+    fn probe(&self) -> Vec<u8> {
+        match self {
+            Topics::Fixed(topic) => topic.clone(),
+            Topics::Random { prefix, .. } => [prefix.as_slice(), b"0"].concat(),
+        }
+    }
+
     fn max_len(&self) -> usize {
         match self {
             Topics::Fixed(topic) => topic.len(),
@@ -76,6 +91,8 @@ struct SubStats {
     delivered: AtomicU64,
     /// Highest sequence number seen, plus one.
     next_seq: AtomicU64,
+    /// Readiness probes seen.
+    probes: AtomicU64,
 }
 
 struct Shared {
@@ -117,7 +134,8 @@ pub async fn run(
     let subscribe_started = Instant::now();
     let mut subscribers = Vec::new();
     for (i, topics) in filters.iter().enumerate() {
-        let mut conn = Conn::connect(opts.proto, &opts.addr, &format!("lg-s{i}-{pid}")).await?;
+        let mut conn =
+            Conn::connect(opts.proto, opts.sub_addr(), &format!("lg-s{i}-{pid}")).await?;
         let limit = opts.subscribe_timeout();
         tokio::time::timeout(limit, conn.subscribe(topics, opts.sub_batch))
             .await
@@ -133,7 +151,14 @@ pub async fn run(
     }
     let subscribe_s = subscribe_started.elapsed().as_secs_f64();
 
-    let conn = Conn::connect(opts.proto, &opts.addr, &format!("lg-p-{pid}")).await?;
+    let mut conn = Conn::connect(opts.proto, opts.pub_addr(), &format!("lg-p-{pid}")).await?;
+    // Across brokers the subscriptions reach the publisher's broker some time after they were
+    // acknowledged: wait until a probe gets through to every subscriber before loading.
+    let ready_s = if opts.cross() {
+        Some(wait_for_probes(&mut conn, &shared, &topics, opts).await?)
+    } else {
+        None
+    };
     let publisher = tokio::spawn(publisher(
         conn,
         shared.clone(),
@@ -186,7 +211,36 @@ pub async fn run(
     report.note = note;
     report.window = opts.window;
     report.subscribe_s = Some(subscribe_s);
+    report.ready_s = ready_s;
     Ok(report)
+}
+
+/// Publishes a probe every [`PROBE_EVERY`] until every subscriber has seen one; returns the
+/// seconds that took.
+async fn wait_for_probes(
+    conn: &mut Conn,
+    shared: &Shared,
+    topics: &Topics,
+    opts: &Opts,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let topic = topics.probe();
+    let mut payload = vec![0u8; opts.payload.max(8)];
+    payload[..8].copy_from_slice(&PROBE_SEQ.to_le_bytes());
+    while !shared.subs.iter().all(|s| s.probes.load(Relaxed) > 0) {
+        if started.elapsed() > opts.ready_timeout() {
+            bail!(
+                "no probe published at {} reached the subscribers at {} within {} s",
+                opts.pub_addr(),
+                opts.sub_addr(),
+                opts.ready_timeout
+            );
+        }
+        conn.push_publish(&topic, &payload);
+        conn.flush().await?;
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Waits until every copy has arrived, or nothing has arrived for a second (ten seconds at
@@ -227,16 +281,26 @@ async fn subscriber(mut conn: Conn, index: usize, shared: Arc<Shared>) -> anyhow
     loop {
         let mut count = 0u64;
         let mut malformed = 0u64;
-        conn.read(|_topic, payload| {
-            count += 1;
-            match payload.first_chunk::<8>() {
-                Some(seq) if payload.len() == shared.payload_len => {
-                    next_seq = next_seq.max(u64::from_le_bytes(*seq) + 1);
+        let mut probes = 0u64;
+        conn.read(|_topic, payload| match payload.first_chunk::<8>() {
+            Some(seq) if payload.len() == shared.payload_len => {
+                let seq = u64::from_le_bytes(*seq);
+                if seq == PROBE_SEQ {
+                    probes += 1;
+                } else {
+                    count += 1;
+                    next_seq = next_seq.max(seq + 1);
                 }
-                _ => malformed += 1,
+            }
+            _ => {
+                count += 1;
+                malformed += 1;
             }
         })
         .await?;
+        if probes > 0 {
+            stats.probes.fetch_add(probes, Relaxed);
+        }
         if malformed > 0 {
             shared.malformed.fetch_add(malformed, Relaxed);
         }
