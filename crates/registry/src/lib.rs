@@ -2,7 +2,8 @@
 //!
 //! Each node owns one versioned entry (its interest, its links, its role and free attributes);
 //! entries spread by Scuttlebutt-style gossip: deltas pushed to neighbours, digests compared on
-//! link-up and at each tick (anti-entropy). From the links of every entry, the [`Routes`] give the
+//! link-up and at each tick (anti-entropy; at a tick only a 64-bit summary of the digest while
+//! neighbours agree). From the links of every entry, the [`Routes`] give the
 //! shortest-path next hop towards any node, split a destination set per next hop and pick the
 //! nearest member of a queue group. See `docs/REGISTRY.md` for the rules and the invariant.
 //!
@@ -45,7 +46,8 @@ pub trait Runtime {
 /// A registry gossip message, as carried in a link `Frame`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Gossip {
-    /// Every entry the sender holds: (node, incarnation, max_version).
+    /// Every entry the sender holds: (node, incarnation, max_version); or, with `summary_only`,
+    /// only a 64-bit hash of that list (see [`Registry::summary`]).
     Digest(v1::Digest),
     /// Items of some entries.
     Delta(v1::Delta),

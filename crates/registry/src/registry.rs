@@ -45,6 +45,10 @@ pub struct Registry {
     expired: FixedMap<Arc<str>, Expired>,
     /// The time of the last call that brought a runtime.
     now: u64,
+    /// [`summary`](Self::summary) of the entries held, while they are unchanged.
+    summary: Option<u64>,
+    /// Counts the changes of the digest (entries created, replaced, advanced or expired).
+    generation: u64,
 }
 
 /// A neighbour and what we believe it holds: node → (incarnation, max_version), from its last
@@ -53,6 +57,11 @@ pub struct Registry {
 struct Neighbour {
     cost: u32,
     known: FixedMap<Arc<str>, (u64, u64)>,
+    /// Its last digest or summary differed from ours (or the link just came up): it gets our
+    /// full digest at each tick, not the summary, until one of its digests or summaries matches.
+    differs: bool,
+    /// Our `generation` when its summary last matched ours and `known` was set to our digest.
+    synced: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -117,6 +126,8 @@ impl Registry {
             tombstones: VecDeque::new(),
             expired: FixedMap::default(),
             now: 0,
+            summary: None,
+            generation: 0,
         };
         if !role.is_empty() {
             registry.set_own(ROLE, Some(&role));
@@ -213,7 +224,7 @@ impl Registry {
     // ---- Links --------------------------------------------------------------------------------
 
     /// A link to `peer` is up: advertises `link/<peer>` (pushed to the other neighbours) and sends
-    /// our digest to `peer`, which answers with what we lack (and sends us its digest).
+    /// our full digest to `peer`, which answers with what we lack (and sends us its digest).
     pub fn link_up(&mut self, peer: &str, cost: u32, rt: &mut impl Runtime) {
         self.now = rt.now_ms();
         if peer == &*self.me || peer.is_empty() {
@@ -228,6 +239,10 @@ impl Registry {
             Neighbour {
                 cost,
                 known: FixedMap::default(),
+                // Full digests are under way in both directions: no need to answer the peer's
+                // with ours again; its digest sets the flag.
+                differs: true,
+                synced: None,
             },
         );
         rt.send(&peer, Gossip::Digest(self.digest()));
@@ -255,11 +270,11 @@ impl Registry {
 
     // ---- Gossip -------------------------------------------------------------------------------
 
-    /// Handles a gossip message from `from`. A digest from a neighbour is answered with the
-    /// deltas it lacks (call [`link_up`](Self::link_up) before passing on a link's gossip: a
-    /// digest from a node that is not a neighbour is ignored); the new parts of a delta, from
-    /// anyone, are applied and pushed on to the other neighbours. Malformed or stale parts are
-    /// ignored.
+    /// Handles a gossip message from `from`. A full digest from a neighbour is answered with the
+    /// deltas it lacks, a summary that differs from ours with our full digest (call
+    /// [`link_up`](Self::link_up) before passing on a link's gossip: a digest from a node that is
+    /// not a neighbour is ignored); the new parts of a delta, from anyone, are applied and pushed
+    /// on to the other neighbours. Malformed or stale parts are ignored.
     pub fn on_gossip(&mut self, from: &str, msg: Gossip, rt: &mut impl Runtime) {
         self.now = rt.now_ms();
         match msg {
@@ -273,6 +288,45 @@ impl Registry {
             return;
         };
         let peer = peer.clone();
+        let ours = self.own_summary();
+        if digest.summary_only {
+            let differs = digest.summary != ours;
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.differs = differs;
+                // It holds what we hold: pushes skip that (once per change of our digest).
+                if !differs && n.synced != Some(self.generation) {
+                    n.synced = Some(self.generation);
+                    n.known.clear();
+                    n.known.extend(
+                        self.entries
+                            .iter()
+                            .map(|(name, e)| (name.clone(), (e.incarnation, e.max_version))),
+                    );
+                }
+            }
+            if differs {
+                // It answers with the deltas we lack; ours (what it lacks) follow when its
+                // answering digest reaches us, or at our next tick.
+                rt.send(&peer, Gossip::Digest(self.digest()));
+            }
+            return;
+        }
+        // A full digest. A difference seen for the first time is answered with our full digest
+        // at once, so that the peer sends what we lack as we send what it lacks; after that, the
+        // full digest goes at each tick until the two match (never digest for digest, so no
+        // ping-pong).
+        let differs = digest_summary(digest.nodes.iter()) != ours;
+        let newly = match self.neighbours.get_mut(&peer) {
+            Some(n) => {
+                let newly = differs && !n.differs;
+                n.differs = differs;
+                newly
+            }
+            None => false,
+        };
+        if newly {
+            rt.send(&peer, Gossip::Digest(self.digest()));
+        }
         let mut known: FixedMap<Arc<str>, (u64, u64)> = FixedMap::default();
         known.reserve(digest.nodes.len());
         for nd in digest.nodes {
@@ -299,6 +353,7 @@ impl Registry {
         }
         if let Some(n) = self.neighbours.get_mut(&peer) {
             n.known = known;
+            n.synced = None;
         }
         self.send_deltas(rt, &peer, deltas.into_iter());
     }
@@ -388,6 +443,8 @@ impl Registry {
             }
         }
         entry.max_version = nd.to_version;
+        self.summary = None;
+        self.generation += 1;
         Some(nd)
     }
 
@@ -433,6 +490,8 @@ impl Registry {
             });
         }
         let old = self.entries.insert(name.clone(), entry);
+        self.summary = None;
+        self.generation += 1;
         self.dirty = true;
         if !self.routable.contains(&name) {
             return;
@@ -492,7 +551,8 @@ impl Registry {
 
     /// Periodic work (about every second): pushes pending local changes, notes which entries
     /// are unreachable and expires those unreachable for `expire_unreachable_ms`, drops old
-    /// tombstones, and sends our digest to every neighbour (anti-entropy).
+    /// tombstones, and sends every neighbour our digest (anti-entropy): the summary alone to a
+    /// neighbour that was in sync, the full digest to one whose last digest or summary differed.
     pub fn tick(&mut self, rt: &mut impl Runtime) {
         self.flush(rt);
         let now = self.now;
@@ -518,6 +578,8 @@ impl Registry {
                     at: now,
                 };
                 self.expired.insert(name, record);
+                self.summary = None;
+                self.generation += 1;
             }
         }
         let horizon = self
@@ -528,9 +590,21 @@ impl Registry {
             .retain(|_, e| now.saturating_sub(e.at) < horizon);
         self.collect_tombstones(now);
 
-        let digest = self.digest();
-        for peer in self.neighbours.keys() {
-            rt.send(peer, Gossip::Digest(digest.clone()));
+        let summary = v1::Digest {
+            summary: self.own_summary(),
+            summary_only: true,
+            ..v1::Digest::default()
+        };
+        let full = self
+            .neighbours
+            .values()
+            .any(|n| n.differs)
+            .then(|| self.digest());
+        for (peer, n) in &self.neighbours {
+            match &full {
+                Some(full) if n.differs => rt.send(peer, Gossip::Digest(full.clone())),
+                _ => rt.send(peer, Gossip::Digest(summary.clone())),
+            }
         }
     }
 
@@ -600,7 +674,7 @@ impl Registry {
             .collect()
     }
 
-    /// What we hold of every entry: (node, incarnation, max_version).
+    /// What we hold of every entry: (node, incarnation, max_version) — the full digest.
     pub fn digest(&self) -> v1::Digest {
         v1::Digest {
             nodes: self
@@ -612,7 +686,34 @@ impl Registry {
                     max_version: entry.max_version,
                 })
                 .collect(),
+            ..v1::Digest::default()
         }
+    }
+
+    /// The summary of our digest: a fixed 64-bit hash of (node, incarnation, max_version) of
+    /// every entry held, in name order (see `Digest` in `link.proto`). Two registries with the
+    /// same summary hold the same digest.
+    pub fn summary(&self) -> u64 {
+        self.summary.unwrap_or_else(|| self.compute_summary())
+    }
+
+    fn compute_summary(&self) -> u64 {
+        summary_of(
+            self.entries
+                .iter()
+                .map(|(name, e)| (&**name, e.incarnation, e.max_version)),
+        )
+    }
+
+    /// [`summary`](Self::summary), cached until the entries change.
+    fn own_summary(&mut self) -> u64 {
+        if let Some(summary) = self.summary {
+            debug_assert_eq!(summary, self.compute_summary(), "stale summary cache");
+            return summary;
+        }
+        let summary = self.compute_summary();
+        self.summary = Some(summary);
+        summary
     }
 
     /// A live attribute (or any live item) of a node's entry.
@@ -666,6 +767,8 @@ impl Registry {
         }
         own.max_version += 1;
         let version = own.max_version;
+        self.summary = None;
+        self.generation += 1;
         own.items.insert(
             key.to_owned(),
             Item {
@@ -718,6 +821,46 @@ impl Registry {
             }
         }
     }
+}
+
+/// The summary of a received full digest: as [`Registry::summary`], over its entries sorted by
+/// name (as we send them; sorted here if a sender did not).
+pub(crate) fn digest_summary<'a>(nodes: impl Iterator<Item = &'a v1::NodeDigest> + Clone) -> u64 {
+    let key = |n: &'a v1::NodeDigest| (n.node.as_str(), n.incarnation, n.max_version);
+    let mut sorted = nodes.clone().map(key);
+    let mut prev: Option<&str> = None;
+    let in_order = sorted.all(|(name, _, _)| {
+        let ok = prev.is_none_or(|p| p < name);
+        prev = Some(name);
+        ok
+    });
+    if in_order {
+        return summary_of(nodes.map(key));
+    }
+    let mut entries: Vec<(&str, u64, u64)> = nodes.map(key).collect();
+    entries.sort_unstable();
+    summary_of(entries.into_iter())
+}
+
+/// FNV-1a 64 over each (name, 0xff, incarnation LE, max_version LE), then the splitmix64
+/// finaliser: fixed, so that every node computes the same value.
+fn summary_of<'a>(entries: impl Iterator<Item = (&'a str, u64, u64)>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &byte in bytes {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (name, incarnation, max_version) in entries {
+        eat(name.as_bytes());
+        eat(&[0xff]);
+        eat(&incarnation.to_le_bytes());
+        eat(&max_version.to_le_bytes());
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// Notes that a neighbour holds (at least) what `nd` brings.

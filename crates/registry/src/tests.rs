@@ -513,6 +513,153 @@ fn nodes_view_shows_every_entry() {
     assert_eq!(net.regs["a"].link_cost("b"), Some(3));
 }
 
+/// Delivers until no message is left, returning what was delivered (sender, receiver, message).
+fn run_logged(net: &mut Net) -> Vec<(String, String, Gossip)> {
+    let mut log = Vec::new();
+    while let Some((from, to, msg)) = net.wire.pop_front() {
+        log.push((from.clone(), to.clone(), msg.clone()));
+        net.call(&to, |r, rt| r.on_gossip(&from, msg, rt));
+    }
+    log
+}
+
+fn is_summary(msg: &Gossip) -> bool {
+    matches!(msg, Gossip::Digest(d) if d.summary_only && d.nodes.is_empty())
+}
+
+fn is_full_digest(msg: &Gossip) -> bool {
+    matches!(msg, Gossip::Digest(d) if !d.summary_only && !d.nodes.is_empty())
+}
+
+#[test]
+fn the_summary_is_a_fixed_hash_of_the_digest() {
+    // Pinned: every node must compute the same value (see `Digest` in link.proto).
+    assert_eq!(
+        Registry::new(config("a", 1)).summary(),
+        0x9e5c_c11d_1481_468d
+    );
+    let mut net = Net::new(&["a", "b"]);
+    net.link("a", "b", 1);
+    net.settle();
+    assert_eq!(net.regs["a"].summary(), net.regs["b"].summary());
+    let mut digest = net.regs["a"].digest();
+    assert_eq!(
+        crate::registry::digest_summary(digest.nodes.iter()),
+        net.regs["a"].summary()
+    );
+    digest.nodes.reverse();
+    assert_eq!(
+        crate::registry::digest_summary(digest.nodes.iter()),
+        net.regs["a"].summary(),
+        "a digest out of order is sorted first"
+    );
+    let before = net.regs["a"].summary();
+    net.reg("a").add_interest("x", None);
+    assert_ne!(net.regs["a"].summary(), before);
+}
+
+#[test]
+fn equal_registries_exchange_only_summaries() {
+    let mut net = Net::new(&["a", "b", "c"]);
+    net.link("a", "b", 1);
+    net.link("b", "c", 2);
+    net.reg("c").add_interest("x/*", None);
+    net.settle();
+    for _ in 0..3 {
+        net.tick_all();
+        let log = run_logged(&mut net);
+        assert_eq!(
+            log.len(),
+            4,
+            "one summary per neighbour and direction: {log:?}"
+        );
+        for (_, _, msg) in &log {
+            assert!(is_summary(msg), "{msg:?}");
+            assert_eq!(msg.encoded_len(), 11, "a few bytes, whatever the registry");
+        }
+    }
+}
+
+#[test]
+fn a_summary_that_differs_brings_full_digests_and_deltas_both_ways() {
+    let mut net = Net::new(&["a", "b"]);
+    net.link("a", "b", 1);
+    net.settle();
+    // Each side changes, and both pushes are lost: a lacks y, b lacks x.
+    net.reg("a").add_interest("x", None);
+    net.reg("b").add_interest("y", None);
+    net.call("a", |r, rt| r.flush(rt));
+    net.call("b", |r, rt| r.flush(rt));
+    net.wire.clear();
+    interest_changes(net.reg("a"));
+    interest_changes(net.reg("b"));
+
+    // One tick of a alone repairs both directions: a's summary differs from b's, b answers with
+    // its full digest, a sends what b lacks and (a first difference) its own full digest, and b
+    // sends what a lacks.
+    net.call("a", |r, rt| r.tick(rt));
+    let log = run_logged(&mut net);
+    let kinds: Vec<(&str, &str)> = log
+        .iter()
+        .map(|(from, _, msg)| {
+            let kind = match msg {
+                m if is_summary(m) => "summary",
+                m if is_full_digest(m) => "digest",
+                _ => "delta",
+            };
+            (from.as_str(), kind)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("a", "summary"),
+            ("b", "digest"),
+            ("a", "digest"),
+            ("a", "delta"),
+            ("b", "delta")
+        ]
+    );
+    assert_eq!(net.held("b", "a"), net.held("a", "a"));
+    assert_eq!(net.held("a", "b"), net.held("b", "b"));
+    assert_eq!(interest_changes(net.reg("a")), [added("b", "y", None)]);
+    assert_eq!(interest_changes(net.reg("b")), [added("a", "x", None)]);
+    assert_eq!(net.regs["a"].summary(), net.regs["b"].summary());
+
+    // Both still count the other as differing (its digest was older than the deltas): one more
+    // full digest each, which match, then summaries again.
+    net.tick_all();
+    let log = run_logged(&mut net);
+    assert_eq!(log.len(), 2);
+    assert!(log.iter().all(|(_, _, m)| is_full_digest(m)), "{log:?}");
+    net.tick_all();
+    let log = run_logged(&mut net);
+    assert_eq!(log.len(), 2);
+    assert!(log.iter().all(|(_, _, m)| is_summary(m)), "{log:?}");
+}
+
+#[test]
+fn a_lost_answer_to_a_summary_is_repaired_at_the_next_tick() {
+    let mut net = Net::new(&["a", "b"]);
+    net.link("a", "b", 1);
+    net.settle();
+    net.reg("b").add_interest("y", None);
+    net.call("b", |r, rt| r.flush(rt));
+    net.wire.clear(); // lost: a lacks y
+    net.call("a", |r, rt| r.tick(rt));
+    let (from, to, msg) = net.wire.pop_front().unwrap();
+    assert!(is_summary(&msg));
+    net.call(&to, |r, rt| r.on_gossip(&from, msg, rt));
+    let (_, _, answer) = net.wire.pop_front().unwrap();
+    assert!(is_full_digest(&answer), "b answers with its full digest");
+    assert!(net.wire.is_empty());
+    // That answer is lost; b now sends its full digest at its tick, and a its own in turn.
+    net.call("b", |r, rt| r.tick(rt));
+    let log = run_logged(&mut net);
+    assert!(is_full_digest(&log[0].2), "{log:?}");
+    assert_eq!(net.held("a", "b"), net.held("b", "b"));
+}
+
 proptest! {
     /// The owner's deltas, delivered in any order, duplicated or dropped, then one round of
     /// anti-entropy: the receiver holds exactly the owner's entry.
