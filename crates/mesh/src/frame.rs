@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use meshgate_proto::Envelope;
-use meshgate_proto::v1::{Destination, Frame};
+use meshgate_proto::v1::{Destination, Frame, RoutedEvent};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use thiserror::Error;
@@ -40,6 +40,16 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
 
 /// Takes one complete frame off the front of `buf`, if there is one.
 pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    match decode_raw(buf, max)? {
+        Some(body) => Frame::decode(body)
+            .map(Some)
+            .map_err(|e| FrameError::Malformed(e.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// Takes the body of one complete frame off the front of `buf`, if there is one.
+pub fn decode_raw(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FrameError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -52,10 +62,40 @@ pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameErro
         return Ok(None);
     }
     buf.advance(4);
-    let body = buf.split_to(len).freeze();
-    Frame::decode(body)
-        .map(Some)
-        .map_err(|e| FrameError::Malformed(e.to_string()))
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// Decodes a frame body that must be an event batch, handing each event to `f` as it is
+/// decoded (no vector of the whole batch).
+pub fn for_each_event(mut body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result<(), FrameError> {
+    use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
+    let bad = |e: prost::DecodeError| FrameError::Malformed(e.to_string());
+    let take = |b: &mut Bytes| -> Result<Bytes, FrameError> {
+        let len = decode_varint(b).map_err(bad)? as usize;
+        if len > b.remaining() {
+            return Err(FrameError::Malformed("length beyond the frame".into()));
+        }
+        Ok(b.split_to(len))
+    };
+    while body.has_remaining() {
+        let (tag, wt) = decode_key(&mut body).map_err(bad)?;
+        if tag != FRAME_EVENTS_TAG || wt != WireType::LengthDelimited {
+            return Err(FrameError::Malformed(format!(
+                "field {tag} where an event batch was expected"
+            )));
+        }
+        let mut batch = take(&mut body)?;
+        while batch.has_remaining() {
+            let (tag, wt) = decode_key(&mut batch).map_err(bad)?;
+            if tag == BATCH_EVENTS_TAG && wt == WireType::LengthDelimited {
+                let ev = RoutedEvent::decode(take(&mut batch)?).map_err(bad)?;
+                f(ev);
+            } else {
+                skip_field(wt, tag, &mut batch, DecodeContext::default()).map_err(bad)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One event queued on a link.
@@ -337,6 +377,28 @@ mod tests {
         let mut buf = BytesMut::new();
         let n = encode_events(&events, "me", &mut buf, &mut Vec::new());
         assert_eq!(n, buf.len());
+        let mut streamed = Vec::new();
+        for_each_event(
+            decode_raw(&mut buf.clone(), 1 << 20).unwrap().unwrap(),
+            |e| streamed.push(e),
+        )
+        .unwrap();
+        assert_eq!(streamed.len(), 2);
+        assert_eq!(streamed[1].hops, 3);
+        let hello = {
+            let mut b = BytesMut::new();
+            encode(
+                &Frame {
+                    body: Some(Body::Ping(Default::default())),
+                },
+                &mut b,
+            );
+            decode_raw(&mut b, 1024).unwrap().unwrap()
+        };
+        assert!(matches!(
+            for_each_event(hello, |_| {}),
+            Err(FrameError::Malformed(_))
+        ));
         let Some(Frame {
             body: Some(Body::Events(batch)),
         }) = decode(&mut buf, 1 << 20).unwrap()

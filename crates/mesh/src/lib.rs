@@ -15,8 +15,8 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use meshgate_broker::{Broker, MeshHook, Publisher, RemoteDest};
@@ -35,8 +35,12 @@ pub use frame::{Dests, FrameError, OutDest, OutEvent};
 pub use link::{Link, LinkError, LinkStats};
 pub use tls::{MeshTls, TlsError};
 
-/// Links by peer name (looked up per forwarded event: a fast hasher).
+/// Links by peer name.
 type LinkMap = HashMap<Arc<str>, Arc<Link>, foldhash::fast::RandomState>;
+
+/// Destination node → link to its next hop: what forwarding needs, in one lookup and without a
+/// lock. Rebuilt when routes or links change.
+type HopTable = HashMap<Arc<str>, Arc<Link>, foldhash::fast::RandomState>;
 
 /// Settings of the mesh side of a node.
 #[derive(Clone, Debug)]
@@ -124,6 +128,7 @@ struct Inner {
     registry: Mutex<Registry>,
     routes: RwLock<Arc<Routes>>,
     links: RwLock<LinkMap>,
+    hops: arc_swap::ArcSwap<HopTable>,
     /// Local interest changes waiting for the registry task: (filter, group, added).
     pending: Mutex<Vec<(String, Option<String>, bool)>>,
     wake: Notify,
@@ -200,6 +205,7 @@ impl Mesh {
             registry: Mutex::new(registry),
             routes: RwLock::new(routes),
             links: RwLock::new(LinkMap::default()),
+            hops: arc_swap::ArcSwap::from_pointee(HopTable::default()),
             pending: Mutex::new(Vec::new()),
             wake: Notify::new(),
             recent: Mutex::new(dedup::Dedup::new()),
@@ -207,7 +213,7 @@ impl Mesh {
             counters: Counters::default(),
             cfg,
         });
-        broker.set_mesh(Arc::new(Hook(Arc::downgrade(&inner))));
+        broker.set_mesh(Arc::new(Hook(inner.clone())));
         info!(
             node = %inner.name,
             addr = ?inner.endpoint.local_addr().ok(),
@@ -382,12 +388,14 @@ impl Mesh {
     }
 }
 
-/// The router's view of the mesh.
-struct Hook(Weak<Inner>);
+/// The router's view of the mesh. It holds the mesh strongly (the router and the mesh live as
+/// long as the node): no upgrade of a weak pointer per forwarded event.
+struct Hook(Arc<Inner>);
 
 impl MeshHook for Hook {
     fn interest(&self, filter: &Filter, group: Option<&str>, added: bool) {
-        if let Some(i) = self.0.upgrade() {
+        {
+            let i = &self.0;
             i.pending.lock().push((
                 filter.as_str().to_string(),
                 group.map(str::to_string),
@@ -398,18 +406,15 @@ impl MeshHook for Hook {
     }
 
     fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) {
-        if let Some(i) = self.0.upgrade() {
-            let dests = dests.iter().map(|d| OutDest::Shared {
-                node: d.node.clone(),
-                groups: d.groups.clone(),
-            });
-            i.forward(event, dests, 0);
-        }
+        let dests = dests.iter().map(|d| OutDest::Shared {
+            node: d.node.clone(),
+            groups: d.groups.clone(),
+        });
+        self.0.forward(event, dests, 0);
     }
 
     fn nearest(&self, candidates: &[&str], rr: usize) -> Option<usize> {
-        let i = self.0.upgrade()?;
-        let routes = i.routes.read().clone();
+        let routes = self.0.routes.read();
         let pick = routes.nearest(candidates, rr)?;
         candidates.iter().position(|c| *c == pick)
     }
@@ -482,100 +487,93 @@ impl Inner {
         }
         if topology {
             *self.routes.write() = Arc::new(reg.routes().clone());
+            self.rebuild_hops();
         }
         r
     }
 
-    /// Sends one copy of `event` per next hop, each with the destinations behind that hop.
-    /// One destination (or one next hop) allocates nothing.
-    fn forward(&self, event: &Arc<Envelope>, dests: impl Iterator<Item = OutDest>, hops: u32) {
+    /// Recomputes the hop table from the routes and the links that are up.
+    fn rebuild_hops(&self) {
         let routes = self.routes.read();
-        let mut first: Option<(&str, Dests)> = None;
-        let mut more: Vec<(&str, Dests)> = Vec::new();
+        let links = self.links.read();
+        let table: HopTable = routes
+            .next_hops()
+            .filter_map(|(dest, hop)| links.get(hop).map(|l| (dest.clone(), l.clone())))
+            .collect();
+        self.hops.store(Arc::new(table));
+    }
+
+    /// Sends one copy of `event` per next hop, each with the destinations behind that hop.
+    /// One destination (or one next hop) allocates nothing and takes no lock.
+    fn forward(&self, event: &Arc<Envelope>, dests: impl Iterator<Item = OutDest>, hops: u32) {
+        let table = self.hops.load();
+        let mut first: Option<(&Arc<Link>, Dests)> = None;
+        let mut more: Vec<(&Arc<Link>, Dests)> = Vec::new();
         for d in dests {
-            let Some(hop) = routes.next_hop(d.node()) else {
+            let Some(link) = table.get(d.node()) else {
                 self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             match &mut first {
-                None => first = Some((hop, Dests::One(d))),
-                Some((h, v)) if *h == hop => v.push(d),
-                Some(_) => match more.iter_mut().find(|(h, _)| *h == hop) {
+                None => first = Some((link, Dests::One(d))),
+                Some((l, v)) if Arc::ptr_eq(l, link) => v.push(d),
+                Some(_) => match more.iter_mut().find(|(l, _)| Arc::ptr_eq(l, link)) {
                     Some((_, v)) => v.push(d),
-                    None => more.push((hop, Dests::One(d))),
+                    None => more.push((link, Dests::One(d))),
                 },
             }
         }
         let Some(first) = first else { return };
-        let links = self.links.read();
-        for (hop, destinations) in std::iter::once(first).chain(more) {
-            match links.get(hop) {
-                Some(l) => {
-                    l.send_event(OutEvent {
-                        event: event.clone(),
-                        destinations,
-                        hops,
-                    });
-                }
-                None => {
-                    self.counters
-                        .unroutable
-                        .fetch_add(destinations.as_slice().len() as u64, Ordering::Relaxed);
-                }
-            }
+        for (link, destinations) in std::iter::once(first).chain(more) {
+            link.send_event(OutEvent {
+                event: event.clone(),
+                destinations,
+                hops,
+            });
         }
     }
 
-    /// Handles events that arrived on a link: delivers the local share once, forwards the rest.
-    fn on_events(
-        &self,
-        link: &Link,
-        batch: meshgate_proto::v1::EventBatch,
-        publisher: &mut Publisher,
-    ) {
-        let n = batch.events.len() as u64;
-        link.stats.rx_events.fetch_add(n, Ordering::Relaxed);
-        let mut fanout = 0u64;
-        for re in batch.events {
-            let Some(env) = re.event else {
-                self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if validate_topic(&env.topic).is_err() {
-                self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let hops = re.hops.saturating_add(1);
-            let mut mine = None;
-            let mut rest = Vec::new();
-            for d in re.destinations {
-                if *d.node == *self.name {
-                    mine = Some(d.groups);
-                } else {
-                    rest.push(d);
-                }
-            }
-            let env = Arc::new(env);
-            if let Some(groups) = mine {
-                let id = (env.id_hi, env.id_lo);
-                if self.recent.lock().insert(id) {
-                    let groups: Vec<(String, String)> =
-                        groups.into_iter().map(|g| (g.group, g.filter)).collect();
-                    fanout += self.broker.deliver_from_mesh(publisher, &env, &groups) as u64;
-                } else {
-                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            if !rest.is_empty() {
-                if hops >= HOP_LIMIT {
-                    self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.forward(&env, rest.into_iter().map(OutDest::Owned), hops);
-                }
+    /// Handles one event that arrived on a link: delivers the local share once, forwards the
+    /// rest. Returns the number of local copies made.
+    fn on_event(&self, re: meshgate_proto::v1::RoutedEvent, publisher: &mut Publisher) -> u64 {
+        let Some(env) = re.event else {
+            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+            return 0;
+        };
+        if validate_topic(&env.topic).is_err() {
+            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+            return 0;
+        }
+        let hops = re.hops.saturating_add(1);
+        let mut mine = None;
+        let mut rest = Vec::new();
+        for d in re.destinations {
+            if *d.node == *self.name {
+                mine = Some(d.groups);
+            } else {
+                rest.push(d);
             }
         }
-        link.stats.rx_fanout.fetch_add(fanout, Ordering::Relaxed);
-        publisher.flush(&self.broker);
+        let env = Arc::new(env);
+        let mut fanout = 0;
+        if let Some(groups) = mine {
+            let id = (env.id_hi, env.id_lo);
+            if self.recent.lock().insert(id) {
+                let groups: Vec<(String, String)> =
+                    groups.into_iter().map(|g| (g.group, g.filter)).collect();
+                fanout = self.broker.deliver_from_mesh(publisher, &env, &groups) as u64;
+            } else {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !rest.is_empty() {
+            if hops >= HOP_LIMIT {
+                self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.forward(&env, rest.into_iter().map(OutDest::Owned), hops);
+            }
+        }
+        fanout
     }
 
     fn hello(&self) -> Frame {
@@ -808,7 +806,12 @@ async fn run_link(
     // Register and announce under the registry lock, so gossip for this link starts after it.
     let registered = {
         let _reg = inner.registry.lock();
-        inner.register(&link)
+        let ok = inner.register(&link);
+        if ok {
+            // A replaced duplicate leaves the table pointing at a closed link otherwise.
+            inner.rebuild_hops();
+        }
+        ok
     };
     if !registered {
         info!(peer = %peer, "duplicate link closed");
@@ -847,19 +850,23 @@ async fn run_link(
             let mut reader = link::FrameReader::new(recv, inner.cfg.max_frame_bytes);
             let mut publisher = inner.broker.publisher("mesh", None);
             loop {
-                match reader.next().await {
-                    Ok(Some((f, size))) => {
+                match reader.next_raw().await {
+                    Ok(Some((body, size))) => {
                         link.stats
                             .rx_bytes
                             .fetch_add(size as u64, Ordering::Relaxed);
-                        match f.body {
-                            Some(Body::Events(batch)) => {
-                                inner.on_events(&link, batch, &mut publisher)
-                            }
-                            _ => {
-                                close_with(&link, "unexpected frame on the event stream");
-                                return;
-                            }
+                        let mut fanout = 0u64;
+                        let mut n = 0u64;
+                        let r = frame::for_each_event(body, |e| {
+                            n += 1;
+                            fanout += inner.on_event(e, &mut publisher);
+                        });
+                        publisher.flush(&inner.broker);
+                        link.stats.rx_events.fetch_add(n, Ordering::Relaxed);
+                        link.stats.rx_fanout.fetch_add(fanout, Ordering::Relaxed);
+                        if let Err(e) = r {
+                            close_with(&link, &e.to_string());
+                            return;
                         }
                     }
                     Ok(None) => return,
@@ -927,6 +934,7 @@ async fn run_link(
         }
     };
     if removed {
+        inner.rebuild_hops();
         info!(peer = %peer, reason = %reason, "mesh link down");
         inner.with_registry(|reg, rt| reg.link_down(&peer, rt));
     }

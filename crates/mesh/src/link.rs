@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use meshgate_proto::v1::{Frame, Hello, frame::Body};
+use prost::Message as _;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -97,9 +98,19 @@ impl FrameReader {
 
     /// The next frame with its encoded size, `None` at the end of the stream.
     pub(crate) async fn next(&mut self) -> Result<Option<(Frame, usize)>, LinkError> {
+        match self.next_raw().await? {
+            Some((body, size)) => Frame::decode(body)
+                .map(|f| Some((f, size)))
+                .map_err(|e| LinkError::Frame(FrameError::Malformed(e.to_string()))),
+            None => Ok(None),
+        }
+    }
+
+    /// The body of the next frame with its encoded size, `None` at the end of the stream.
+    pub(crate) async fn next_raw(&mut self) -> Result<Option<(bytes::Bytes, usize)>, LinkError> {
         loop {
             let before = self.buf.len();
-            if let Some(f) = frame::decode(&mut self.buf, self.max)? {
+            if let Some(f) = frame::decode_raw(&mut self.buf, self.max)? {
                 return Ok(Some((f, before - self.buf.len())));
             }
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {

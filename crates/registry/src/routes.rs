@@ -67,6 +67,13 @@ impl Routes {
         self.table.get(dest)?.next_hop.as_deref()
     }
 
+    /// Every reachable node other than this one, with its next hop.
+    pub fn next_hops(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> {
+        self.table
+            .iter()
+            .filter_map(|(dest, r)| r.next_hop.as_ref().map(|hop| (dest, hop)))
+    }
+
     /// Cost of the shortest path to `dest` (0 for this node); `None` if unreachable.
     pub fn distance(&self, dest: &str) -> Option<u64> {
         self.table.get(dest).map(|r| r.distance)
