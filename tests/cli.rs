@@ -162,3 +162,54 @@ fn demo_routes_from_one_edge_to_the_other() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+#[test]
+fn certificate_errors_are_clear() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    // Issuing without a CA.
+    let out = Command::new(bin())
+        .args(["cert", "issue", "--dir", dir, "--name", "a"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ca.key"), "{err}");
+    // A name that cannot be a certificate name.
+    assert!(
+        Command::new(bin())
+            .args(["cert", "init", "--dir", dir])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = Command::new(bin())
+        .args(["cert", "issue", "--dir", dir, "--name", "bad name"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot name a node certificate"));
+    // Running with a TLS directory that lacks this node's certificate.
+    let out = Command::new(bin())
+        .args([
+            "run",
+            "--name",
+            "ghost",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--mesh",
+            "127.0.0.1:0",
+            "--tls-dir",
+            dir,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mesh certificates") && err.contains("ghost.pem"),
+        "{err}"
+    );
+}
