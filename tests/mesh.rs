@@ -604,3 +604,99 @@ async fn dials_retry_until_the_peer_starts_and_mutual_dials_make_one_link() {
         "one connection: dialled by one side only"
     );
 }
+
+/// What a publisher sets travels with the event across the mesh: the event id the HTTP API
+/// answered, content type, CloudEvents headers as MQTT 5 user properties, QoS 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_qos_survive_the_link() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Opts5};
+    use std::io::{Read, Write};
+
+    let d = tempfile::tempdir().unwrap();
+    certs(d.path(), &["a", "b"]);
+    let a = node(d.path(), "a", "core", &[]);
+    let b = node(d.path(), "b", "edge", &[addr(&a)]);
+    wait_nodes(&[&a, &b], &["a", "b"]);
+
+    let mut o = Opts5::new("sub5", "127.0.0.1", b.mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (sub, mut ev) = Client5::new(o, 100);
+    let (tx, mut rx) = unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let Event5::Incoming(P5::Publish(p)) = e
+                && tx.send(p).is_err()
+            {
+                break;
+            }
+        }
+    });
+    sub.subscribe("sensors/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    wait_until("a to see b's interest", WAIT, || {
+        interest(&a, "b") == Some(2)
+    });
+
+    // HTTP publish on a, with a content type and a CloudEvents header.
+    let body = br#"{"t":21}"#;
+    let mut s = std::net::TcpStream::connect(a.http).unwrap();
+    write!(
+        s,
+        "POST /v1/publish/sensors/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nce-source: plant-7\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let p = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&p.topic[..], b"sensors/1");
+    assert_eq!(&p.payload[..], body);
+    let props = p.properties.expect("properties");
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    assert!(
+        props
+            .user_properties
+            .contains(&("ce-source".to_string(), "plant-7".to_string())),
+        "{:?}",
+        props.user_properties
+    );
+
+    // MQTT 5 publish on a at QoS 1 with a user property: QoS 1 and the property arrive on b.
+    let mut o = Opts5::new("pub5", "127.0.0.1", a.mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (publisher, mut pev) = Client5::new(o, 100);
+    tokio::spawn(async move { while pev.poll().await.is_ok() {} });
+    let props = PublishProperties {
+        user_properties: vec![("line".into(), "4".into())],
+        ..Default::default()
+    };
+    publisher
+        .publish_with_properties(
+            "sensors/2",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            b"x".to_vec(),
+            props,
+        )
+        .await
+        .unwrap();
+    let p = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&p.topic[..], b"sensors/2");
+    assert_eq!(p.qos, rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+    assert!(
+        p.properties
+            .unwrap()
+            .user_properties
+            .contains(&("line".to_string(), "4".to_string()))
+    );
+}
