@@ -66,8 +66,10 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 LOADGEN=$TARGET_DIR/release/loadgen
 export PATH="$HOME/.cargo/bin:$PATH"
 
-log() { echo "run-load: $*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_PREFIX=run-load
+WORK=""
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # Peers
@@ -101,50 +103,6 @@ install_peers() {
 
 # ---------------------------------------------------------------------------------------------
 # Brokers
-declare -A PIDS=()
-WORK=""
-
-cleanup() {
-  local name pid
-  for name in "${!PIDS[@]}"; do
-    pid=${PIDS[$name]}
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for name in "${!PIDS[@]}"; do
-    pid=${PIDS[$name]}
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-http_ok() {
-  # healthz when curl is there; the open port otherwise.
-  if command -v curl >/dev/null; then curl -sf -o /dev/null --max-time 1 "$1"; else port_open "$2"; fi
-}
-
-# wait_ready NAME CHECK...: polls CHECK until it succeeds, the process dies, or 15 s pass.
-wait_ready() {
-  local name=$1; shift
-  local deadline=$((SECONDS + 15))
-  until "$@"; do
-    if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
-      tail -n 20 "$WORK/$name.log" >&2 || true
-      unset "PIDS[$name]"
-      die "$name exited during start-up (log above, full log in $WORK/$name.log)"
-    fi
-    if ((SECONDS >= deadline)); then
-      tail -n 20 "$WORK/$name.log" >&2 || true
-      die "$name did not become ready within 15 s (log above, full log in $WORK/$name.log)"
-    fi
-    sleep 0.05
-  done
-}
-
 ports_of() {
   case "$1" in
     mosquitto) echo "$PORT_MOSQUITTO" ;;
@@ -219,16 +177,6 @@ EOF
   log "$name ready (pid ${PIDS[$name]})"
 }
 
-stop_broker() {
-  local name=$1 pid=${PIDS[$1]:-}
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "PIDS[$name]"
-}
-
 addr_of() {
   case "$1" in
     mosquitto) echo "127.0.0.1:$PORT_MOSQUITTO" ;;
@@ -291,7 +239,7 @@ for rep in $(seq "$REPS"); do
   if [[ $rep -gt 1 ]]; then
     # Fresh brokers for every repetition: some keep state after their clients leave (rumqttd
     # keeps every filter it has seen, and many-subs leaves 100,000 of them).
-    for b in "${ACTIVE[@]}"; do stop_broker "$b"; start_broker "$b"; done
+    for b in "${ACTIVE[@]}"; do stop_proc "$b"; start_broker "$b"; done
   fi
   for item in "${ITEMS[@]}"; do
     workload=${item%%:*}
@@ -320,14 +268,14 @@ for rep in $(seq "$REPS"); do
         # A broker that failed a run may be wedged (or still chewing on a dead connection's
         # subscriptions): restart it so the next runs start clean.
         log "restarting $b"
-        stop_broker "$b"
+        stop_proc "$b"
         start_broker "$b"
       fi
     done
   done
 done
 
-for b in "${ACTIVE[@]}"; do stop_broker "$b"; done
+for b in "${ACTIVE[@]}"; do stop_proc "$b"; done
 
 versions() {
   local b

@@ -76,53 +76,13 @@ LOADGEN=$TARGET_DIR/release/loadgen
 QUINN_RAW=$TARGET_DIR/release/quinn_raw
 export PATH="$HOME/.cargo/bin:$PATH"
 
-log() { echo "run-mesh: $*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_PREFIX=run-mesh
+WORK=""
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
-# Processes (the same helpers as run-load.sh)
-declare -A PIDS=()
-WORK=""
-
-stop_proc() {
-  local name=$1 pid=${PIDS[$1]:-}
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "PIDS[$name]"
-}
-
-cleanup() {
-  local name
-  for name in "${!PIDS[@]}"; do kill -TERM "${PIDS[$name]}" 2>/dev/null || true; done
-  for name in "${!PIDS[@]}"; do stop_proc "$name"; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-http_ok() { curl -sf -o /dev/null --max-time 1 "$1"; }
-
-# wait_ready NAME CHECK...: polls CHECK until it succeeds, the process dies, or 15 s pass.
-wait_ready() {
-  local name=$1; shift
-  local deadline=$((SECONDS + 15))
-  until "$@"; do
-    if ! kill -0 "${PIDS[$name]}" 2>/dev/null; then
-      tail -n 20 "$WORK/$name.log" >&2 || true
-      unset "PIDS[$name]"
-      die "$name exited during start-up (log above, full log in $WORK/$name.log)"
-    fi
-    if ((SECONDS >= deadline)); then
-      tail -n 20 "$WORK/$name.log" >&2 || true
-      die "$name did not become ready within 15 s (${*}; full log in $WORK/$name.log)"
-    fi
-    sleep 0.05
-  done
-}
-
+# Processes (stop_proc, wait_ready, port_open, http_ok: benches/lib.sh)
 check_free() {
   local p
   for p in "$@"; do
