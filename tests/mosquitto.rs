@@ -3,22 +3,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{NodeProc, need, wait_until};
+use common::{NodeProc, wait_until};
 
 fn sub(node: &NodeProc, version: &str, args: &[&str]) -> std::process::Child {
-    Command::new(need("mosquitto_sub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.mqtt.port().to_string(),
-            "-V",
-            version,
-            "-v",
-        ])
+    common::mosquitto("mosquitto_sub", node, version)
+        .args(["-v"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -27,15 +19,7 @@ fn sub(node: &NodeProc, version: &str, args: &[&str]) -> std::process::Child {
 }
 
 fn publ(node: &NodeProc, version: &str, args: &[&str]) {
-    let out = Command::new(need("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.mqtt.port().to_string(),
-            "-V",
-            version,
-        ])
+    let out = common::mosquitto("mosquitto_pub", node, version)
         .args(args)
         .output()
         .expect("mosquitto_pub");
@@ -98,15 +82,7 @@ fn mosquitto_clients_mqtt311() {
 fn mosquitto_persistent_session_receives_what_arrived_while_away() {
     let node = NodeProc::start(&[]);
     // Subscribe with a persistent session (-c, fixed id), leave at once (-E).
-    let out = Command::new(need("mosquitto_sub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.mqtt.port().to_string(),
-            "-V",
-            "mqttv311",
-        ])
+    let out = common::mosquitto("mosquitto_sub", &node, "mqttv311")
         .args(["-c", "-i", "night-shift", "-q", "1", "-t", "shift/#", "-E"])
         .output()
         .unwrap();
@@ -116,15 +92,7 @@ fn mosquitto_persistent_session_receives_what_arrived_while_away() {
         "mqttv311",
         &["-t", "shift/report", "-m", "all quiet", "-q", "1"],
     );
-    let out = Command::new(need("mosquitto_sub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.mqtt.port().to_string(),
-            "-V",
-            "mqttv311",
-        ])
+    let out = common::mosquitto("mosquitto_sub", &node, "mqttv311")
         .args([
             "-c",
             "-i",
@@ -156,15 +124,7 @@ fn mosquitto_persistent_session_receives_what_arrived_while_away() {
 fn mosquitto_pub_to_wildcard_topic_is_refused_and_node_keeps_serving() {
     let mut node = NodeProc::start(&[]);
     // mosquitto_pub itself refuses `+`; our own wildcard `*` reaches the node and is refused.
-    let out = Command::new(need("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.mqtt.port().to_string(),
-            "-V",
-            "mqttv5",
-        ])
+    let out = common::mosquitto("mosquitto_pub", &node, "mqttv5")
         .args(["-d", "-t", "orders/*/us", "-m", "x", "-q", "1"])
         .output()
         .unwrap();

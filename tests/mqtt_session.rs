@@ -79,15 +79,7 @@ fn keep_alive_timeout_disconnects_with_0x8d() {
 #[test]
 fn session_expiry_ends_the_session_and_will_delay_waits() {
     let node = NodeProc::start(&[]);
-    let mut watcher = Command::new(need("mosquitto_sub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.mqtt.port().to_string(),
-            "-V",
-            "mqttv5",
-        ])
+    let mut watcher = common::mosquitto("mosquitto_sub", &node, "mqttv5")
         .args(["-t", "status/#", "-v", "-C", "1", "-W", "15"])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -175,21 +167,9 @@ fn users_and_anonymous_access() {
     )
     .unwrap();
     let node = NodeProc::start(&["--config", cfg.to_str().unwrap()]);
-    let port = node.mqtt.port().to_string();
     let run = |args: &[&str]| {
-        Command::new(need("mosquitto_pub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-V",
-                "mqttv311",
-                "-t",
-                "t",
-                "-m",
-                "x",
-            ])
+        common::mosquitto("mosquitto_pub", &node, "mqttv311")
+            .args(["-t", "t", "-m", "x"])
             .args(args)
             .output()
             .unwrap()

@@ -204,3 +204,18 @@ pub fn need(cmd: &str) -> PathBuf {
         "`{cmd}` is not installed: run scripts/test.sh, which installs the test peers (apt-get install mosquitto-clients)"
     );
 }
+
+/// A mosquitto client command (`mosquitto_pub` or `mosquitto_sub`) aimed at `node`'s MQTT port
+/// with protocol `version` (`mqttv311` or `mqttv5`).
+pub fn mosquitto(cmd: &str, node: &NodeProc, version: &str) -> Command {
+    let mut c = Command::new(need(cmd));
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &node.mqtt.port().to_string(),
+        "-V",
+        version,
+    ]);
+    c
+}
