@@ -126,7 +126,7 @@ struct Inner {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     registry: Mutex<Registry>,
-    routes: RwLock<Arc<Routes>>,
+    routes: RwLock<Routes>,
     links: RwLock<LinkMap>,
     hops: arc_swap::ArcSwap<HopTable>,
     /// Local interest changes waiting for the registry task: (filter, group, added).
@@ -194,7 +194,7 @@ impl Mesh {
         rc.role = cfg.role.clone();
         rc.expire_unreachable_ms = cfg.expire_unreachable.as_millis() as u64;
         let mut registry = Registry::new(rc);
-        let routes = Arc::new(registry.routes().clone());
+        let routes = registry.routes().clone();
         let inner = Arc::new(Inner {
             name: cfg.name.as_str().into(),
             incarnation,
@@ -358,21 +358,18 @@ impl Mesh {
     pub fn export_metrics(&self) {
         for l in self.inner.links.read().values() {
             let s = &l.stats;
-            let peer = l.peer.to_string();
             let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            metrics::counter!("meshgate_link_tx_events_total", "peer" => peer.clone())
-                .absolute(g(&s.tx_events));
-            metrics::counter!("meshgate_link_tx_bytes_total", "peer" => peer.clone())
-                .absolute(g(&s.tx_bytes));
-            metrics::counter!("meshgate_link_rx_events_total", "peer" => peer.clone())
-                .absolute(g(&s.rx_events));
-            metrics::counter!("meshgate_link_rx_bytes_total", "peer" => peer.clone())
-                .absolute(g(&s.rx_bytes));
-            metrics::counter!("meshgate_link_rx_fanout_copies_total", "peer" => peer.clone())
-                .absolute(g(&s.rx_fanout));
-            metrics::counter!("meshgate_link_dropped_total", "peer" => peer.clone())
-                .absolute(g(&s.dropped));
-            metrics::gauge!("meshgate_link_rtt_seconds", "peer" => peer)
+            for (name, value) in [
+                ("meshgate_link_tx_events_total", &s.tx_events),
+                ("meshgate_link_tx_bytes_total", &s.tx_bytes),
+                ("meshgate_link_rx_events_total", &s.rx_events),
+                ("meshgate_link_rx_bytes_total", &s.rx_bytes),
+                ("meshgate_link_rx_fanout_copies_total", &s.rx_fanout),
+                ("meshgate_link_dropped_total", &s.dropped),
+            ] {
+                metrics::counter!(name, "peer" => l.peer.to_string()).absolute(g(value));
+            }
+            metrics::gauge!("meshgate_link_rtt_seconds", "peer" => l.peer.to_string())
                 .set(g(&s.rtt_us) as f64 / 1e6);
         }
         metrics::gauge!("meshgate_mesh_links").set(self.inner.links.read().len() as f64);
@@ -394,15 +391,12 @@ struct Hook(Arc<Inner>);
 
 impl MeshHook for Hook {
     fn interest(&self, filter: &Filter, group: Option<&str>, added: bool) {
-        {
-            let i = &self.0;
-            i.pending.lock().push((
-                filter.as_str().to_string(),
-                group.map(str::to_string),
-                added,
-            ));
-            i.wake.notify_one();
-        }
+        self.0.pending.lock().push((
+            filter.as_str().to_string(),
+            group.map(str::to_string),
+            added,
+        ));
+        self.0.wake.notify_one();
     }
 
     fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) {
@@ -486,7 +480,7 @@ impl Inner {
             }
         }
         if topology {
-            *self.routes.write() = Arc::new(reg.routes().clone());
+            *self.routes.write() = reg.routes().clone();
             self.rebuild_hops();
         }
         r
