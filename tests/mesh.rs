@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{NodeProc, bin, wait_until};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -107,21 +107,9 @@ fn interest(at: &NodeProc, node: &str) -> Option<u64> {
         .and_then(|e| e["interest"].as_u64())
 }
 
+/// A clean-session MQTT 3.1.1 client of `n`.
 async fn client(n: &NodeProc, id: &str) -> (AsyncClient, UnboundedReceiver<Packet>) {
-    let mut o = MqttOptions::new(id, "127.0.0.1", n.mqtt.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    let (c, mut ev) = AsyncClient::new(o, 10_000);
-    let (tx, rx) = unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let Event::Incoming(p) = e
-                && tx.send(p).is_err()
-            {
-                break;
-            }
-        }
-    });
-    (c, rx)
+    common::mqtt_v4(n, id, true).await
 }
 
 async fn subscribe(

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::NodeProc;
+use common::{NodeProc, mqtt_v4 as v4};
 use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
 use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Opts5};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -12,25 +12,6 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A v4 client whose incoming packets arrive on a channel.
-async fn v4(node: &NodeProc, id: &str, clean: bool) -> (AsyncClient, UnboundedReceiver<Packet>) {
-    let mut o = MqttOptions::new(id, "127.0.0.1", node.mqtt.port());
-    o.set_clean_session(clean);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (c, mut ev) = AsyncClient::new(o, 1000);
-    let (tx, rx) = unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let Event::Incoming(p) = e {
-                if tx.send(p).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    (c, rx)
-}
 
 async fn v5(node: &NodeProc, id: &str) -> (Client5, UnboundedReceiver<P5>) {
     let mut o = Opts5::new(id, "127.0.0.1", node.mqtt.port());

@@ -219,3 +219,29 @@ pub fn mosquitto(cmd: &str, node: &NodeProc, version: &str) -> Command {
     ]);
     c
 }
+
+/// An MQTT 3.1.1 client of `node` (rumqttc) whose incoming packets arrive on a channel.
+pub async fn mqtt_v4(
+    node: &NodeProc,
+    id: &str,
+    clean: bool,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Packet>,
+) {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", node.mqtt.port());
+    o.set_clean_session(clean);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, mut ev) = rumqttc::AsyncClient::new(o, 10_000);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let rumqttc::Event::Incoming(p) = e
+                && tx.send(p).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (c, rx)
+}
