@@ -176,19 +176,13 @@ pub enum Dests {
 impl Dests {
     /// Adds a destination.
     pub fn push(&mut self, d: OutDest) {
-        match self {
-            Dests::Many(v) => v.push(d),
-            Dests::One(_) => {
-                let Dests::One(first) = std::mem::replace(self, Dests::Many(Vec::with_capacity(4)))
-                else {
-                    unreachable!()
-                };
-                if let Dests::Many(v) = self {
-                    v.push(first);
-                    v.push(d);
-                }
+        *self = match std::mem::replace(self, Dests::Many(Vec::new())) {
+            Dests::One(first) => Dests::Many(vec![first, d]),
+            Dests::Many(mut v) => {
+                v.push(d);
+                Dests::Many(v)
             }
-        }
+        };
     }
 
     /// The destinations.
