@@ -47,12 +47,14 @@
 //! random-key lookups), and add build time. The cost of our choice is that we own the recovery code,
 //! which is why it is small and tested against torn and corrupted files.
 
+mod commit;
 mod format;
 mod store;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use commit::{Commit, Disk, Journal};
 pub use format::MAX_PAYLOAD_BYTES;
 pub use store::Store;
 

@@ -283,6 +283,26 @@ impl Store {
         Ok(())
     }
 
+    /// For group commit outside the store's lock: takes the "written, not fsynced" state and
+    /// returns a handle on the active segment for the caller to `sync_data` (covering every append
+    /// so far, since a new segment is started only after the previous one was fsynced), or `None`
+    /// if nothing is pending. Fsyncs the directory first if a segment was created.
+    pub fn take_sync(&mut self) -> Result<Option<File>, StoreError> {
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        if !self.dirty {
+            return Ok(None);
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        match (&self.active, self.segments.last()) {
+            (Some(f), Some(seg)) => f.try_clone().map(Some).map_err(io_err(&seg.path)),
+            _ => Ok(None),
+        }
+    }
+
     /// Up to `max_records` records from sequence number `seq` on (or from [`Store::first_seq`] if
     /// `seq` is lower), in order. Sequence numbers lost to corruption are skipped.
     pub fn read_from(

@@ -1,0 +1,347 @@
+//! Many logs on one disk: [`Disk`] runs group commit for all of its [`Journal`]s on one thread
+//! and holds the node's disk quota across them.
+//!
+//! An append returns a *ticket*: the commit cycle after which the record is durable. Callers
+//! acknowledge their publisher once [`Disk::durable`] reaches the ticket (ticket 0 = durable
+//! already). With [`Commit::Group`] every journal written during a cycle is fsynced once per cycle,
+//! outside the journal's lock, so appends never wait on an fsync.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+use crate::{FlushPolicy, RecoveryReport, Store, StoreConfig, StoreError};
+
+/// When appends become durable, and so when publishers are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Fsync inside every append, before it returns. Safe against power loss; one fsync per
+    /// event, so the slowest.
+    Always,
+    /// Group commit: the first append after a quiet spell starts a window of this length, then
+    /// every journal written meanwhile is fsynced once and all of them are acknowledged. As safe
+    /// as `Always`; adds up to the window to each acknowledgement. Zero commits as soon as
+    /// anything is written (batching whatever piles up during the previous fsync).
+    Group(Duration),
+    /// Acknowledge once written to the operating system; fsync in the background at this
+    /// interval. Survives a killed process, but a power loss or kernel crash loses what was
+    /// acknowledged since the last fsync.
+    Os(Duration),
+}
+
+struct CommitState {
+    /// Cycles started.
+    cycle: u64,
+    dirty: Vec<Arc<JournalInner>>,
+}
+
+struct DiskInner {
+    commit: Commit,
+    max_bytes: u64,
+    used: AtomicU64,
+    state: Mutex<CommitState>,
+    wake: Condvar,
+    done: watch::Sender<u64>,
+    sync_errors: AtomicU64,
+}
+
+/// The stores of one node: group commit and one quota. Cheap to clone.
+#[derive(Clone)]
+pub struct Disk {
+    inner: Arc<DiskInner>,
+}
+
+struct JournalInner {
+    store: Mutex<Store>,
+    /// Written since the last cycle took it.
+    dirty: AtomicBool,
+}
+
+/// One log on a [`Disk`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<JournalInner>,
+    disk: Arc<DiskInner>,
+}
+
+impl Disk {
+    /// A disk with the given commit policy and quota (bytes of all journals together).
+    pub fn new(commit: Commit, max_bytes: u64) -> Self {
+        let inner = Arc::new(DiskInner {
+            commit,
+            max_bytes,
+            used: AtomicU64::new(0),
+            state: Mutex::new(CommitState {
+                cycle: 0,
+                dirty: Vec::new(),
+            }),
+            wake: Condvar::new(),
+            done: watch::Sender::new(0),
+            sync_errors: AtomicU64::new(0),
+        });
+        if commit != Commit::Always {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("meshgate-commit".into())
+                .spawn(move || commit_loop(weak))
+                .expect("spawn the commit thread");
+        }
+        Self { inner }
+    }
+
+    /// Opens (recovering) the journal in `dir`.
+    pub fn open(
+        &self,
+        dir: impl AsRef<Path>,
+        segment_bytes: u64,
+    ) -> Result<(Journal, RecoveryReport), StoreError> {
+        let flush = match self.inner.commit {
+            Commit::Always => FlushPolicy::EveryAppend,
+            // Fsyncs come from the commit thread; the store's own interval never fires first.
+            _ => FlushPolicy::Interval(Duration::from_secs(86_400 * 365)),
+        };
+        let (store, report) = Store::open(
+            dir,
+            StoreConfig {
+                segment_bytes,
+                flush,
+                max_bytes: u64::MAX / 4,
+            },
+        )?;
+        self.inner
+            .used
+            .fetch_add(store.used_bytes(), Ordering::Relaxed);
+        let journal = Journal {
+            inner: Arc::new(JournalInner {
+                store: Mutex::new(store),
+                dirty: AtomicBool::new(false),
+            }),
+            disk: self.inner.clone(),
+        };
+        Ok((journal, report))
+    }
+
+    /// Watches the last completed commit cycle: a ticket is durable once this reaches it.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.inner.done.subscribe()
+    }
+
+    /// Whether `ticket` is durable now.
+    pub fn is_durable(&self, ticket: u64) -> bool {
+        ticket <= *self.inner.done.borrow()
+    }
+
+    /// Waits until `ticket` is durable.
+    pub async fn wait(&self, ticket: u64) {
+        if self.is_durable(ticket) {
+            return;
+        }
+        let mut rx = self.durable();
+        let _ = rx.wait_for(|&done| done >= ticket).await;
+    }
+
+    /// Bytes used by all journals.
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.used.load(Ordering::Relaxed)
+    }
+
+    /// The quota.
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
+    }
+
+    /// Whether `bytes` more fit under the quota. Guaranteed publishes are refused when not;
+    /// appends themselves are not refused, so an event accepted at the edge of the quota is
+    /// never half stored.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.used_bytes().saturating_add(bytes) <= self.inner.max_bytes
+    }
+
+    /// Fsyncs that failed (their records stay unacknowledged until a later cycle succeeds).
+    pub fn sync_errors(&self) -> u64 {
+        self.inner.sync_errors.load(Ordering::Relaxed)
+    }
+
+    /// The commit policy.
+    pub fn commit(&self) -> Commit {
+        self.inner.commit
+    }
+}
+
+impl Journal {
+    /// Appends one record; returns its sequence number and the ticket that makes it durable.
+    pub fn append(&self, payload: &[u8]) -> Result<(u64, u64), StoreError> {
+        self.append_batch(&[payload]).map(|(seq, t)| (seq.start, t))
+    }
+
+    /// Appends records with one write; returns their sequence numbers and the ticket.
+    pub fn append_batch(
+        &self,
+        payloads: &[&[u8]],
+    ) -> Result<(std::ops::Range<u64>, u64), StoreError> {
+        let mut store = self.inner.store.lock();
+        let before = store.used_bytes();
+        let seqs = store.append_batch(payloads)?;
+        let grown = store.used_bytes().saturating_sub(before);
+        drop(store);
+        self.disk.used.fetch_add(grown, Ordering::Relaxed);
+        let ticket = match self.disk.commit {
+            Commit::Always => 0,
+            Commit::Os(_) => {
+                self.mark_dirty();
+                0
+            }
+            Commit::Group(_) => self.mark_dirty(),
+        };
+        Ok((seqs, ticket))
+    }
+
+    /// Marks the journal for the next cycle; returns that cycle.
+    fn mark_dirty(&self) -> u64 {
+        let mut st = self.disk.state.lock();
+        if !self.inner.dirty.swap(true, Ordering::AcqRel) {
+            st.dirty.push(self.inner.clone());
+            self.disk.wake.notify_one();
+        }
+        st.cycle + 1
+    }
+
+    /// Up to `max` records from `seq` on.
+    pub fn read_from(&self, seq: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.store.lock().read_from(seq, max)
+    }
+
+    /// Releases every record up to and including `seq` (see [`Store::release_up_to`]).
+    pub fn release_up_to(&self, seq: u64) -> Result<(), StoreError> {
+        let mut store = self.inner.store.lock();
+        let before = store.used_bytes();
+        let r = store.release_up_to(seq);
+        let freed = before.saturating_sub(store.used_bytes());
+        drop(store);
+        self.disk.used.fetch_sub(freed, Ordering::Relaxed);
+        r
+    }
+
+    /// (first unreleased, next) sequence numbers.
+    pub fn bounds(&self) -> (u64, u64) {
+        let s = self.inner.store.lock();
+        (s.first_seq(), s.next_seq())
+    }
+
+    /// Records held and not released.
+    pub fn len(&self) -> u64 {
+        self.inner.store.lock().len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of this journal's files.
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.store.lock().used_bytes()
+    }
+}
+
+fn commit_loop(disk: Weak<DiskInner>) {
+    loop {
+        let Some(d) = disk.upgrade() else { return };
+        let window = match d.commit {
+            Commit::Group(w) => w,
+            Commit::Os(w) => w,
+            Commit::Always => return,
+        };
+        {
+            let mut st = d.state.lock();
+            if st.dirty.is_empty() {
+                // Wake now and then to notice that the disk was dropped.
+                d.wake.wait_for(&mut st, Duration::from_secs(1));
+                if st.dirty.is_empty() {
+                    continue;
+                }
+            }
+        }
+        if !window.is_zero() {
+            std::thread::sleep(window);
+        }
+        let (cycle, dirty) = {
+            let mut st = d.state.lock();
+            st.cycle += 1;
+            let dirty = std::mem::take(&mut st.dirty);
+            for j in &dirty {
+                j.dirty.store(false, Ordering::Release);
+            }
+            (st.cycle, dirty)
+        };
+        let mut ok = true;
+        for j in dirty {
+            let handle = j.store.lock().take_sync();
+            let r = match handle {
+                Ok(Some(f)) => f.sync_data().map_err(|e| e.to_string()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = r {
+                ok = false;
+                d.sync_errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("meshgate-store: fsync failed: {e}");
+                // Try again next cycle.
+                let mut st = d.state.lock();
+                if !j.dirty.swap(true, Ordering::AcqRel) {
+                    st.dirty.push(j.clone());
+                }
+            }
+        }
+        if ok {
+            d.done.send_replace(cycle);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn group_commit_acknowledges_after_the_cycle_and_counts_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::new(Commit::Group(Duration::from_millis(2)), 10_000);
+        let (a, _) = disk.open(dir.path().join("a"), 1 << 20).unwrap();
+        let (b, _) = disk.open(dir.path().join("b"), 1 << 20).unwrap();
+        let (s1, t1) = a.append(&[1; 100]).unwrap();
+        let (s2, t2) = b.append(&[2; 100]).unwrap();
+        assert_eq!((s1, s2), (1, 1));
+        assert!(t1 >= 1 && t2 >= 1);
+        tokio::time::timeout(Duration::from_secs(5), disk.wait(t1.max(t2)))
+            .await
+            .expect("a cycle completes");
+        assert!(disk.is_durable(t1) && disk.is_durable(t2));
+        let used = disk.used_bytes();
+        assert_eq!(used, a.used_bytes() + b.used_bytes());
+        assert!(disk.has_room(100) && !disk.has_room(10_000));
+        a.release_up_to(1).unwrap();
+        assert_eq!(disk.used_bytes(), b.used_bytes(), "released segment freed");
+        drop((a, b));
+        let (a, report) = disk.open(dir.path().join("a"), 1 << 20).unwrap();
+        assert_eq!(report.records, 0);
+        assert_eq!(a.bounds(), (2, 2), "numbers are not reused after release");
+    }
+
+    #[test]
+    fn always_and_os_return_durable_tickets() {
+        let dir = tempfile::tempdir().unwrap();
+        for commit in [Commit::Always, Commit::Os(Duration::from_millis(5))] {
+            let disk = Disk::new(commit, u64::MAX);
+            let (j, _) = disk.open(dir.path().join(format!("{commit:?}")), 1 << 20).unwrap();
+            let (_, t) = j.append(b"x").unwrap();
+            assert_eq!(t, 0);
+            assert!(disk.is_durable(t));
+            assert_eq!(j.read_from(0, 10).unwrap(), vec![(1, b"x".to_vec())]);
+        }
+    }
+}
