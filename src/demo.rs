@@ -57,6 +57,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         c.http.listen = addr(args.http_port, i);
         c.mesh.listen = addr(args.mesh_port, i);
         c.mesh.tls_dir = Some(dir.clone());
+        c.node.data_dir = dir.join(format!("data-{}", NAMES[i]));
         c.mesh.role = if i == 0 { "core" } else { "edge" }.into();
         c.mesh.peers = core.iter().map(ToString::to_string).collect();
         c.mesh.gossip_interval_secs = 0.5;

@@ -6,34 +6,14 @@ mod common;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, bin, wait_until};
+use common::{NodeProc, certs, free_udp, wait_until};
 use rumqttc::{AsyncClient, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// `meshgate cert init` and `cert issue` for each name.
-fn certs(dir: &Path, names: &[&str]) {
-    let out = Command::new(bin())
-        .args(["cert", "init", "--dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    for n in names {
-        let out = Command::new(bin())
-            .args(["cert", "issue", "--dir"])
-            .arg(dir)
-            .args(["--name", n])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
-}
 
 /// A mesh node dialling `peers`.
 fn node(dir: &Path, name: &str, role: &str, peers: &[SocketAddr]) -> NodeProc {
@@ -523,12 +503,6 @@ async fn routes_move_to_the_remaining_path_when_a_node_dies() {
 }
 
 /// A free UDP port on loopback (bound, then released).
-fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn up_links(n: &NodeProc) -> Vec<String> {
     n.mesh_view()["links"]

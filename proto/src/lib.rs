@@ -15,7 +15,7 @@ pub use event_id::{EventId, EventIdGen};
 pub use v1::{DeliveryClass, Envelope, Header, Provenance};
 
 /// Version of the link protocol this build speaks (`Hello.protocol_version`).
-pub const LINK_PROTOCOL_VERSION: u32 = 1;
+pub const LINK_PROTOCOL_VERSION: u32 = 2;
 
 impl Envelope {
     /// The event id as one value.

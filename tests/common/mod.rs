@@ -17,6 +17,8 @@ pub struct NodeProc {
     /// The mesh's UDP address, when the node runs with certificates.
     pub mesh: Option<SocketAddr>,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The node's own data directory, unless the test passed `--data-dir` itself.
+    _data: Option<tempfile::TempDir>,
 }
 
 /// The binary under test: Cargo's fresh build, or `MESHGATE_BIN` (e.g. a release build, to
@@ -37,8 +39,17 @@ impl NodeProc {
     pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
         let mut cmd = Command::new(bin());
         cmd.args(["run", "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
+            .args(extra);
+        // Each node gets a data directory of its own unless the test brings one (to restart a
+        // node on its data).
+        let data = if extra.contains(&"--data-dir") {
+            None
+        } else {
+            let d = tempfile::tempdir().expect("temp dir");
+            cmd.arg("--data-dir").arg(d.path());
+            Some(d)
+        };
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -83,6 +94,7 @@ impl NodeProc {
             http: after("HTTP").expect("startup line names HTTP"),
             mesh: after("mesh"),
             log,
+            _data: data,
         };
         wait_until("healthz", Duration::from_secs(10), || {
             http_get(node.http, "/healthz").is_some_and(|(s, _)| s == 200)
@@ -244,4 +256,31 @@ pub async fn mqtt_v4(
         }
     });
     (c, rx)
+}
+
+/// `meshgate cert init` and `cert issue` for each name.
+pub fn certs(dir: &Path, names: &[&str]) {
+    let out = Command::new(bin())
+        .args(["cert", "init", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for n in names {
+        let out = Command::new(bin())
+            .args(["cert", "issue", "--dir"])
+            .arg(dir)
+            .args(["--name", n])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// A UDP port free right now on loopback (for a node that must come back on the same address).
+pub fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }

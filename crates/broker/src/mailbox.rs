@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::{Buf, BufMut, Bytes};
 use meshgate_proto::Envelope;
+use meshgate_store::Journal;
+use prost::Message;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
 
 /// Identifies a session (an MQTT session, an SSE stream) inside one node.
@@ -21,6 +24,42 @@ pub struct Delivery {
     pub retain: bool,
     /// MQTT 5 subscription identifier of the matching subscription.
     pub sub_id: Option<u32>,
+    /// Sequence number in the session's journal (a persistent session's QoS 1 delivery, stored
+    /// before the publisher is acknowledged); 0 = held in memory only.
+    pub seq: u64,
+}
+
+impl Delivery {
+    /// The journal record of a delivery: `[qos u8][retain u8][sub_id u32 LE, 0 = none]` and the
+    /// envelope's protobuf encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(6 + self.event.encoded_len());
+        out.put_u8(self.qos);
+        out.put_u8(u8::from(self.retain));
+        out.put_u32_le(self.sub_id.unwrap_or(0));
+        // Encoding into a Vec cannot fail for lack of room.
+        let _ = self.event.encode(&mut out);
+        out
+    }
+
+    /// Reads back what [`Delivery::encode`] wrote, with the record's sequence number.
+    pub fn decode(seq: u64, record: &[u8]) -> Option<Self> {
+        if record.len() < 6 {
+            return None;
+        }
+        let mut b = record;
+        let qos = b.get_u8();
+        let retain = b.get_u8() != 0;
+        let sub_id = b.get_u32_le();
+        let event = Envelope::decode(Bytes::copy_from_slice(b)).ok()?;
+        Some(Self {
+            event: Arc::new(event),
+            qos,
+            retain,
+            sub_id: (sub_id != 0).then_some(sub_id),
+            seq,
+        })
+    }
 }
 
 /// The queue of one session. It outlives connections: a persistent MQTT session keeps its mailbox
@@ -34,6 +73,8 @@ pub struct Mailbox {
     /// Persistent sessions queue QoS 1 events while offline; others drop everything then.
     persistent: AtomicBool,
     dropped: AtomicU64,
+    /// Where a persistent session's QoS 1 deliveries are stored first.
+    journal: std::sync::OnceLock<Journal>,
 }
 
 /// Exclusive right to drain a mailbox, held by the one connection attached to the session.
@@ -61,6 +102,7 @@ impl Mailbox {
             online: AtomicBool::new(false),
             persistent: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            journal: std::sync::OnceLock::new(),
         })
     }
 
@@ -92,6 +134,16 @@ impl Mailbox {
         self.persistent.store(persistent, Ordering::Release);
     }
 
+    /// Stores this session's QoS 1 deliveries in `journal` from now on (set once).
+    pub fn set_journal(&self, journal: Journal) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The session's journal, if it has one.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.get()
+    }
+
     /// Events refused because the queue was full, since the mailbox was made.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -104,10 +156,14 @@ impl Mailbox {
         {
             return Err(Refused::Offline);
         }
+        let journaled = d.seq != 0;
         match self.tx.try_send(d) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                // A journaled delivery is not lost: the session reads it back from its journal.
+                if !journaled {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(Refused::Full)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Refused::Closed),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshgate_proto::{Envelope, EventId, EventIdGen};
+use meshgate_store::Disk;
 use meshgate_topic::{Filter, MatchCache, RetainTree, TopicError, Trie, validate_topic};
 use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
@@ -57,8 +58,10 @@ pub trait MeshHook: Send + Sync + 'static {
     /// A local subscription appeared (`added`) or went away. Called for every subscription,
     /// the mesh keeps the reference counts.
     fn interest(&self, filter: &Filter, group: Option<&str>, added: bool);
-    /// Sends `event` towards remote destinations (called at most once per publish).
-    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]);
+    /// Sends `event` towards remote destinations (called at most once per publish). A
+    /// guaranteed event is stored for its next hops first; the result is the commit ticket that
+    /// makes it durable (0 = nothing to wait for).
+    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) -> u64;
     /// Index of the nearest of `candidates` (remote node names), rotating among equals by `rr`.
     fn nearest(&self, candidates: &[&str], rr: usize) -> Option<usize>;
 }
@@ -104,6 +107,14 @@ pub enum PublishError {
     /// The node holds as many retained messages as it may.
     #[error("retained message limit of {0} reached")]
     RetainedFull(usize),
+    /// A guaranteed event cannot be stored: the node's store is at its disk quota.
+    #[error("quota exceeded: the store holds {used} of {max} bytes")]
+    QuotaExceeded {
+        /// Bytes used by the store.
+        used: u64,
+        /// The quota.
+        max: u64,
+    },
 }
 
 /// What happened to an accepted publish.
@@ -113,6 +124,9 @@ pub struct PublishReport {
     pub id: EventId,
     /// Mailboxes the event was queued in.
     pub routed: usize,
+    /// Commit ticket after which the event is stored durably on this node (guaranteed events
+    /// with stored copies); acknowledge the publisher once the disk reaches it. 0 = now.
+    pub ticket: u64,
 }
 
 struct Shared {
@@ -127,6 +141,8 @@ struct Shared {
     /// Trie keys of remote nodes.
     remote_keys: Mutex<HashMap<Arc<str>, SessionId>>,
     mesh: std::sync::OnceLock<Arc<dyn MeshHook>>,
+    /// The store of guaranteed events, when the node has a data directory.
+    disk: std::sync::OnceLock<Disk>,
 }
 
 /// Handle to the router; cheap to clone, shared by every front end.
@@ -153,6 +169,8 @@ pub struct Publisher {
     order: Vec<(SessionId, u32)>,
     /// Reused list of remote destinations of the event being routed.
     remote: Vec<RemoteDest>,
+    /// Highest commit ticket of the event being routed.
+    ticket: u64,
 }
 
 impl Publisher {
@@ -190,6 +208,7 @@ impl Broker {
                 sessions: Mutex::new(HashMap::new()),
                 remote_keys: Mutex::new(HashMap::new()),
                 mesh: std::sync::OnceLock::new(),
+                disk: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -224,7 +243,18 @@ impl Broker {
             clock_ms: 0,
             order: Vec::new(),
             remote: Vec::new(),
+            ticket: 0,
         }
+    }
+
+    /// Gives the router the node's store: guaranteed events are refused once it is at quota.
+    pub fn set_disk(&self, disk: Disk) {
+        let _ = self.shared.disk.set(disk);
+    }
+
+    /// The node's store, if it has one.
+    pub fn disk(&self) -> Option<&Disk> {
+        self.shared.disk.get()
     }
 
     /// Connects the router to the mesh. Interest that exists already is announced to it.
@@ -266,20 +296,21 @@ impl Broker {
 
     /// Delivers an event that arrived from the mesh to this node's own subscribers: every plain
     /// subscriber, and one member of each listed queue group. Never forwards. Returns the number
-    /// of mailboxes it entered.
+    /// of mailboxes it entered, and the commit ticket of the copies it stored.
     pub fn deliver_from_mesh(
         &self,
         p: &mut Publisher,
         event: &Arc<Envelope>,
         groups: &[(String, String)],
-    ) -> usize {
+    ) -> (usize, u64) {
         if event.retain {
             let _ = self.retain(event);
         }
         let qos = u8::from(event.delivery == meshgate_proto::DeliveryClass::Guaranteed as i32);
+        p.ticket = 0;
         let routed = self.route_inner(p, event, qos, Some(groups));
         p.tally.routed += routed as u64;
-        routed
+        (routed, p.ticket)
     }
 
     /// Accepts an event: validates it, mints its id, updates retained state, and queues it in
@@ -296,6 +327,15 @@ impl Broker {
             return Err(PublishError::PayloadTooLarge {
                 len: env.payload.len(),
                 max,
+            });
+        }
+        if qos > 0
+            && let Some(disk) = self.shared.disk.get()
+            && !disk.has_room(env.payload.len() as u64 + env.topic.len() as u64 + 256)
+        {
+            return Err(PublishError::QuotaExceeded {
+                used: disk.used_bytes(),
+                max: disk.max_bytes(),
             });
         }
         let now = if p.clock_ms != 0 {
@@ -324,12 +364,17 @@ impl Broker {
         }
         p.tally.published += 1;
         p.tally.published_bytes += event.payload.len() as u64;
+        p.ticket = 0;
         let routed = self.route(p, &event, qos);
         if routed == 0 && p.remote.is_empty() {
             p.tally.unrouted += 1;
         }
         p.tally.routed += routed as u64;
-        Ok(PublishReport { id, routed })
+        Ok(PublishReport {
+            id,
+            routed,
+            ticket: p.ticket,
+        })
     }
 
     fn retain(&self, event: &Arc<Envelope>) -> Result<(), PublishError> {
@@ -411,7 +456,14 @@ impl Broker {
                     if opts.no_local && p.session == Some(sid) {
                         continue;
                     }
-                    if deliver(mailbox, opts, event, qos.min(q), &mut p.tally) {
+                    if deliver(
+                        mailbox,
+                        opts,
+                        event,
+                        qos.min(q),
+                        &mut p.tally,
+                        &mut p.ticket,
+                    ) {
                         routed += 1;
                     }
                 }
@@ -475,7 +527,14 @@ impl Broker {
                 }
             }
             if let Some((mb, opts)) = online.or(offline)
-                && deliver(mb, opts, event, qos.min(opts.qos), &mut p.tally)
+                && deliver(
+                    mb,
+                    opts,
+                    event,
+                    qos.min(opts.qos),
+                    &mut p.tally,
+                    &mut p.ticket,
+                )
             {
                 routed += 1;
             }
@@ -484,7 +543,8 @@ impl Broker {
         if !p.remote.is_empty()
             && let Some(mesh) = mesh
         {
-            mesh.forward(event, &p.remote);
+            let ticket = mesh.forward(event, &p.remote);
+            p.ticket = p.ticket.max(ticket);
             p.tally.forwarded += 1;
         }
         routed
@@ -579,20 +639,37 @@ fn deliver(
     event: &Arc<Envelope>,
     qos: u8,
     tally: &mut LocalTally,
+    ticket: &mut u64,
 ) -> bool {
-    let d = Delivery {
+    let mut d = Delivery {
         event: event.clone(),
         qos,
         retain: opts.retain_as_published && event.retain,
         sub_id: opts.sub_id,
+        seq: 0,
     };
+    // A persistent session's QoS 1 delivery is stored before the publisher hears back.
+    if qos > 0
+        && let Some(journal) = mailbox.journal()
+    {
+        match journal.append(&d.encode()) {
+            Ok((seq, t)) => {
+                d.seq = seq;
+                *ticket = (*ticket).max(t);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot store a delivery; kept in memory"),
+        }
+    }
+    let journaled = d.seq != 0;
     match mailbox.offer(d) {
         Ok(()) => true,
+        // Journaled: the session reads it back from its journal when it has room.
+        Err(Refused::Full) if journaled => true,
         Err(Refused::Full) => {
             tally.dropped_full += 1;
             false
         }
-        Err(Refused::Offline | Refused::Closed) => false,
+        Err(Refused::Offline | Refused::Closed) => journaled,
     }
 }
 

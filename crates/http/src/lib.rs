@@ -38,6 +38,8 @@ pub struct HttpState {
     pub mesh: Option<MeshView>,
     /// Events queued per SSE stream before the slowest are dropped.
     pub sse_queue: usize,
+    /// `GET /v1/backlog`: the store and what waits in it, per link and per session.
+    pub backlog: Option<MeshView>,
 }
 
 /// The API's routes.
@@ -52,6 +54,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/ws", get(ws::websocket))
         .route("/v1/mesh", get(mesh))
         .route("/v1/node", get(node))
+        .route("/v1/backlog", get(backlog))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -101,6 +104,14 @@ async fn mesh(State(s): State<HttpState>) -> Json<serde_json::Value> {
         "links": [],
         "nodes": [name],
     }))
+}
+
+/// Guaranteed events waiting, per link queue and per persistent session, and the store.
+async fn backlog(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    match &s.backlog {
+        Some(view) => Json(view()),
+        None => Json(json!({ "store": null, "links": [], "sessions": [] })),
+    }
 }
 
 /// Counts of what the node holds.

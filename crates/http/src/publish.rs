@@ -20,6 +20,8 @@ pub(crate) struct PublishParams {
     /// Keep the event as the topic's retained message (MQTT semantics).
     #[serde(default)]
     retain: bool,
+    /// `direct` (default) or `guaranteed`; the `X-Meshgate-Delivery` header says the same.
+    delivery: Option<String>,
 }
 
 pub(crate) async fn publish(
@@ -46,6 +48,19 @@ pub(crate) async fn publish(
             return error(status, msg);
         }
     };
+    let header = headers
+        .get("x-meshgate-delivery")
+        .and_then(|v| v.to_str().ok());
+    let guaranteed = match params.delivery.as_deref().or(header) {
+        None | Some("direct") => false,
+        Some("guaranteed") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("delivery {other:?}: use \"direct\" or \"guaranteed\""),
+            );
+        }
+    };
     let mut env = Envelope {
         topic,
         payload,
@@ -70,14 +85,22 @@ pub(crate) async fn publish(
         }
     }
     let mut p = s.broker.publisher("http", None);
-    let r = s.broker.publish(&mut p, env, 0);
+    let r = s.broker.publish(&mut p, env, u8::from(guaranteed));
     p.flush(&s.broker);
     match r {
-        Ok(r) => (
-            StatusCode::OK,
-            Json(json!({ "id": r.id.to_string(), "routed": r.routed })),
-        )
-            .into_response(),
+        Ok(r) => {
+            // A guaranteed event is answered once stored durably.
+            if let Some(disk) = s.broker.disk() {
+                disk.wait(r.ticket).await;
+            }
+            let delivery = if guaranteed { "guaranteed" } else { "direct" };
+            (
+                StatusCode::OK,
+                Json(json!({ "id": r.id.to_string(), "routed": r.routed, "delivery": delivery })),
+            )
+                .into_response()
+        }
+        Err(e @ PublishError::QuotaExceeded { .. }) => error(StatusCode::INSUFFICIENT_STORAGE, e),
         Err(e @ PublishError::Topic(_)) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ PublishError::PayloadTooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
         Err(e @ PublishError::RetainedFull(_)) => error(StatusCode::INSUFFICIENT_STORAGE, e),

@@ -66,8 +66,8 @@ pub fn decode_raw(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Frame
 }
 
 /// Decodes a frame body that must be an event batch, handing each event to `f` as it is
-/// decoded (no vector of the whole batch).
-pub fn for_each_event(mut body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result<(), FrameError> {
+/// decoded (no vector of the whole batch). Returns the batch's `ack_up_to` (0 if none).
+pub fn for_each_event(mut body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result<u64, FrameError> {
     use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
     let bad = |e: prost::DecodeError| FrameError::Malformed(e.to_string());
     let take = |b: &mut Bytes| -> Result<Bytes, FrameError> {
@@ -77,6 +77,7 @@ pub fn for_each_event(mut body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result
         }
         Ok(b.split_to(len))
     };
+    let mut up_to = 0;
     while body.has_remaining() {
         let (tag, wt) = decode_key(&mut body).map_err(bad)?;
         if tag != FRAME_EVENTS_TAG || wt != WireType::LengthDelimited {
@@ -90,12 +91,44 @@ pub fn for_each_event(mut body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result
             if tag == BATCH_EVENTS_TAG && wt == WireType::LengthDelimited {
                 let ev = RoutedEvent::decode(take(&mut batch)?).map_err(bad)?;
                 f(ev);
+            } else if tag == BATCH_ACK_TAG && wt == WireType::Varint {
+                up_to = decode_varint(&mut batch).map_err(bad)?;
             } else {
                 skip_field(wt, tag, &mut batch, DecodeContext::default()).map_err(bad)?;
             }
         }
     }
-    Ok(())
+    Ok(up_to)
+}
+
+/// One `RoutedEvent` as stored in a guaranteed queue (the origin written in).
+pub fn encode_routed(e: &OutEvent, origin: &str, out: &mut BytesMut) {
+    let (env_len, len) = routed_len(e, origin);
+    out.reserve(len);
+    put_routed(e, env_len, origin, out);
+}
+
+/// Appends `Frame { events: EventBatch { events: records, ack_up_to } }` with its length prefix,
+/// from stored `RoutedEvent` encodings. Returns the frame's size including the prefix.
+pub fn encode_stored(records: &[&[u8]], ack_up_to: u64, out: &mut BytesMut) -> usize {
+    let mut lens: usize = records
+        .iter()
+        .map(|r| key_len(BATCH_EVENTS_TAG) + encoded_len_varint(r.len() as u64) + r.len())
+        .sum();
+    lens += key_len(BATCH_ACK_TAG) + encoded_len_varint(ack_up_to);
+    let frame_len = key_len(FRAME_EVENTS_TAG) + encoded_len_varint(lens as u64) + lens;
+    out.reserve(4 + frame_len);
+    out.put_u32(frame_len as u32);
+    encode_key(FRAME_EVENTS_TAG, WireType::LengthDelimited, out);
+    encode_varint(lens as u64, out);
+    for r in records {
+        encode_key(BATCH_EVENTS_TAG, WireType::LengthDelimited, out);
+        encode_varint(r.len() as u64, out);
+        out.put_slice(r);
+    }
+    encode_key(BATCH_ACK_TAG, WireType::Varint, out);
+    encode_varint(ack_up_to, out);
+    4 + frame_len
 }
 
 /// One event queued on a link.
@@ -216,6 +249,7 @@ const EVENT_TAG: u32 = 1; // RoutedEvent.event
 const DESTS_TAG: u32 = 2; // RoutedEvent.destinations
 const HOPS_TAG: u32 = 3; // RoutedEvent.hops
 const BATCH_EVENTS_TAG: u32 = 1; // EventBatch.events
+const BATCH_ACK_TAG: u32 = 2; // EventBatch.ack_up_to
 const FRAME_EVENTS_TAG: u32 = 4; // Frame.events
 
 fn origin_len(env: &Envelope, origin: &str) -> usize {
@@ -263,23 +297,27 @@ pub fn encode_events(
     for (e, &(env_len, len)) in events.iter().zip(scratch.iter()) {
         encode_key(BATCH_EVENTS_TAG, WireType::LengthDelimited, out);
         encode_varint(len as u64, out);
-        encode_key(EVENT_TAG, WireType::LengthDelimited, out);
-        encode_varint(env_len as u64, out);
-        if e.event.origin_node.is_empty() {
-            // The envelope itself writes no origin (it is empty), so this one stands.
-            put_str(ORIGIN_TAG, origin, out);
-        }
-        e.event.encode_raw(out);
-        for d in e.destinations.as_slice() {
-            encode_key(DESTS_TAG, WireType::LengthDelimited, out);
-            encode_varint(d.encoded_len() as u64, out);
-            d.encode(out);
-        }
-        if e.hops != 0 {
-            prost::encoding::uint32::encode(HOPS_TAG, &e.hops, out);
-        }
+        put_routed(e, env_len, origin, out);
     }
     4 + frame_len
+}
+
+fn put_routed(e: &OutEvent, env_len: usize, origin: &str, out: &mut BytesMut) {
+    encode_key(EVENT_TAG, WireType::LengthDelimited, out);
+    encode_varint(env_len as u64, out);
+    if e.event.origin_node.is_empty() {
+        // The envelope itself writes no origin (it is empty), so this one stands.
+        put_str(ORIGIN_TAG, origin, out);
+    }
+    e.event.encode_raw(out);
+    for d in e.destinations.as_slice() {
+        encode_key(DESTS_TAG, WireType::LengthDelimited, out);
+        encode_varint(d.encoded_len() as u64, out);
+        d.encode(out);
+    }
+    if e.hops != 0 {
+        prost::encoding::uint32::encode(HOPS_TAG, &e.hops, out);
+    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 
 mod dedup;
 pub mod frame;
+mod guaranteed;
 mod link;
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -34,6 +36,9 @@ use tracing::{debug, info, warn};
 pub use frame::{Dests, FrameError, OutDest, OutEvent};
 pub use link::{Link, LinkError, LinkStats};
 pub use tls::{MeshTls, TlsError};
+
+/// One subscription as the registry names it: (filter, queue group).
+type Interest = (String, Option<String>);
 
 /// Links by peer name.
 type LinkMap = HashMap<Arc<str>, Arc<Link>, foldhash::fast::RandomState>;
@@ -69,6 +74,9 @@ pub struct MeshConfig {
     pub max_backoff: Duration,
     /// QUIC idle timeout: a silent peer is declared gone after this long.
     pub idle_timeout: Duration,
+    /// Directory of the guaranteed queues (store and forward); `None` = guaranteed events are
+    /// forwarded like direct ones. Uses the router's [`meshgate_store::Disk`].
+    pub store_dir: Option<PathBuf>,
 }
 
 impl MeshConfig {
@@ -87,6 +95,7 @@ impl MeshConfig {
             link_cost: 10,
             max_backoff: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
+            store_dir: None,
         }
     }
 }
@@ -105,6 +114,9 @@ pub enum MeshError {
     /// The TLS configuration does not suit QUIC.
     #[error("mesh TLS: {0}")]
     Tls(String),
+    /// The guaranteed queues could not be opened.
+    #[error("mesh store: {0}")]
+    Store(String),
 }
 
 /// State of one configured dial target, for the admin view.
@@ -135,6 +147,10 @@ struct Inner {
     recent: Mutex<dedup::Dedup>,
     dials: Mutex<HashMap<String, DialState>>,
     counters: Counters,
+    /// Store and forward of guaranteed events, when the node has a store.
+    outbox: Option<guaranteed::Outbox>,
+    /// Interest of unreachable nodes kept in the router for guaranteed events, by node.
+    held: Mutex<HashMap<Arc<str>, HashSet<Interest>>>,
 }
 
 #[derive(Default)]
@@ -195,6 +211,13 @@ impl Mesh {
         rc.expire_unreachable_ms = cfg.expire_unreachable.as_millis() as u64;
         let mut registry = Registry::new(rc);
         let routes = registry.routes().clone();
+        let outbox = match (&cfg.store_dir, broker.disk()) {
+            (Some(dir), Some(disk)) => Some(
+                guaranteed::Outbox::open(disk.clone(), dir.clone(), cfg.name.as_str().into())
+                    .map_err(|e| MeshError::Store(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let inner = Arc::new(Inner {
             name: cfg.name.as_str().into(),
             incarnation,
@@ -211,6 +234,8 @@ impl Mesh {
             recent: Mutex::new(dedup::Dedup::new()),
             dials: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            outbox,
+            held: Mutex::new(HashMap::new()),
             cfg,
         });
         broker.set_mesh(Arc::new(Hook(inner.clone())));
@@ -222,6 +247,9 @@ impl Mesh {
         );
         tokio::spawn(accept_loop(inner.clone(), shutdown.clone()));
         tokio::spawn(registry_loop(inner.clone(), shutdown.clone()));
+        if inner.outbox.is_some() {
+            tokio::spawn(outbox_loop(inner.clone(), shutdown.clone()));
+        }
         for p in inner.cfg.peers.clone() {
             inner.dials.lock().insert(p.clone(), DialState::default());
             tokio::spawn(dial_loop(inner.clone(), p, shutdown.clone()));
@@ -351,7 +379,17 @@ impl Mesh {
                 "invalid": c.bad_events.load(Ordering::Relaxed),
             },
             "refused_links": c.refused_links.load(Ordering::Relaxed),
+            "guaranteed": self.backlog(),
         })
+    }
+
+    /// The guaranteed queues: backlog per next hop (events, bytes, age of the oldest) and the
+    /// store's use of its quota. `null` without a store.
+    pub fn backlog(&self) -> Value {
+        match &self.inner.outbox {
+            Some(o) => o.view(),
+            None => Value::Null,
+        }
     }
 
     /// Copies the link counters into the `metrics` recorder (called before each scrape).
@@ -371,6 +409,9 @@ impl Mesh {
             }
             metrics::gauge!("meshgate_link_rtt_seconds", "peer" => l.peer.to_string())
                 .set(g(&s.rtt_us) as f64 / 1e6);
+        }
+        if let Some(o) = &self.inner.outbox {
+            o.export_metrics();
         }
         metrics::gauge!("meshgate_mesh_links").set(self.inner.links.read().len() as f64);
         metrics::gauge!("meshgate_mesh_nodes").set(
@@ -399,12 +440,21 @@ impl MeshHook for Hook {
         self.0.wake.notify_one();
     }
 
-    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) {
+    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) -> u64 {
         let dests = dests.iter().map(|d| OutDest::Shared {
             node: d.node.clone(),
             groups: d.groups.clone(),
         });
+        if let Some(outbox) = &self.0.outbox
+            && event.delivery == meshgate_proto::DeliveryClass::Guaranteed as i32
+        {
+            match outbox.forward(event, dests.clone(), 0) {
+                Ok(ticket) => return ticket,
+                Err(e) => warn!(error = %e, "cannot store a guaranteed event; sent as direct"),
+            }
+        }
         self.0.forward(event, dests, 0);
+        0
     }
 
     fn nearest(&self, candidates: &[&str], rr: usize) -> Option<usize> {
@@ -463,7 +513,12 @@ impl Inner {
                     filter,
                     group,
                 } => match Filter::parse(&filter) {
-                    Ok(f) => self.broker.add_remote_interest(&node, &f, group.as_deref()),
+                    Ok(f) => {
+                        if let Some(h) = self.held.lock().get_mut(&node) {
+                            h.remove(&(filter.clone(), group.clone()));
+                        }
+                        self.broker.add_remote_interest(&node, &f, group.as_deref())
+                    }
                     Err(e) => warn!(node = %node, filter, error = %e, "invalid filter in registry"),
                 },
                 Change::InterestRemoved {
@@ -471,6 +526,19 @@ impl Inner {
                     filter,
                     group,
                 } => {
+                    // A node that became unreachable keeps its interest here while the
+                    // registry holds its entry, so guaranteed events for it are stored.
+                    if self.outbox.is_some()
+                        && reg.holds(&node)
+                        && !reg.routes().is_reachable(&node)
+                    {
+                        self.held
+                            .lock()
+                            .entry(node)
+                            .or_default()
+                            .insert((filter, group));
+                        continue;
+                    }
                     if let Ok(f) = Filter::parse(&filter) {
                         self.broker
                             .remove_remote_interest(&node, &f, group.as_deref());
@@ -494,7 +562,90 @@ impl Inner {
             .next_hops()
             .filter_map(|(dest, hop)| links.get(hop).map(|l| (dest.clone(), l.clone())))
             .collect();
+        if let Some(outbox) = &self.outbox {
+            let names = table
+                .iter()
+                .map(|(d, l)| (d.clone(), l.peer.clone()))
+                .collect();
+            outbox.set_routes(names, links.keys().cloned().collect());
+        }
         self.hops.store(Arc::new(table));
+    }
+
+    /// Drops held interest of nodes that left the registry, and stale held interest of nodes
+    /// that are reachable again (what they still have came back as new interest).
+    fn prune_held(&self) {
+        // Registry first, then `held`: the order `with_registry` takes them in.
+        let mut reg = self.registry.lock();
+        let mut held = self.held.lock();
+        if held.is_empty() {
+            return;
+        }
+        held.retain(|node, set| {
+            let gone = !reg.holds(node);
+            if !gone && !reg.routes().is_reachable(node) {
+                return true;
+            }
+            for (filter, group) in set.drain() {
+                if let Ok(f) = Filter::parse(&filter) {
+                    self.broker
+                        .remove_remote_interest(node, &f, group.as_deref());
+                }
+            }
+            if gone {
+                info!(node = %node, "unreachable node expired; its held interest is gone");
+            }
+            false
+        });
+    }
+
+    /// Handles one guaranteed event that arrived on a link: delivers the local share once
+    /// (deduplicated by id), stores the rest for the next hops. Returns the local copies made
+    /// and the commit ticket after which it may be acknowledged.
+    fn on_guaranteed(
+        &self,
+        outbox: &guaranteed::Outbox,
+        re: meshgate_proto::v1::RoutedEvent,
+        publisher: &mut Publisher,
+    ) -> Result<(u64, u64), meshgate_store::StoreError> {
+        let Some(env) = re.event else {
+            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+            return Ok((0, 0));
+        };
+        if validate_topic(&env.topic).is_err() {
+            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+            return Ok((0, 0));
+        }
+        let hops = re.hops.saturating_add(1);
+        let mut mine = None;
+        let mut rest = Vec::new();
+        for d in re.destinations {
+            if *d.node == *self.name {
+                mine = Some(d.groups);
+            } else {
+                rest.push(d);
+            }
+        }
+        let env = Arc::new(env);
+        let (mut fanout, mut ticket) = (0, 0);
+        if let Some(groups) = mine
+            && !outbox.is_duplicate(&env)
+        {
+            let groups: Vec<(String, String)> =
+                groups.into_iter().map(|g| (g.group, g.filter)).collect();
+            let (n, t) = self.broker.deliver_from_mesh(publisher, &env, &groups);
+            fanout = n as u64;
+            ticket = t;
+        }
+        if !rest.is_empty() {
+            if hops >= HOP_LIMIT {
+                self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let t = outbox.forward(&env, rest.into_iter().map(OutDest::Owned), hops)?;
+                ticket = ticket.max(t);
+            }
+        }
+        Ok((fanout, ticket))
     }
 
     /// Sends one copy of `event` per next hop, each with the destinations behind that hop.
@@ -555,7 +706,7 @@ impl Inner {
             if self.recent.lock().insert(id) {
                 let groups: Vec<(String, String)> =
                     groups.into_iter().map(|g| (g.group, g.filter)).collect();
-                fanout = self.broker.deliver_from_mesh(publisher, &env, &groups) as u64;
+                fanout = self.broker.deliver_from_mesh(publisher, &env, &groups).0 as u64;
             } else {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             }
@@ -817,12 +968,15 @@ async fn run_link(
     let cost = inner.cfg.link_cost;
     inner.with_registry(|reg, rt| reg.link_up(&peer, cost, rt));
 
-    // This side's event stream.
+    // This side's event stream, and its guaranteed stream.
     {
         let (link, conn, inner) = (link.clone(), conn.clone(), inner.clone());
         tokio::spawn(async move {
-            if let Ok(send) = conn.open_uni().await {
+            if let Ok(mut send) = conn.open_uni().await {
                 let _ = send.set_priority(-1);
+                if send.write_all(&[guaranteed::STREAM_DIRECT]).await.is_err() {
+                    return;
+                }
                 link::event_writer(
                     send,
                     erx,
@@ -834,38 +988,41 @@ async fn run_link(
             }
         });
     }
-    // The peer's event stream.
+    if let Some(outbox) = &inner.outbox {
+        match outbox.queue(&peer) {
+            Ok(queue) => {
+                let (link, conn, max) = (link.clone(), conn.clone(), inner.cfg.max_frame_bytes);
+                tokio::spawn(async move {
+                    if let Ok(send) = conn.open_uni().await {
+                        guaranteed::send_loop(queue, send, link, max).await;
+                    }
+                });
+            }
+            Err(e) => warn!(peer = %peer, error = %e, "cannot open the guaranteed queue"),
+        }
+    }
+    // The peer's streams: the first byte says which kind.
     {
         let (link, conn, inner) = (link.clone(), conn.clone(), inner.clone());
         tokio::spawn(async move {
-            let Ok(recv) = conn.accept_uni().await else {
-                return;
-            };
-            let mut reader = link::FrameReader::new(recv, inner.cfg.max_frame_bytes);
-            let mut publisher = inner.broker.publisher("mesh", None);
-            loop {
-                match reader.next_raw().await {
-                    Ok(Some((body, size))) => {
-                        link.stats
-                            .rx_bytes
-                            .fetch_add(size as u64, Ordering::Relaxed);
-                        let mut fanout = 0u64;
-                        let mut n = 0u64;
-                        let r = frame::for_each_event(body, |e| {
-                            n += 1;
-                            fanout += inner.on_event(e, &mut publisher);
-                        });
-                        publisher.flush(&inner.broker);
-                        link.stats.rx_events.fetch_add(n, Ordering::Relaxed);
-                        link.stats.rx_fanout.fetch_add(fanout, Ordering::Relaxed);
-                        if let Err(e) = r {
-                            close_with(&link, &e.to_string());
-                            return;
-                        }
+            for _ in 0..2 {
+                let Ok(mut recv) = conn.accept_uni().await else {
+                    return;
+                };
+                let mut kind = [0u8];
+                if recv.read_exact(&mut kind).await.is_err() {
+                    return;
+                }
+                let (link, inner) = (link.clone(), inner.clone());
+                match kind[0] {
+                    guaranteed::STREAM_DIRECT => {
+                        tokio::spawn(read_direct(inner, link, recv));
                     }
-                    Ok(None) => return,
-                    Err(e) => {
-                        close_with(&link, &e.to_string());
+                    guaranteed::STREAM_GUARANTEED if inner.outbox.is_some() => {
+                        tokio::spawn(read_guaranteed(inner, link, recv));
+                    }
+                    other => {
+                        close_with(&link, &format!("unexpected stream kind {other}"));
                         return;
                     }
                 }
@@ -902,7 +1059,13 @@ async fn run_link(
                         info!(peer = %peer, reason = c.reason, "peer closes the link");
                         break;
                     }
-                    Some(Body::Ack(_)) => {}
+                    Some(Body::Ack(a)) => {
+                        if let Some(outbox) = &inner.outbox
+                            && let Ok(q) = outbox.queue(&peer)
+                        {
+                            q.ack(a.up_to);
+                        }
+                    }
                     Some(Body::Hello(_)) | Some(Body::Events(_)) | None => {
                         close_with(&link, "unexpected frame on the control stream");
                         break;
@@ -931,6 +1094,146 @@ async fn run_link(
         inner.rebuild_hops();
         info!(peer = %peer, reason = %reason, "mesh link down");
         inner.with_registry(|reg, rt| reg.link_down(&peer, rt));
+    }
+}
+
+/// Reads the peer's direct event stream.
+async fn read_direct(inner: Arc<Inner>, link: Arc<Link>, recv: quinn::RecvStream) {
+    let mut reader = link::FrameReader::new(recv, inner.cfg.max_frame_bytes);
+    let mut publisher = inner.broker.publisher("mesh", None);
+    loop {
+        match reader.next_raw().await {
+            Ok(Some((body, size))) => {
+                link.stats
+                    .rx_bytes
+                    .fetch_add(size as u64, Ordering::Relaxed);
+                let mut fanout = 0u64;
+                let mut n = 0u64;
+                let r = frame::for_each_event(body, |e| {
+                    n += 1;
+                    fanout += inner.on_event(e, &mut publisher);
+                });
+                publisher.flush(&inner.broker);
+                link.stats.rx_events.fetch_add(n, Ordering::Relaxed);
+                link.stats.rx_fanout.fetch_add(fanout, Ordering::Relaxed);
+                if let Err(e) = r {
+                    close_with(&link, &e.to_string());
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                close_with(&link, &e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// Reads the peer's guaranteed stream: stores or delivers each batch, then acknowledges it
+/// once durable. A full store stops reading (the peer keeps the events) until there is room.
+async fn read_guaranteed(inner: Arc<Inner>, link: Arc<Link>, recv: quinn::RecvStream) {
+    let Some(outbox) = &inner.outbox else { return };
+    let mut reader = link::FrameReader::new(recv, inner.cfg.max_frame_bytes);
+    let mut publisher = inner.broker.publisher("mesh", None);
+    let (atx, mut arx) = mpsc::unbounded_channel::<(u64, u64)>();
+    // Acknowledgements leave in order, each once its batch is durable.
+    {
+        let (link, disk) = (link.clone(), outbox.disk().clone());
+        tokio::spawn(async move {
+            while let Some((mut ticket, mut up_to)) = arx.recv().await {
+                while let Ok((t, u)) = arx.try_recv() {
+                    ticket = ticket.max(t);
+                    up_to = up_to.max(u);
+                }
+                disk.wait(ticket).await;
+                link.send_control(Frame {
+                    body: Some(Body::Ack(meshgate_proto::v1::Ack { up_to })),
+                });
+            }
+        });
+    }
+    loop {
+        let (body, size) = match reader.next_raw().await {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => {
+                close_with(&link, &e.to_string());
+                return;
+            }
+        };
+        while !outbox.disk().has_room(size as u64 * 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        link.stats
+            .rx_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
+        let (mut fanout, mut n, mut ticket) = (0u64, 0u64, 0u64);
+        let mut failed = None;
+        let r = frame::for_each_event(body, |e| {
+            n += 1;
+            match inner.on_guaranteed(outbox, e, &mut publisher) {
+                Ok((f, t)) => {
+                    fanout += f;
+                    ticket = ticket.max(t);
+                }
+                Err(e) => failed = Some(e),
+            }
+        });
+        publisher.flush(&inner.broker);
+        link.stats.rx_events.fetch_add(n, Ordering::Relaxed);
+        link.stats.rx_fanout.fetch_add(fanout, Ordering::Relaxed);
+        match (r, failed) {
+            (Err(e), _) => {
+                close_with(&link, &e.to_string());
+                return;
+            }
+            (_, Some(e)) => {
+                // Not acknowledged: the peer sends the batch again on the next link.
+                close_with(&link, &format!("cannot store guaranteed events: {e}"));
+                return;
+            }
+            (Ok(up_to), None) => {
+                if up_to > 0 {
+                    let _ = atx.send((ticket, up_to));
+                }
+            }
+        }
+    }
+}
+
+/// Store-and-forward housekeeping: splits dead queues over new routes, releases what peers
+/// acknowledged, and forgets held interest of nodes that expired.
+async fn outbox_loop(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_reroute = Instant::now();
+    loop {
+        let reroute = tokio::select! {
+            _ = inner.outbox.as_ref().expect("outbox").reroute.notified() => true,
+            _ = tick.tick() => last_reroute.elapsed() > Duration::from_secs(10),
+            _ = shutdown.changed() => break,
+        };
+        let i = inner.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Some(outbox) = &i.outbox else { return };
+            if reroute {
+                let known: HashSet<String> = {
+                    let reg = i.registry.lock();
+                    reg.nodes().iter().map(|n| n.name.to_string()).collect()
+                };
+                // A node missing from a registry younger than the expiry time may simply not
+                // have been heard of yet (this node restarted): keep its events.
+                let young = i.started.elapsed() < i.cfg.expire_unreachable;
+                outbox.reroute_dead(|n| young || known.contains(n));
+            }
+            outbox.release_acked();
+            i.prune_held();
+        })
+        .await;
+        if reroute {
+            last_reroute = Instant::now();
+        }
     }
 }
 

@@ -245,6 +245,40 @@ pub(crate) fn encode_ack(ver: Version, kind: Ack, pkid: u16, reason: u8, buf: &m
     }
 }
 
+/// Like [`encode_ack`], with a v5 reason string when `text` is given and the reason is not
+/// success (3.1.1 has neither).
+pub(crate) fn encode_ack_reason(
+    ver: Version,
+    kind: Ack,
+    pkid: u16,
+    reason: u8,
+    text: Option<&str>,
+    buf: &mut BytesMut,
+) {
+    let Some(text) = text.filter(|_| ver == Version::V5 && reason != 0) else {
+        return encode_ack(ver, kind, pkid, reason, buf);
+    };
+    // Short enough for any client's maximum packet size worth the name.
+    let mut end = text.len().min(100);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &text[..end];
+    let props = 3 + text.len();
+    let remaining = 2 + 1 + varint_len(props) + props;
+    buf.put_u8(match kind {
+        Ack::Puback => 0x40,
+        Ack::Pubrec => 0x50,
+        Ack::Pubcomp => 0x70,
+    });
+    put_varint(buf, remaining);
+    buf.put_u16(pkid);
+    buf.put_u8(reason);
+    put_varint(buf, props);
+    buf.put_u8(0x1F);
+    put_str(buf, text);
+}
+
 pub(crate) fn encode_pingresp(buf: &mut BytesMut) {
     buf.put_slice(&[0xD0, 0x00]);
 }
@@ -488,7 +522,38 @@ mod tests {
             qos,
             retain: true,
             sub_id: Some(9),
+            seq: 0,
         }
+    }
+
+    #[test]
+    fn negative_ack_with_reason_string_decodes_with_the_codec() {
+        let mut buf = BytesMut::new();
+        encode_ack_reason(
+            Version::V5,
+            Ack::Puback,
+            7,
+            0x97,
+            Some("quota exceeded"),
+            &mut buf,
+        );
+        encode_ack_reason(Version::V5, Ack::Pubrec, 8, 0x97, None, &mut buf);
+        match v5::Packet::read(&mut buf, None).unwrap() {
+            v5::Packet::PubAck(a) => {
+                assert_eq!((a.pkid, a.reason), (7, v5::PubAckReason::QuotaExceeded));
+                let text = a.properties.and_then(|p| p.reason_string);
+                assert_eq!(text.as_deref(), Some("quota exceeded"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match v5::Packet::read(&mut buf, None).unwrap() {
+            v5::Packet::PubRec(r) => {
+                assert_eq!((r.pkid, r.reason), (8, v5::PubRecReason::QuotaExceeded))
+            }
+            other => panic!("{other:?}"),
+        }
+        encode_ack_reason(Version::V4, Ack::Puback, 9, 0x97, Some("x"), &mut buf);
+        assert_eq!(&buf[..], &[0x40, 2, 0, 9]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,18 +12,24 @@ use meshgate_broker::{
     Credentials, Delivery, MailboxReceiver, PublishError, Publisher, SubOptions,
 };
 use meshgate_proto::{DeliveryClass, Envelope, Header};
+use meshgate_store::{Disk, Journal, StoreError};
 use meshgate_topic::parse_mqtt_filter;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout};
-use tracing::{Instrument, debug, field, info_span};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::codec::{self, Ack, DecodeError, InFilter, InPublish, Incoming, Version};
 use crate::session::{Session, SubRecord};
-use crate::{Context, protocol_error};
+use crate::{Context, now_secs, protocol_error, schedule_expiry};
+
+/// Most journal records read back at once (bounds the memory a backlog takes).
+const JOURNAL_READ: usize = 4096;
+/// Least time between two releases of the session journal (each costs an fsync).
+const RELEASE_EVERY: Duration = Duration::from_millis(250);
 
 /// The last will of a connection.
 struct Will {
@@ -142,16 +149,21 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
         Version::V4 => max_expiry,
         Version::V5 => info.session_expiry.min(max_expiry),
     };
-    let (session, present, generation) = ctx.sessions.open(
+    let opened = ctx.sessions.open(
         &ctx.broker,
         &client_id,
         info.clean,
         ctx.config.max_queued_messages,
+        expiry,
     );
-    session.state.lock().expiry_secs = expiry;
+    let (session, present, generation) = (opened.session, opened.present, opened.generation);
     session.mailbox.set_persistent(expiry > 0);
     let mut gen_rx = session.generation.subscribe();
     gen_rx.mark_unchanged();
+    // A stored session gets its journal before any of its subscriptions enters the router.
+    if let Some(stored) = opened.stored {
+        let _ = stored.await;
+    }
 
     // Wait for a connection being taken over to hand the mailbox back.
     let rx = match timeout(Duration::from_secs(5), session.mailbox.attach()).await {
@@ -169,7 +181,28 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
     );
 
     encode_connack_ok(ctx, &info, present, expiry, assigned, &mut wbuf);
+    let journal = session.mailbox.journal().cloned();
+    let (disk_next, released) = match &journal {
+        Some(j) => {
+            let first = j.bounds().0;
+            (session.state.lock().disk_next.max(first), first - 1)
+        }
+        None => (0, 0),
+    };
+    let disk = ctx.broker.disk().cloned();
     let mut conn = Conn {
+        durable: disk.as_ref().map(Disk::durable),
+        disk,
+        acks: VecDeque::new(),
+        journal,
+        disk_next,
+        released,
+        release_at: None,
+        last_release: Instant::now(),
+        release_timer: Box::pin(sleep_until(Instant::now())),
+        took_journaled: false,
+        meta_dirty: false,
+        connect_expiry: info.session_expiry,
         ctx: ctx.clone(),
         ver,
         publisher: ctx.broker.publisher("mqtt", Some(session.mailbox.id())),
@@ -228,6 +261,39 @@ struct Conn {
     sent: u64,
     sent_bytes: u64,
     received: u64,
+    /// The broker's store, when it has one.
+    disk: Option<Disk>,
+    /// Its last completed commit cycle.
+    durable: Option<watch::Receiver<u64>>,
+    /// Acknowledgements of publishes waiting for their commit ticket, in arrival order.
+    acks: VecDeque<PendingAck>,
+    /// The session's journal, if it is stored.
+    journal: Option<Journal>,
+    /// Next journal sequence number to take into memory (see `SessionState::disk_next`).
+    disk_next: u64,
+    /// The journal is released up to and including this.
+    released: u64,
+    /// When the next release of the journal is due, if one is.
+    release_at: Option<Instant>,
+    last_release: Instant,
+    release_timer: Pin<Box<Sleep>>,
+    /// The last batch from the mailbox held a journaled delivery.
+    took_journaled: bool,
+    /// Subscriptions changed: the session's metadata must be written before the next write.
+    meta_dirty: bool,
+    /// Session expiry the client asked for at CONNECT (v5; 0 for 3.1.1).
+    connect_expiry: u32,
+}
+
+/// An acknowledgement waiting until the publish it answers is durable.
+struct PendingAck {
+    ticket: u64,
+    pkid: u16,
+    kind: Ack,
+    /// v5 reason code (0 = success).
+    reason: u8,
+    /// v5 reason string.
+    text: Option<String>,
 }
 
 impl Conn {
@@ -266,10 +332,12 @@ impl Conn {
         tokio::pin!(deadline);
         // Packets that arrived in the same read as CONNECT.
         if let Some(end) = self.on_bytes() {
+            self.save_meta().await;
             let _ = stream.write_all(&self.wbuf).await;
-            self.session.mailbox.detach(rx);
+            self.keep_for_later(rx);
             return end;
         }
+        self.save_meta().await;
         self.pump();
         let end = loop {
             if !self.wbuf.is_empty() {
@@ -288,7 +356,17 @@ impl Conn {
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(32 * 1024);
             }
-            let room = self.outq.is_empty() && self.inflight.len() < self.window;
+            let mut room = self.outq.is_empty() && self.inflight.len() < self.window;
+            // Deliveries that are in the journal but not in the mailbox (it overflowed, or the
+            // node restarted): read them back when there is room for them.
+            if room && (rx.is_empty() || !self.took_journaled) && self.journal_has_more() {
+                self.read_journal(JOURNAL_READ as u64);
+                self.pump();
+                room = self.outq.is_empty() && self.inflight.len() < self.window;
+                if !self.wbuf.is_empty() {
+                    continue;
+                }
+            }
             tokio::select! {
                 biased;
                 _ = gen_rx.changed() => {
@@ -310,7 +388,9 @@ impl Conn {
                             self.publisher.set_clock(meshgate_broker::now_ms());
                         }
                     }
-                    if let Some(end) = self.on_bytes() {
+                    let end = self.on_bytes();
+                    self.save_meta().await;
+                    if let Some(end) = end {
                         let _ = stream.write_all(&self.wbuf).await;
                         break end;
                     }
@@ -321,7 +401,13 @@ impl Conn {
                     if n == 0 {
                         break End::Closed("session ended");
                     }
-                    self.outq.extend(self.batch.drain(..));
+                    self.take_batch();
+                }
+                () = wait_durable(&mut self.durable), if !self.acks.is_empty() => {
+                    self.flush_acks();
+                }
+                () = &mut self.release_timer, if self.release_at.is_some() => {
+                    self.release();
                 }
                 _ = &mut deadline, if self.keep_alive > 0 => {
                     if last_read.elapsed() >= ka {
@@ -336,13 +422,185 @@ impl Conn {
             self.pump();
         };
         self.flush_stats();
-        // Keep what was not delivered for the next connection of a persistent session.
+        self.keep_for_later(rx);
+        end
+    }
+
+    /// Keeps what was not delivered for the next connection of a persistent session, releases
+    /// the journal as far as acknowledged, and hands the mailbox back.
+    fn keep_for_later(&mut self, rx: MailboxReceiver) {
+        self.release();
         let mut st = self.session.state.lock();
         st.unacked = std::mem::take(&mut self.inflight);
         st.unsent = std::mem::take(&mut self.outq);
+        if self.journal.is_some() {
+            st.disk_next = self.disk_next;
+        }
         drop(st);
         self.session.mailbox.detach(rx);
-        end
+    }
+
+    /// Writes the session's metadata if its subscriptions changed; waits for it, so that a
+    /// SUBACK never promises a subscription the node would forget.
+    async fn save_meta(&mut self) {
+        if !std::mem::take(&mut self.meta_dirty) {
+            return;
+        }
+        if let Some(p) = self.ctx.sessions.persist() {
+            let _ = p.save(&self.session).await;
+        }
+    }
+
+    /// Sends the acknowledgement of a publish once `ticket` is durable, after every earlier one.
+    fn ack(&mut self, ticket: u64, pkid: u16, kind: Ack, reason: u8, text: Option<String>) {
+        if self.acks.is_empty() && self.disk.as_ref().is_none_or(|d| d.is_durable(ticket)) {
+            codec::encode_ack_reason(
+                self.ver,
+                kind,
+                pkid,
+                reason,
+                text.as_deref(),
+                &mut self.wbuf,
+            );
+        } else {
+            self.acks.push_back(PendingAck {
+                ticket,
+                pkid,
+                kind,
+                reason,
+                text,
+            });
+        }
+    }
+
+    /// Sends the waiting acknowledgements that became durable, in order.
+    fn flush_acks(&mut self) {
+        let Some(disk) = &self.disk else { return };
+        while let Some(a) = self.acks.front() {
+            if !disk.is_durable(a.ticket) {
+                break;
+            }
+            codec::encode_ack_reason(
+                self.ver,
+                a.kind,
+                a.pkid,
+                a.reason,
+                a.text.as_deref(),
+                &mut self.wbuf,
+            );
+            self.acks.pop_front();
+        }
+    }
+
+    /// Takes the batch received from the mailbox into the out-queue. A journaled delivery is
+    /// taken in journal order: one taken already is skipped, one beyond a gap (the mailbox
+    /// overflowed) is preceded by the gap read from the journal, or left there for later.
+    fn take_batch(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.took_journaled = false;
+        for d in batch.drain(..) {
+            if d.seq == 0 || self.journal.is_none() {
+                self.outq.push_back(d);
+                continue;
+            }
+            self.took_journaled = true;
+            if d.seq > self.disk_next && self.outq.len() < JOURNAL_READ {
+                self.read_journal(d.seq - self.disk_next);
+            }
+            if d.seq == self.disk_next {
+                self.disk_next += 1;
+                self.outq.push_back(d);
+            }
+            // Below: taken already. Above: still behind a gap; read back in order later.
+        }
+        self.batch = batch;
+    }
+
+    /// Whether the journal holds deliveries not taken into memory yet.
+    fn journal_has_more(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_some_and(|j| j.bounds().1 > self.disk_next)
+    }
+
+    /// Reads up to `max` journaled deliveries from `disk_next` on into the out-queue.
+    fn read_journal(&mut self, max: u64) {
+        let Some(j) = self.journal.clone() else {
+            return;
+        };
+        let max = max.min(JOURNAL_READ as u64) as usize;
+        let records = match j.read_from(self.disk_next, max) {
+            Ok(r) => r,
+            Err(StoreError::Corrupt { seq, .. }) if seq >= self.disk_next => {
+                // Take what precedes the damaged record, then step over it.
+                warn!(seq, "damaged record in the session journal skipped");
+                let before = (seq - self.disk_next) as usize;
+                let r = if before > 0 {
+                    j.read_from(self.disk_next, before).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.take_records(r);
+                self.disk_next = self.disk_next.max(seq + 1);
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the session journal");
+                return;
+            }
+        };
+        self.take_records(records);
+    }
+
+    fn take_records(&mut self, records: Vec<(u64, Vec<u8>)>) {
+        for (seq, rec) in records {
+            if seq < self.disk_next {
+                continue;
+            }
+            match Delivery::decode(seq, &rec) {
+                Some(d) => self.outq.push_back(d),
+                None => warn!(seq, "undecodable record in the session journal skipped"),
+            }
+            self.disk_next = seq + 1;
+        }
+    }
+
+    /// Arms the release timer (at most one release per `RELEASE_EVERY`).
+    fn schedule_release(&mut self) {
+        if self.journal.is_none() || self.release_at.is_some() {
+            return;
+        }
+        let at = (self.last_release + RELEASE_EVERY).max(Instant::now());
+        self.release_at = Some(at);
+        self.release_timer.as_mut().reset(at);
+    }
+
+    /// Releases the journal up to just below the oldest journaled delivery not acknowledged
+    /// (in flight or queued), or everything taken if none. The fsync runs off this task.
+    fn release(&mut self) {
+        self.release_at = None;
+        self.last_release = Instant::now();
+        let Some(j) = &self.journal else { return };
+        let oldest = self
+            .inflight
+            .iter()
+            .map(|(_, d)| d.seq)
+            .chain(self.outq.iter().map(|d| d.seq))
+            .find(|&s| s != 0);
+        let upto = match oldest {
+            Some(s) => s - 1,
+            None => self.disk_next.saturating_sub(1),
+        };
+        if upto <= self.released {
+            return;
+        }
+        self.released = upto;
+        let j = j.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = j.release_up_to(upto) {
+                warn!(error = %e, "cannot release the session journal");
+            }
+        });
     }
 
     fn flush_stats(&mut self) {
@@ -431,13 +689,15 @@ impl Conn {
         match p {
             Incoming::Publish(p) => return self.on_publish(p),
             Incoming::PubAck(pkid) => {
-                if let Some(i) = self.inflight.iter().position(|(p, _)| *p == pkid) {
-                    self.inflight.remove(i);
+                if let Some(i) = self.inflight.iter().position(|(p, _)| *p == pkid)
+                    && self.inflight.remove(i).is_some_and(|(_, d)| d.seq != 0)
+                {
+                    self.schedule_release();
                 }
             }
             Incoming::PubRel(pkid) => {
                 self.qos2_in.remove(&pkid);
-                codec::encode_ack(self.ver, Ack::Pubcomp, pkid, 0, &mut self.wbuf);
+                self.ack(0, pkid, Ack::Pubcomp, 0, None);
             }
             Incoming::Subscribe {
                 pkid,
@@ -451,6 +711,13 @@ impl Conn {
                 session_expiry,
             } => {
                 if let Some(e) = session_expiry {
+                    if self.connect_expiry == 0 && e > 0 {
+                        // MQTT 5 §3.14.2.2.2: a session that was not kept cannot become kept.
+                        protocol_error("session_expiry");
+                        let msg = "session expiry set on DISCONNECT after 0 at CONNECT";
+                        codec::encode_disconnect(self.ver, 0x82, msg, &mut self.wbuf);
+                        return Some(End::Closed("protocol error"));
+                    }
                     let max = self.ctx.config.max_session_expiry_secs;
                     self.session.state.lock().expiry_secs = e.min(max);
                     self.session.mailbox.set_persistent(e > 0);
@@ -479,8 +746,9 @@ impl Conn {
             props,
         } = p;
         if qos == 2 && !self.qos2_in.insert(pkid) {
-            // A retransmission of a QoS 2 publish already routed: acknowledge, route nothing.
-            codec::encode_ack(self.ver, Ack::Pubrec, pkid, 0, &mut self.wbuf);
+            // A retransmission of a QoS 2 publish already routed: acknowledge (after the first
+            // PUBREC, if that still waits for the disk), route nothing.
+            self.ack(0, pkid, Ack::Pubrec, 0, None);
             return None;
         }
         let mut env = Envelope {
@@ -537,12 +805,12 @@ impl Conn {
                 .collect();
         }
         env.topic = topic;
-        match self
+        let ticket = match self
             .ctx
             .broker
             .publish(&mut self.publisher, env, qos.min(1))
         {
-            Ok(_) => {}
+            Ok(report) => report.ticket,
             Err(PublishError::Topic(e)) => {
                 protocol_error("invalid_topic");
                 let msg = format!("invalid topic name: {e}");
@@ -559,23 +827,40 @@ impl Conn {
                 // Refuse this publish only; v5 says why in the acknowledgement.
                 protocol_error("retained_full");
                 debug!(error = %e, "publish refused");
-                match qos {
-                    1 => codec::encode_ack(self.ver, Ack::Puback, pkid, 0x97, &mut self.wbuf),
-                    2 => {
-                        self.qos2_in.remove(&pkid);
-                        codec::encode_ack(self.ver, Ack::Pubrec, pkid, 0x97, &mut self.wbuf)
-                    }
-                    _ => {}
-                }
+                self.refuse(qos, pkid, 0x97, None);
                 return None;
             }
-        }
+            Err(e @ PublishError::QuotaExceeded { .. }) => {
+                protocol_error("quota_exceeded");
+                if self.ver == Version::V4 && qos > 0 {
+                    // MQTT 3.1.1 has no negative PUBACK: acknowledging would claim an event the
+                    // node did not store, so close instead; the client sends it again later.
+                    info!(error = %e, "closing an MQTT 3.1.1 connection whose publish cannot be stored");
+                    return Some(End::Closed("quota exceeded"));
+                }
+                debug!(error = %e, "publish refused");
+                self.refuse(qos, pkid, 0x97, Some(e.to_string()));
+                return None;
+            }
+        };
         match qos {
-            1 => codec::encode_ack(self.ver, Ack::Puback, pkid, 0, &mut self.wbuf),
-            2 => codec::encode_ack(self.ver, Ack::Pubrec, pkid, 0, &mut self.wbuf),
+            1 => self.ack(ticket, pkid, Ack::Puback, 0, None),
+            2 => self.ack(ticket, pkid, Ack::Pubrec, 0, None),
             _ => {}
         }
         None
+    }
+
+    /// Refuses one publish with a v5 reason code (3.1.1 gets a plain acknowledgement).
+    fn refuse(&mut self, qos: u8, pkid: u16, reason: u8, text: Option<String>) {
+        match qos {
+            1 => self.ack(0, pkid, Ack::Puback, reason, text),
+            2 => {
+                self.qos2_in.remove(&pkid);
+                self.ack(0, pkid, Ack::Pubrec, reason, text);
+            }
+            _ => {}
+        }
     }
 
     fn on_subscribe(&mut self, pkid: u16, filters: Vec<InFilter>, sub_id: Option<u32>) {
@@ -602,7 +887,9 @@ impl Conn {
             let rec = SubRecord {
                 filters: parsed.filters,
                 group: parsed.group,
+                opts,
             };
+            self.meta_dirty |= self.session.stored();
             let mb = &self.session.mailbox;
             let previous = self
                 .session
@@ -639,6 +926,7 @@ impl Conn {
                             retain: true,
                             sub_id,
                             event: e,
+                            seq: 0,
                         });
                     }
                 }
@@ -654,6 +942,7 @@ impl Conn {
             let rec = self.session.state.lock().subs.remove(&f);
             existed.push(rec.is_some());
             if let Some(rec) = rec {
+                self.meta_dirty |= self.session.stored();
                 for nf in &rec.filters {
                     self.ctx.broker.unsubscribe(
                         self.session.mailbox.id(),
@@ -690,15 +979,36 @@ impl Conn {
         if expiry == 0 {
             ctx.sessions
                 .end_if_current(&ctx.broker, &self.session, generation);
-        } else if expiry != u32::MAX {
-            let session = self.session.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(expiry as u64)).await;
-                ctx.sessions
-                    .end_if_current(&ctx.broker, &session, generation);
-            });
+            return;
+        }
+        // Record when the session went offline, unless a new connection has it already (the
+        // generation is bumped under the same lock).
+        let current = {
+            let mut st = self.session.state.lock();
+            let current = *self.session.generation.borrow() == generation;
+            if current {
+                st.disconnected_at = Some(now_secs());
+            }
+            current
+        };
+        if current && let Some(p) = ctx.sessions.persist() {
+            drop(p.save(&self.session)); // written in the background
+        }
+        if expiry != u32::MAX {
+            let after = Duration::from_secs(expiry as u64);
+            schedule_expiry(&ctx, self.session.clone(), generation, after);
         }
     }
+}
+
+/// Resolves when the disk's commit cycle moves on (never without a disk).
+async fn wait_durable(rx: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = rx
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 fn publish_will_now(ctx: &Context, publisher: &mut Publisher, will: Will) {

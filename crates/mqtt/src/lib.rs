@@ -1,15 +1,36 @@
 //! MQTT 3.1.1 and 5.0 front end of a meshgate node.
 //!
-//! Owns MQTT sessions (clean and persistent, in memory), keep-alive, last will, topic aliases and
-//! the packet-level rules; every publish and subscribe goes through the node's
+//! Owns MQTT sessions (clean and persistent), keep-alive, last will, topic aliases and the
+//! packet-level rules; every publish and subscribe goes through the node's
 //! [`meshgate_broker::Broker`]. Each connection is one task that reads, routes and writes: what it
 //! has to send after a wakeup leaves in one write.
+//!
+//! # Guaranteed delivery
+//! When the broker has a store ([`Broker::disk`]):
+//! - A QoS 1 publish is acknowledged (PUBACK; PUBREC for QoS 2) only once every stored copy of it
+//!   is durable: the connection keeps the acknowledgements in order and sends them when the
+//!   disk's commit cycle reaches them. At the disk quota a QoS 1 or 2 publish is refused: MQTT 5
+//!   gets reason code 0x97 (quota exceeded), an MQTT 3.1.1 client, which has no negative
+//!   acknowledgement, is disconnected. QoS 0 is never refused for quota.
+//! - With [`MqttServer::with_store`], sessions with a session expiry (3.1.1 `clean_session =
+//!   false`, 5 expiry > 0) live on disk (see the `persist` module): their metadata, and a journal
+//!   holding every QoS 1 delivery for them, written before the publisher is acknowledged. The
+//!   connection takes deliveries from the in-memory mailbox and, when the mailbox overflowed or
+//!   after a restart, reads them back from the journal in order, so nothing is lost however
+//!   many queue up. [`MqttServer::restore`] brings the sessions back at startup. Delivery is
+//!   at least once: after a restart, events acknowledged by the client since the journal's last
+//!   release (at most ~250 ms of acknowledgements) are delivered again.
+//!
+//! Without a store, sessions live in memory only and a persistent session's queue is bounded by
+//! [`MqttConfig::max_queued_messages`].
 
 mod codec;
 mod conn;
+mod persist;
 mod session;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +40,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use session::SessionStore;
+pub use persist::RestoreReport;
+use session::{Session, SessionStore};
 
 /// Limits of the MQTT listener.
 #[derive(Clone, Debug)]
 pub struct MqttConfig {
     /// Largest packet accepted from a client, in bytes (announced in the v5 CONNACK).
     pub max_packet_size: u32,
-    /// Events queued per session before new ones are dropped (slow or offline consumer).
+    /// Events queued in memory per session before new ones are dropped (slow or offline
+    /// consumer). A stored session's QoS 1 events are not dropped: beyond this they wait in its
+    /// journal (see [`MqttServer::with_store`]).
     pub max_queued_messages: usize,
     /// QoS 1 deliveries in flight per connection (capped by a v5 client's receive maximum).
     pub max_inflight: u16,
@@ -110,6 +134,68 @@ impl MqttServer {
         }
     }
 
+    /// Stores sessions with a session expiry under `dir` (the node passes
+    /// `<data_dir>/sessions`), with their journals on the broker's disk, so that they survive a
+    /// restart. Call after [`Broker::set_disk`] and before serving; then call
+    /// [`MqttServer::restore`]. Without a disk on the broker this logs a warning and sessions
+    /// stay in memory.
+    pub fn with_store(self, dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        match self.ctx.broker.disk() {
+            Some(disk) => self
+                .ctx
+                .sessions
+                .set_persist(persist::Persist::new(dir, disk.clone())),
+            None => warn!(
+                dir = %dir.display(),
+                "the broker has no store: MQTT sessions are kept in memory only"
+            ),
+        }
+        self
+    }
+
+    /// Brings back the sessions stored under the [`MqttServer::with_store`] directory: deletes
+    /// those whose expiry passed, recreates the others offline (journal, subscriptions back in
+    /// the broker, so their interest is advertised again) and starts their expiry timers for the
+    /// time they have left. A directory that cannot be read is reported and skipped. Call once,
+    /// inside the Tokio runtime, before the node accepts MQTT or mesh traffic. Fails only if the
+    /// directory itself cannot be created or listed; without a store it restores nothing.
+    pub fn restore(&self) -> std::io::Result<RestoreReport> {
+        let Some(p) = self.ctx.sessions.persist().cloned() else {
+            return Ok(RestoreReport::default());
+        };
+        let now = now_secs();
+        let max_expiry = self.ctx.config.max_session_expiry_secs;
+        let (loaded, mut report) = p.load(now, max_expiry)?;
+        for l in loaded {
+            let crashed = l.meta.disconnected_at.is_none();
+            let left = l.meta.expiry_secs;
+            let since = l.disconnected_at;
+            let cap = self.ctx.config.max_queued_messages;
+            let Some(s) = self.ctx.sessions.restore(&self.ctx.broker, cap, l) else {
+                report.skipped += 1;
+                continue;
+            };
+            if crashed {
+                // Its client was connected when the node stopped: its expiry runs from now.
+                drop(p.save(&s)); // written in the background
+            }
+            if left != u32::MAX {
+                let remaining = (since + u64::from(left)).saturating_sub(now);
+                schedule_expiry(&self.ctx, s, 1, Duration::from_secs(remaining));
+            }
+            report.restored += 1;
+        }
+        info!(
+            dir = %p.root().display(),
+            restored = report.restored,
+            expired = report.expired,
+            skipped = report.skipped,
+            "mqtt sessions restored"
+        );
+        Ok(report)
+    }
+
     /// Number of MQTT sessions, connected or not.
     pub fn session_count(&self) -> usize {
         self.ctx.sessions.len()
@@ -144,6 +230,21 @@ impl MqttServer {
         let ctx = self.ctx.clone();
         tokio::spawn(conn::run(ctx, stream, peer, shutdown));
     }
+}
+
+/// Ends `session` after `after` unless a connection takes it over (bumps its generation) first.
+pub(crate) fn schedule_expiry(
+    ctx: &Arc<Context>,
+    session: Arc<Session>,
+    generation: u64,
+    after: Duration,
+) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        ctx.sessions
+            .end_if_current(&ctx.broker, &session, generation);
+    });
 }
 
 pub(crate) fn now_secs() -> u64 {

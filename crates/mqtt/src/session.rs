@@ -1,18 +1,23 @@
 //! MQTT sessions: what outlives a connection (subscriptions, queued and unacknowledged events).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use meshgate_broker::{Broker, Delivery, Mailbox};
-use meshgate_topic::Filter;
+use meshgate_broker::{Broker, Delivery, Mailbox, SubOptions};
+use meshgate_topic::{Filter, parse_mqtt_filter};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tracing::warn;
+
+use crate::persist::{Loaded, Persist};
 
 /// One MQTT subscription as the client wrote it, with its native filters.
 #[derive(Clone, Debug)]
 pub(crate) struct SubRecord {
     pub filters: Vec<Filter>,
     pub group: Option<String>,
+    pub opts: SubOptions,
 }
 
 /// Session state guarded by the session's lock.
@@ -27,6 +32,11 @@ pub(crate) struct SessionState {
     pub unsent: VecDeque<Delivery>,
     /// Seconds the session survives its connection; `u32::MAX` = forever.
     pub expiry_secs: u32,
+    /// Unix seconds when the last connection ended; `None` while one is attached.
+    pub disconnected_at: Option<u64>,
+    /// Next journal sequence number to take into memory: every journaled delivery below it is
+    /// in `unacked` or `unsent`, or was acknowledged.
+    pub disk_next: u64,
 }
 
 /// A session, shared by the store and the connection attached to it.
@@ -36,9 +46,21 @@ pub(crate) struct Session {
     pub state: Mutex<SessionState>,
     /// Connection generation: bumped by each new connection so the previous one leaves.
     pub generation: watch::Sender<u64>,
+    /// Set (under the store's lock) when the session has ended: its files are not written again.
+    pub ended: AtomicBool,
 }
 
 impl Session {
+    fn new(client_id: &str, mailbox: Arc<Mailbox>, state: SessionState) -> Arc<Self> {
+        Arc::new(Self {
+            client_id: client_id.to_string(),
+            mailbox,
+            state: Mutex::new(state),
+            generation: watch::Sender::new(1),
+            ended: AtomicBool::new(false),
+        })
+    }
+
     /// Removes all of the session's subscriptions from the router.
     pub fn unsubscribe_all(&self, broker: &Broker) {
         let subs = std::mem::take(&mut self.state.lock().subs);
@@ -48,47 +70,115 @@ impl Session {
             }
         }
     }
+
+    /// Whether the session is stored on disk.
+    pub fn stored(&self) -> bool {
+        self.mailbox.journal().is_some()
+    }
+}
+
+/// What [`SessionStore::open`] gives a connecting client.
+pub(crate) struct Opened {
+    pub session: Arc<Session>,
+    /// An old session was resumed.
+    pub present: bool,
+    /// The connection generation the caller now owns.
+    pub generation: u64,
+    /// Resolves once the session's files are written (stored sessions only).
+    pub stored: Option<oneshot::Receiver<()>>,
 }
 
 /// All sessions of the node, by client id.
 #[derive(Default)]
 pub(crate) struct SessionStore {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    persist: OnceLock<Arc<Persist>>,
 }
 
 impl SessionStore {
+    /// Stores sessions with an expiry on disk from now on.
+    pub fn set_persist(&self, p: Persist) {
+        let _ = self.persist.set(Arc::new(p));
+    }
+
+    pub fn persist(&self) -> Option<&Arc<Persist>> {
+        self.persist.get()
+    }
+
     /// Opens the session for a connecting client. With `clean`, any previous session is ended
-    /// and a new one made. Returns the session, whether an old one was resumed, and the
-    /// connection generation the caller now owns.
+    /// and a new one made. `expiry` is the session expiry the connection asked for (capped).
     pub fn open(
         &self,
         broker: &Broker,
         client_id: &str,
         clean: bool,
         queue_capacity: usize,
-    ) -> (Arc<Session>, bool, u64) {
+        expiry: u32,
+    ) -> Opened {
+        let persist = self.persist.get();
         let mut map = self.sessions.lock();
         if let Some(s) = map.get(client_id).cloned() {
-            // Tell the connection attached now, if any, to leave.
-            let generation = s.generation.send_modify_return(|g| {
-                *g += 1;
-                *g
-            });
+            // Tell the connection attached now, if any, to leave. Bumped under the state lock so
+            // that the leaving connection sees either the old generation or the new state.
+            let generation = {
+                let mut st = s.state.lock();
+                let g = s.generation.send_modify_return(|g| {
+                    *g += 1;
+                    *g
+                });
+                if !clean {
+                    st.expiry_secs = expiry;
+                    st.disconnected_at = None;
+                }
+                g
+            };
             if !clean {
-                return (s, true, generation);
+                let stored = persist.and_then(|p| {
+                    if s.stored() {
+                        Some(p.save(&s))
+                    } else if expiry > 0 {
+                        Some(p.create(&s))
+                    } else {
+                        None
+                    }
+                });
+                return Opened {
+                    session: s,
+                    present: true,
+                    generation,
+                    stored,
+                };
             }
             map.remove(client_id);
             s.unsubscribe_all(broker);
+            self.ended(&s);
             broker.end_session(s.mailbox.id());
         }
-        let s = Arc::new(Session {
-            client_id: client_id.to_string(),
-            mailbox: broker.new_mailbox(queue_capacity),
-            state: Mutex::new(SessionState::default()),
-            generation: watch::Sender::new(1),
-        });
+        let s = Session::new(
+            client_id,
+            broker.new_mailbox(queue_capacity),
+            SessionState {
+                expiry_secs: expiry,
+                ..Default::default()
+            },
+        );
         map.insert(client_id.to_string(), s.clone());
-        (s, false, 1)
+        let stored = persist.filter(|_| expiry > 0).map(|p| p.create(&s));
+        Opened {
+            session: s,
+            present: false,
+            generation: 1,
+            stored,
+        }
+    }
+
+    /// Marks a session removed from the map as ended and deletes its files. Under the map lock,
+    /// so that the deletion is ordered before the creation of a new session with the same id.
+    fn ended(&self, s: &Arc<Session>) {
+        s.ended.store(true, Ordering::Release);
+        if let Some(p) = self.persist.get() {
+            p.remove(s);
+        }
     }
 
     /// Ends the session if no connection took it over since `generation`.
@@ -97,15 +187,82 @@ impl SessionStore {
         if *session.generation.borrow() != generation {
             return;
         }
-        if map
+        let mine = map
             .get(&session.client_id)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-        {
+            .is_some_and(|s| Arc::ptr_eq(s, session));
+        if mine {
             map.remove(&session.client_id);
         }
-        drop(map);
+        // Out of the router first, so that nothing enters the journal about to be deleted.
         session.unsubscribe_all(broker);
+        if mine {
+            self.ended(session);
+        }
+        drop(map);
         broker.end_session(session.mailbox.id());
+    }
+
+    /// Recreates a session read back from disk, offline: its mailbox gets its journal, then its
+    /// subscriptions enter the router. Returns `None` if the client id is taken already.
+    pub fn restore(
+        &self,
+        broker: &Broker,
+        queue_capacity: usize,
+        loaded: Loaded,
+    ) -> Option<Arc<Session>> {
+        let Loaded {
+            meta,
+            journal,
+            disconnected_at,
+        } = loaded;
+        let mut map = self.sessions.lock();
+        if map.contains_key(&meta.client_id) {
+            warn!(client = %meta.client_id, "session exists already; not restored");
+            return None;
+        }
+        let mailbox = broker.new_mailbox(queue_capacity);
+        mailbox.set_persistent(true);
+        let disk_next = journal.bounds().0;
+        mailbox.set_journal(journal);
+        let mut subs = HashMap::new();
+        for sub in &meta.subscriptions {
+            match parse_mqtt_filter(&sub.filter) {
+                Ok(p) => {
+                    let rec = SubRecord {
+                        filters: p.filters,
+                        group: p.group,
+                        opts: SubOptions {
+                            qos: sub.qos.min(1),
+                            no_local: sub.no_local,
+                            retain_as_published: sub.retain_as_published,
+                            sub_id: sub.sub_id,
+                        },
+                    };
+                    subs.insert(sub.filter.clone(), rec);
+                }
+                Err(e) => {
+                    warn!(client = %meta.client_id, filter = %sub.filter, error = %e, "stored subscription not restored");
+                }
+            }
+        }
+        for rec in subs.values() {
+            for f in &rec.filters {
+                broker.subscribe(&mailbox, f, rec.group.as_deref(), rec.opts);
+            }
+        }
+        let s = Session::new(
+            &meta.client_id,
+            mailbox,
+            SessionState {
+                subs,
+                expiry_secs: meta.expiry_secs,
+                disconnected_at: Some(disconnected_at),
+                disk_next,
+                ..Default::default()
+            },
+        );
+        map.insert(meta.client_id.clone(), s.clone());
+        Some(s)
     }
 
     /// Number of sessions, connected or not.

@@ -41,6 +41,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Mesh links to other nodes.
     pub mesh: MeshConfig,
+    /// The store of guaranteed events and persistent sessions.
+    pub store: StoreConfig,
     /// Limits that apply to every protocol.
     pub limits: LimitsConfig,
     /// Logging.
@@ -53,7 +55,8 @@ pub struct Config {
 pub struct NodeConfig {
     /// Name of the node, unique in the mesh: letters, digits, `-`, `_`, `.`.
     pub name: String,
-    /// Directory for durable state (used by guaranteed delivery; created when needed).
+    /// Directory for durable state: guaranteed queues and persistent MQTT sessions (created
+    /// when needed). Give each node its own.
     pub data_dir: PathBuf,
 }
 
@@ -158,7 +161,9 @@ pub struct MeshConfig {
     pub gossip_interval_secs: f64,
     /// Seconds a silent link stays up before it is declared down.
     pub idle_timeout_secs: f64,
-    /// Seconds the registry keeps the entry of a node that is unreachable.
+    /// Seconds the registry keeps the entry of a node that is unreachable. Direct events for
+    /// it are dropped (and counted) as soon as it is unreachable; guaranteed events for it are
+    /// stored until it returns or this time has passed.
     pub expire_unreachable_secs: u64,
     /// Longest wait, in seconds, between two dials of a peer that does not answer.
     pub max_backoff_secs: f64,
@@ -178,12 +183,55 @@ impl Default for MeshConfig {
             link_cost: 10,
             gossip_interval_secs: 1.0,
             idle_timeout_secs: 10.0,
-            expire_unreachable_secs: 60,
+            expire_unreachable_secs: 24 * 3600,
             max_backoff_secs: 5.0,
             max_frame_bytes: 16 * 1024 * 1024,
             link_queue: 65536,
         }
     }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Store guaranteed events and persistent sessions in `node.data_dir`. Off: QoS 1 and
+    /// guaranteed REST publishes are acknowledged once routed, and held in memory only.
+    pub enabled: bool,
+    /// When a guaranteed event counts as stored, and so when its publisher is acknowledged:
+    /// `group` (fsync once per group-commit window for everything written in it; safe),
+    /// `always` (fsync every event; safe, slowest), `os` (written to the operating system;
+    /// survives a killed process but not a power loss or kernel crash).
+    pub commit: CommitPolicy,
+    /// Group-commit window in milliseconds (`commit = "group"`), or the background fsync
+    /// interval (`commit = "os"`). 0 = fsync as soon as anything is written.
+    pub group_commit_ms: u64,
+    /// Disk quota of the store in bytes. When full, guaranteed publishes are refused (MQTT v5
+    /// reason 0x97, HTTP 507) and direct traffic keeps flowing.
+    pub quota_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            commit: CommitPolicy::Group,
+            group_commit_ms: 1,
+            quota_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `store.commit`
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitPolicy {
+    /// Group commit.
+    Group,
+    /// Fsync per event.
+    Always,
+    /// Page cache only.
+    Os,
 }
 
 /// `[limits]`
@@ -352,6 +400,18 @@ impl Config {
                     "{} is too small for limits.max_payload_bytes ({}) plus 64 KiB",
                     self.mesh.max_frame_bytes, self.limits.max_payload_bytes
                 ),
+            );
+        }
+        if self.store.group_commit_ms > 10_000 {
+            return bad(
+                "store.group_commit_ms",
+                format!("{}: use at most 10000", self.store.group_commit_ms),
+            );
+        }
+        if self.store.quota_bytes < 1 << 20 {
+            return bad(
+                "store.quota_bytes",
+                format!("{}: use at least 1048576 (1 MiB)", self.store.quota_bytes),
             );
         }
         if self.mesh.link_queue == 0 {

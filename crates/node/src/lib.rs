@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use config::{Config, ConfigError, LogFormat, Overrides};
+pub use config::{CommitPolicy, Config, ConfigError, LogFormat, Overrides};
 
 /// Why a node could not start.
 #[derive(Debug, Error)]
@@ -39,6 +39,14 @@ pub enum NodeError {
     /// The mesh could not start.
     #[error("{0}")]
     Mesh(#[from] MeshError),
+    /// The data directory cannot be used.
+    #[error("data directory {dir}: {msg}")]
+    Store {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What failed.
+        msg: String,
+    },
 }
 
 /// A running node.
@@ -79,11 +87,58 @@ impl Node {
             max_retained: config.limits.max_retained_messages,
             match_cache_slots: config.limits.match_cache_slots,
         });
+        if config.store.enabled {
+            let st = &config.store;
+            let window = Duration::from_millis(st.group_commit_ms);
+            let commit = match st.commit {
+                CommitPolicy::Group => meshgate_store::Commit::Group(window),
+                CommitPolicy::Always => meshgate_store::Commit::Always,
+                CommitPolicy::Os => {
+                    meshgate_store::Commit::Os(window.max(Duration::from_millis(1)))
+                }
+            };
+            std::fs::create_dir_all(&config.node.data_dir).map_err(|e| NodeError::Store {
+                dir: config.node.data_dir.clone(),
+                msg: e.to_string(),
+            })?;
+            broker.set_disk(meshgate_store::Disk::new(commit, st.quota_bytes));
+        }
         let mqtt_l = bind("MQTT", config.mqtt.listen).await?;
         let http_l = bind("HTTP", config.http.listen).await?;
         let mqtt_addr = mqtt_l.local_addr().unwrap_or(config.mqtt.listen);
         let http_addr = http_l.local_addr().unwrap_or(config.http.listen);
         let (shutdown, rx) = watch::channel(false);
+        let users = config.mqtt.users.iter().map(|u| User {
+            username: u.username.clone(),
+            password: u.password.clone(),
+            app_id: u.app_id.clone().unwrap_or_else(|| u.username.clone()),
+        });
+        let auth = Arc::new(StaticAuth::new(config.mqtt.allow_anonymous, users));
+        let m = &config.mqtt;
+        let mut mqtt = MqttServer::new(
+            broker.clone(),
+            auth,
+            MqttConfig {
+                max_packet_size: m.max_packet_size,
+                max_queued_messages: m.max_queued_messages,
+                max_inflight: m.max_inflight,
+                topic_alias_max: m.topic_alias_max,
+                max_session_expiry_secs: m.max_session_expiry_secs,
+                connect_timeout: Duration::from_secs(m.connect_timeout_secs),
+                write_timeout: Duration::from_secs(m.write_timeout_secs),
+            },
+        );
+        // Persistent sessions come back (subscriptions in the trie, journals open) before the
+        // mesh starts, so their interest is advertised from the first gossip.
+        if broker.disk().is_some() {
+            mqtt = mqtt.with_store(config.node.data_dir.join("sessions"));
+            mqtt.restore().map_err(|e| NodeError::Store {
+                dir: config.node.data_dir.join("sessions"),
+                msg: e.to_string(),
+            })?;
+        }
+        let mqtt = Arc::new(mqtt);
+
         let mesh = match &config.mesh.tls_dir {
             Some(dir) => {
                 let m = &config.mesh;
@@ -98,6 +153,9 @@ impl Node {
                 lc.max_backoff = Duration::from_secs_f64(m.max_backoff_secs);
                 lc.max_frame_bytes = m.max_frame_bytes;
                 lc.link_queue = m.link_queue;
+                if config.store.enabled {
+                    lc.store_dir = Some(config.node.data_dir.join("mesh"));
+                }
                 Some(Mesh::start(broker.clone(), lc, rx.clone()).await?)
             }
             None => {
@@ -111,26 +169,6 @@ impl Node {
             }
         };
 
-        let users = config.mqtt.users.iter().map(|u| User {
-            username: u.username.clone(),
-            password: u.password.clone(),
-            app_id: u.app_id.clone().unwrap_or_else(|| u.username.clone()),
-        });
-        let auth = Arc::new(StaticAuth::new(config.mqtt.allow_anonymous, users));
-        let m = &config.mqtt;
-        let mqtt = Arc::new(MqttServer::new(
-            broker.clone(),
-            auth,
-            MqttConfig {
-                max_packet_size: m.max_packet_size,
-                max_queued_messages: m.max_queued_messages,
-                max_inflight: m.max_inflight,
-                topic_alias_max: m.topic_alias_max,
-                max_session_expiry_secs: m.max_session_expiry_secs,
-                connect_timeout: Duration::from_secs(m.connect_timeout_secs),
-                write_timeout: Duration::from_secs(m.write_timeout_secs),
-            },
-        ));
         let mut tasks = Vec::new();
         {
             let mqtt = mqtt.clone();
@@ -153,6 +191,26 @@ impl Node {
                 f
             }),
             sse_queue: config.http.sse_queue,
+            backlog: broker.disk().cloned().map(|disk| {
+                let mesh = mesh.clone();
+                let commit = format!("{:?}", config.store.commit).to_lowercase();
+                let f: meshgate_http::MeshView = Arc::new(move || {
+                    let links = mesh
+                        .as_ref()
+                        .map(|m| m.backlog())
+                        .and_then(|b| b.get("queues").cloned())
+                        .unwrap_or_else(|| serde_json::json!([]));
+                    serde_json::json!({
+                        "store": {
+                            "used_bytes": disk.used_bytes(),
+                            "quota_bytes": disk.max_bytes(),
+                            "commit": commit,
+                        },
+                        "links": links,
+                    })
+                });
+                f
+            }),
         };
         tasks.push(tokio::spawn(async move {
             if let Err(e) = meshgate_http::serve(http_l, state, rx).await {

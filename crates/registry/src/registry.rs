@@ -722,6 +722,11 @@ impl Registry {
     }
 
     /// Live (filter, group) interest of a node's entry as held here, in key order.
+    pub fn holds(&self, node: &str) -> bool {
+        self.entries.contains_key(node)
+    }
+
+    /// Interest of `node` as (filter, group) pairs.
     pub fn interest_of(&self, node: &str) -> Vec<(String, Option<String>)> {
         self.entries.get(node).map_or_else(Vec::new, |e| {
             e.interest()

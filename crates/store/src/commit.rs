@@ -172,6 +172,14 @@ impl Disk {
     }
 }
 
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("bounds", &self.bounds())
+            .finish()
+    }
+}
+
 impl Journal {
     /// Appends one record; returns its sequence number and the ticket that makes it durable.
     pub fn append(&self, payload: &[u8]) -> Result<(u64, u64), StoreError> {
@@ -337,7 +345,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for commit in [Commit::Always, Commit::Os(Duration::from_millis(5))] {
             let disk = Disk::new(commit, u64::MAX);
-            let (j, _) = disk.open(dir.path().join(format!("{commit:?}")), 1 << 20).unwrap();
+            let (j, _) = disk
+                .open(dir.path().join(format!("{commit:?}")), 1 << 20)
+                .unwrap();
             let (_, t) = j.append(b"x").unwrap();
             assert_eq!(t, 0);
             assert!(disk.is_durable(t));
