@@ -65,9 +65,13 @@ pub(crate) struct Queue {
 
 struct State {
     queues: HashMap<Arc<str>, Arc<Queue>>,
+    /// The routes appends follow. New routes wait in `next` until the reroute task installs
+    /// them together with the re-split of dead queues, so that no new event for a destination
+    /// overtakes older ones still waiting in a dead queue.
     hops: Arc<HopNames>,
-    /// Peers with a link up now.
+    /// Peers with a link up, as of `hops`.
     up: HashSet<Arc<str>>,
+    next: Option<(HopNames, HashSet<Arc<str>>)>,
 }
 
 /// The guaranteed side of the mesh.
@@ -117,6 +121,7 @@ impl Outbox {
                 queues,
                 hops: Arc::new(HopNames::default()),
                 up: HashSet::new(),
+                next: None,
             }),
             seen: Mutex::new(Seen::new(1 << 20)),
             duplicates: AtomicU64::new(0),
@@ -194,20 +199,22 @@ impl Outbox {
         Ok(ticket)
     }
 
-    /// Records the new routes and links; the reroute task acts on them.
+    /// Records new routes and links; [`Outbox::reroute_dead`] installs them.
     pub fn set_routes(&self, hops: HopNames, up: HashSet<Arc<str>>) {
-        let mut st = self.state.lock();
-        st.hops = Arc::new(hops);
-        st.up = up;
-        drop(st);
+        self.state.lock().next = Some((hops, up));
         self.reroute.notify_one();
     }
 
-    /// Splits every queue that cannot drain (its link is down, or `held`) over the current
-    /// routes, if any of its destinations has a live next hop now. `known` says whether a node
-    /// is still in the registry; events for nodes that left it are dropped and counted.
+    /// Installs the routes given to [`Outbox::set_routes`], then splits every queue that cannot
+    /// drain (its link is down, or `held`) over them, if any of its destinations has a live next
+    /// hop now — all under one lock. `known` says whether a node is still in the registry;
+    /// events for nodes that left it are dropped and counted.
     pub fn reroute_dead(&self, known: impl Fn(&str) -> bool) {
         let mut st = self.state.lock();
+        if let Some((hops, up)) = st.next.take() {
+            st.hops = Arc::new(hops);
+            st.up = up;
+        }
         let mut dead: Vec<Arc<Queue>> = st
             .queues
             .values()
@@ -642,6 +649,16 @@ mod tests {
         };
         // b behind c; d has no route.
         o.set_routes(hops(&[("b", "c"), ("c", "c")]), up(&["c"]));
+        o.forward(&event(0), [dest("b")].into_iter(), 0).unwrap();
+        assert_eq!(contents(&o, HELD).len(), 1, "routes apply once installed");
+        o.reroute_dead(|_| true);
+        assert_eq!(
+            contents(&o, "c").len(),
+            1,
+            "then the held event follows them"
+        );
+        let c = o.queue("c").unwrap();
+        c.journal.release_up_to(c.journal.bounds().1 - 1).unwrap();
         o.forward(&event(1), [dest("b"), dest("d")].into_iter(), 0)
             .unwrap();
         o.forward(&event(2), [dest("d")].into_iter(), 0).unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use meshgate_broker::{Broker, BrokerConfig};
 use meshgate_mesh::{Mesh, MeshConfig, frame, tls};
+use meshgate_proto::LINK_PROTOCOL_VERSION;
 use meshgate_proto::v1::{Frame, Hello, frame::Body};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -92,21 +93,49 @@ async fn garbage_and_impostors_are_refused_with_a_reason() {
     let r = session(d.path(), "x", &mesh, hello("x", 99), None).await;
     assert!(r.contains("unsupported link protocol version 99"), "{r}");
 
-    let r = session(d.path(), "x", &mesh, hello("y", 1), None).await;
+    let r = session(
+        d.path(),
+        "x",
+        &mesh,
+        hello("y", LINK_PROTOCOL_VERSION),
+        None,
+    )
+    .await;
     assert!(r.contains("does not name node \"y\""), "{r}");
 
-    let r = session(d.path(), "x", &mesh, hello("node", 1), None).await;
+    let r = session(
+        d.path(),
+        "x",
+        &mesh,
+        hello("node", LINK_PROTOCOL_VERSION),
+        None,
+    )
+    .await;
     assert!(r.contains("this node's own name"), "{r}");
 
     let mut huge = BytesMut::new();
     huge.put_u32(1 << 30);
-    let r = session(d.path(), "x", &mesh, hello("x", 1), Some(huge)).await;
+    let r = session(
+        d.path(),
+        "x",
+        &mesh,
+        hello("x", LINK_PROTOCOL_VERSION),
+        Some(huge),
+    )
+    .await;
     assert!(r.contains("exceeds the maximum"), "{r}");
 
     let mut junk = BytesMut::new();
     junk.put_u32(3);
     junk.put_slice(&[0xff, 0xff, 0xff]);
-    let r = session(d.path(), "x", &mesh, hello("x", 1), Some(junk)).await;
+    let r = session(
+        d.path(),
+        "x",
+        &mesh,
+        hello("x", LINK_PROTOCOL_VERSION),
+        Some(junk),
+    )
+    .await;
     assert!(r.contains("malformed frame"), "{r}");
 
     let mut not_hello = BytesMut::new();
@@ -127,7 +156,9 @@ async fn garbage_and_impostors_are_refused_with_a_reason() {
         .await
         .unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello("y", 1)).await.unwrap();
+    send.write_all(&hello("y", LINK_PROTOCOL_VERSION))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while mesh.linked_peers() != ["y"] {
         assert!(tokio::time::Instant::now() < deadline, "no link with y");
