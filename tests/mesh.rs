@@ -502,8 +502,6 @@ async fn routes_move_to_the_remaining_path_when_a_node_dies() {
     drop(alive);
 }
 
-/// A free UDP port on loopback (bound, then released).
-
 fn up_links(n: &NodeProc) -> Vec<String> {
     n.mesh_view()["links"]
         .as_array()
