@@ -295,6 +295,18 @@ async fn a_persistent_subscriber_gets_what_arrived_while_it_was_away_even_across
     wait_until("edge-a's queue drains into edge-b", WAIT, || {
         waiting(&a) == 0
     });
+    wait_until("edge-b shows the session's backlog", WAIT, || {
+        let s = &backlog(&b)["sessions"]["sessions"][0];
+        s["client_id"] == "sub-b"
+            && s["online"] == false
+            && s["events"].as_u64() == Some(1_000)
+            && s["oldest_age_ms"].is_u64()
+    });
+    let (_, metrics) = http_get(b.http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("meshgate_session_backlog_events 1000"),
+        "{metrics}"
+    );
     // The node holding the session is killed and restarted from its data.
     b.kill();
     let b = m.edge("edge-b", &[]);

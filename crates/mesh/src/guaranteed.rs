@@ -405,8 +405,6 @@ impl Outbox {
             metrics::gauge!("meshgate_backlog_bytes", "queue" => name)
                 .set(q.journal.used_bytes() as f64);
         }
-        metrics::gauge!("meshgate_store_used_bytes").set(self.disk.used_bytes() as f64);
-        metrics::gauge!("meshgate_store_quota_bytes").set(self.disk.max_bytes() as f64);
         metrics::counter!("meshgate_guaranteed_duplicates_total")
             .absolute(self.duplicates.load(Ordering::Relaxed));
     }

@@ -201,6 +201,32 @@ impl MqttServer {
         self.ctx.sessions.len()
     }
 
+    /// Stored sessions and what waits in their journals (events, bytes, age of the oldest), the
+    /// 1000 largest first, for `GET /v1/backlog`; also sets the `meshgate_session_backlog_*`
+    /// gauges (totals: a label per client id would be unbounded).
+    pub fn backlog(&self) -> serde_json::Value {
+        let all = self.ctx.sessions.backlog();
+        let events: u64 = all.iter().map(|s| s.2).sum();
+        let bytes: u64 = all.iter().map(|s| s.3).sum();
+        gauge!("meshgate_session_backlog_events").set(events as f64);
+        gauge!("meshgate_session_backlog_bytes").set(bytes as f64);
+        gauge!("meshgate_stored_sessions").set(all.len() as f64);
+        let list: Vec<serde_json::Value> = all
+            .into_iter()
+            .take(1000)
+            .map(|(client, online, events, bytes, oldest)| {
+                serde_json::json!({
+                    "client_id": client,
+                    "online": online,
+                    "events": events,
+                    "bytes": bytes,
+                    "oldest_age_ms": oldest,
+                })
+            })
+            .collect();
+        serde_json::json!({ "events": events, "bytes": bytes, "sessions": list })
+    }
+
     /// Accepts connections until `shutdown` turns true.
     pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let addr = listener.local_addr().ok();

@@ -269,6 +269,35 @@ impl SessionStore {
     pub fn len(&self) -> usize {
         self.sessions.lock().len()
     }
+
+    /// What waits in the journals of stored sessions: (client id, online, events, bytes, age
+    /// of the oldest in ms), largest backlog first.
+    pub fn backlog(&self) -> Vec<(String, bool, u64, u64, Option<u64>)> {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        let now = meshgate_broker::now_ms();
+        let mut out: Vec<_> = sessions
+            .iter()
+            .filter_map(|s| {
+                let j = s.mailbox.journal()?;
+                let (first, next) = j.bounds();
+                let oldest = j
+                    .read_from(first, 1)
+                    .ok()
+                    .and_then(|r| r.into_iter().next())
+                    .and_then(|(seq, rec)| Delivery::decode(seq, &rec))
+                    .map(|d| now.saturating_sub(d.event.timestamp_ms));
+                Some((
+                    s.client_id.clone(),
+                    s.mailbox.is_online(),
+                    next - first,
+                    j.used_bytes(),
+                    oldest,
+                ))
+            })
+            .collect();
+        out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
 }
 
 /// `watch::Sender::send_modify` returning a value.

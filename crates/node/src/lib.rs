@@ -178,10 +178,15 @@ impl Node {
         let state = HttpState {
             broker: broker.clone(),
             metrics: {
-                let mesh = mesh.clone();
+                let (mesh, mqtt, disk) = (mesh.clone(), mqtt.clone(), broker.disk().cloned());
                 Arc::new(move || {
                     if let Some(m) = &mesh {
                         m.export_metrics();
+                    }
+                    if let Some(d) = &disk {
+                        metrics::gauge!("meshgate_store_used_bytes").set(d.used_bytes() as f64);
+                        metrics::gauge!("meshgate_store_quota_bytes").set(d.max_bytes() as f64);
+                        mqtt.backlog();
                     }
                     metrics.render()
                 })
@@ -192,7 +197,7 @@ impl Node {
             }),
             sse_queue: config.http.sse_queue,
             backlog: broker.disk().cloned().map(|disk| {
-                let mesh = mesh.clone();
+                let (mesh, mqtt) = (mesh.clone(), mqtt.clone());
                 let commit = format!("{:?}", config.store.commit).to_lowercase();
                 let f: meshgate_http::MeshView = Arc::new(move || {
                     let links = mesh
@@ -207,6 +212,7 @@ impl Node {
                             "commit": commit,
                         },
                         "links": links,
+                        "sessions": mqtt.backlog(),
                     })
                 });
                 f
