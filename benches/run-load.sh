@@ -72,36 +72,6 @@ WORK=""
 source "$ROOT/benches/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
-# Peers
-install_peers() {
-  local apt_pkgs=()
-  command -v mosquitto >/dev/null || apt_pkgs+=(mosquitto)
-  command -v mosquitto_pub >/dev/null || apt_pkgs+=(mosquitto-clients)
-  command -v nats-server >/dev/null || apt_pkgs+=(nats-server)
-  if [[ ${#apt_pkgs[@]} -gt 0 ]]; then
-    [[ $INSTALL == 1 ]] || die "missing ${apt_pkgs[*]} (and --no-install given)"
-    [[ $(id -u) == 0 ]] || die "missing ${apt_pkgs[*]}: run as root, or: sudo apt-get install ${apt_pkgs[*]}"
-    log "installing ${apt_pkgs[*]} (apt)"
-    # Keep the packages' post-install scripts from starting services on default ports.
-    local had_policy=0
-    [[ -e /usr/sbin/policy-rc.d ]] && had_policy=1 && cp -p /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.run-load
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    local rc=0
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"; } >&2 || rc=$?
-    if [[ $had_policy == 1 ]]; then mv /usr/sbin/policy-rc.d.run-load /usr/sbin/policy-rc.d; else rm -f /usr/sbin/policy-rc.d; fi
-    [[ $rc == 0 ]] || die "apt-get install ${apt_pkgs[*]} failed"
-  fi
-  if ! command -v rumqttd >/dev/null; then
-    [[ $INSTALL == 1 ]] || die "missing rumqttd (and --no-install given)"
-    # Not --locked: rumqttd 0.20.0's lockfile pins metrics 0.22.1, which newer rustc rejects
-    # (E0521); the resolver picks a fixed 0.22.x.
-    log "installing rumqttd 0.20.0 (cargo install, about 4 minutes)"
-    cargo install rumqttd --version 0.20.0 >&2 || die "cargo install rumqttd failed"
-  fi
-}
-
-# ---------------------------------------------------------------------------------------------
 # Brokers
 ports_of() {
   case "$1" in

@@ -82,58 +82,8 @@ WORK=""
 source "$ROOT/benches/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
-# Processes (stop_proc, wait_ready, port_open, http_ok: benches/lib.sh)
-check_free() {
-  local p
-  for p in "$@"; do
-    ! port_open "$p" || die "port $p is already in use (set MESH_PORT_BASE to move all ports)"
-  done
-}
-
-# probe PROTO PUB_ADDR SUB_ADDR: a message published at PUB_ADDR arrives at SUB_ADDR.
-probe() {
-  local s
-  s=$("$LOADGEN" probe --proto "$1" --pub-addr "$2" --sub-addr "$3" --timeout 15) \
-    || die "no probe from $2 reached $3 within 15 s"
-  log "probe $2 -> $3 arrived after $(awk -v s="$s" 'BEGIN { printf "%.1f", s * 1000 }') ms"
-}
-
-# mesh_linked HTTP_PORT N: /v1/mesh lists N nodes and every link of this node is up.
-mesh_linked() {
-  local json nodes
-  json=$(curl -sf --max-time 1 "http://127.0.0.1:$1/v1/mesh") || return 1
-  nodes=$(grep -o '"nodes":\[[^]]*\]' <<<"$json" | grep -o '"[^"]*"' | grep -vc '"nodes"') || return 1
-  [[ $nodes -ge $2 ]] || return 1
-  ! grep -q '"state":"[^u][^"]*"' <<<"$json"
-}
-
-# start_meshgate NAME MQTT HTTP MESH [PEER_MESH_PORT]
-start_meshgate() {
-  local name=$1 mqtt=$2 http=$3 mesh=$4 peer=${5:-}
-  check_free "$mqtt" "$http"
-  mkdir -p "$WORK/data-$name"
-  local args=(run --name "$name" --mqtt "127.0.0.1:$mqtt" --http "127.0.0.1:$http"
-    --mesh "127.0.0.1:$mesh" --tls-dir "$WORK/tls" --data-dir "$WORK/data-$name")
-  [[ -z $peer ]] || args+=(--peer "127.0.0.1:$peer")
-  "$MESHGATE_BIN" "${args[@]}" >>"$WORK/$name.log" 2>&1 &
-  PIDS[$name]=$!
-  wait_ready "$name" http_ok "http://127.0.0.1:$http/healthz"
-  wait_ready "$name" port_open "$mqtt"
-}
-
-# start_nats NAME CONFIG_TEXT CLIENT_PORT HTTP_PORT
-start_nats() {
-  local name=$1 conf=$2 port=$3 http=$4
-  check_free "$port" "$http"
-  printf '%s\n' "$conf" >"$WORK/$name.conf"
-  nats-server -c "$WORK/$name.conf" >>"$WORK/$name.log" 2>&1 &
-  PIDS[$name]=$!
-  wait_ready "$name" http_ok "http://127.0.0.1:$http/healthz"
-}
-
-routez_up() { curl -sf --max-time 1 "http://127.0.0.1:$1/routez" | grep -Eq '"num_routes": *[1-9]'; }
-leafz_up() { curl -sf --max-time 1 "http://127.0.0.1:$1/leafz" | grep -Eq '"leafnodes": *[1-9]'; }
-
+# Pairs (stop_proc, wait_ready, check_free, probe, mesh_linked, start_meshgate, start_nats,
+# routez_up, leafz_up: benches/lib.sh)
 start_setup() {
   case "$1" in
     meshgate)

@@ -5,9 +5,11 @@
 //! linked brokers (nodes of a mesh); `loadgen probe` and `loadgen propagation` measure across
 //! nodes too, and `benches/run-mesh.sh` drives them.
 //!
-//! The clients are hand-rolled on raw TCP (QoS 0 only, batched writes) so that the load
-//! generator spends far less CPU per message than any broker it measures; `--client rumqttc`
-//! cross-checks the MQTT numbers with a real client library.
+//! The clients are hand-rolled on raw TCP (batched writes) so that the load generator spends far
+//! less CPU per message than any broker it measures; `--client rumqttc` cross-checks the MQTT
+//! numbers with a real client library. The workloads are QoS 0, except `qos1` and the
+//! `qos1-*` commands (guaranteed delivery; `benches/run-qos1.sh` and
+//! `benches/run-guaranteed-mesh.sh` drive them), and `loadgen table` tabulates those runs.
 
 mod client;
 mod inbuf;
@@ -16,9 +18,11 @@ mod mqtt;
 mod nats;
 mod procstat;
 mod propagation;
+mod qos1;
 mod report;
 mod rumqttc_check;
 mod summary;
+mod table;
 mod throughput;
 
 use std::process::ExitCode;
@@ -50,6 +54,27 @@ enum Command {
     /// Subscription propagation: subscribe at one address while publishers at the others
     /// publish continuously; time from SUBACK to each publisher's first delivery. MQTT only.
     Propagation(propagation::PropagationOpts),
+    /// Publish `--count` QoS 1 messages and return when all are acknowledged; print one JSON
+    /// line (to fill a backlog).
+    Qos1Publish(qos1::PublishOpts),
+    /// Make a persistent QoS 1 subscription and leave it; print the seconds the probe took.
+    Qos1Subscribe(qos1::SubscribeOpts),
+    /// Reconnect to a persistent session (retrying until the broker answers) and receive until
+    /// every one of `--count` messages arrived; print one JSON line with wall-clock times.
+    Qos1Receive(qos1::ReceiveOpts),
+    /// Markdown table, one row per label, of JSON lines of `loadgen run`, with same-run ratios
+    /// to the `--ratio-to` labels.
+    Table {
+        /// Files of JSON lines written by `loadgen run`.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Row order, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        order: Vec<String>,
+        /// Labels to compare every row with (one column each).
+        #[arg(long, value_delimiter = ',')]
+        ratio_to: Vec<String>,
+    },
     /// Markdown table of the JSON lines that `loadgen propagation` printed.
     PropagationSummary {
         /// Files of JSON lines written by `loadgen propagation`.
@@ -88,6 +113,9 @@ enum Workload {
     /// Round trip: open loop at `--rate` from `--pub-addr`, echoed by a client at `--sub-addr`
     /// on another topic back to a subscriber at `--pub-addr`; latency percentiles.
     Rtt,
+    /// 1 publisher, 1 subscriber, one topic, QoS 1 both ways: at most `--inflight` publishes
+    /// unacknowledged, every delivery acknowledged; PUBACK latency percentiles. MQTT only.
+    Qos1,
 }
 
 /// Which MQTT client library drives the load.
@@ -133,6 +161,12 @@ pub struct Opts {
     /// Messages allowed in flight beyond the slowest subscriber (throughput workloads).
     #[arg(long, default_value_t = 8192)]
     window: u64,
+    /// QoS 1 publishes allowed unacknowledged (`qos1`).
+    #[arg(long, default_value_t = 256)]
+    inflight: u64,
+    /// Session of the QoS 1 subscriber (`qos1`).
+    #[arg(long, value_enum, default_value_t = qos1::Session::Clean)]
+    session: qos1::Session,
     /// Subscriber connections for fan-out.
     #[arg(long, default_value_t = 10)]
     subscribers: usize,
@@ -317,6 +351,12 @@ async fn run(opts: Opts) -> anyhow::Result<Report> {
         }
         Workload::Latency => latency::run(&opts, opts.rate, false).await,
         Workload::Rtt => latency::run(&opts, opts.rate, true).await,
+        Workload::Qos1 => {
+            if p != Proto::Mqtt {
+                bail!("--workload qos1 is MQTT only");
+            }
+            qos1::run(&opts).await
+        }
     }
 }
 
@@ -365,6 +405,30 @@ fn main() -> ExitCode {
             .collect::<anyhow::Result<Vec<String>>>()
             .and_then(|texts| propagation::summarize(&texts.concat()))
             .map(|md| print!("{md}")),
+        Command::Table {
+            files,
+            order,
+            ratio_to,
+        } => files
+            .iter()
+            .map(|f| read_input(f).and_then(|t| summary::parse_lines(&t)))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(|v| print!("{}", table::render(&v.concat(), &order, &ratio_to))),
+        Command::Qos1Publish(p) => runtime()
+            .and_then(|rt| rt.block_on(qos1::publish(&p)))
+            .and_then(|r| {
+                println!("{}", serde_json::to_string(&r)?);
+                Ok(())
+            }),
+        Command::Qos1Subscribe(p) => runtime()
+            .and_then(|rt| rt.block_on(qos1::subscribe(&p)))
+            .map(|s| println!("{s:.6}")),
+        Command::Qos1Receive(p) => runtime()
+            .and_then(|rt| rt.block_on(qos1::receive(&p)))
+            .and_then(|r| {
+                println!("{}", serde_json::to_string(&r)?);
+                Ok(())
+            }),
         Command::Probe(p) => runtime()
             .and_then(|rt| rt.block_on(propagation::probe(&p)))
             .map(|s| println!("{s:.6}")),

@@ -66,6 +66,23 @@ pub struct Report {
     pub subscribe_s: Option<f64>,
     /// Latency percentiles, for `latency`.
     pub latency: Option<Latency>,
+    /// QoS of the workload's publishes (`qos1`: 1; absent: 0).
+    pub qos: Option<u8>,
+    /// Unacknowledged QoS 1 publishes allowed, at most (`qos1`).
+    pub inflight: Option<u64>,
+    /// Session of the QoS 1 subscriber (`qos1`).
+    pub session: Option<crate::qos1::Session>,
+    /// PUBACKs received in the measured window (`qos1`).
+    pub acked: Option<u64>,
+    /// `acked / seconds`.
+    pub acked_per_s: Option<f64>,
+    /// PUBACK latency: from the socket write of a QoS 1 PUBLISH to the read of its PUBACK,
+    /// over the measured window (`qos1`).
+    pub puback: Option<Latency>,
+    /// Redeliveries: messages that arrived again after a later one (`qos1`).
+    pub duplicates: u64,
+    /// Publishes never acknowledged (`qos1`).
+    pub unacked: u64,
     /// Something the numbers alone do not say (e.g. the broker stopped reading the publisher).
     pub note: Option<String>,
     /// Why the run failed (written by the runner script; a successful run has none).
