@@ -7,11 +7,13 @@
 //! bounded in-memory queue that the owning connection drains and writes in batches.
 
 mod auth;
+mod cursor;
 mod mailbox;
 mod router;
 mod stats;
 
 pub use auth::{AuthError, Authenticator, Credentials, Identity, StaticAuth, User};
+pub use cursor::JournalCursor;
 pub use mailbox::{Delivery, Mailbox, MailboxReceiver, SessionId};
 pub use router::{
     Broker, BrokerConfig, MeshHook, PublishError, PublishReport, Publisher, RemoteDest, SubOptions,

@@ -124,6 +124,8 @@ pub struct PublishReport {
     pub id: EventId,
     /// Mailboxes the event was queued in.
     pub routed: usize,
+    /// Remote nodes it was sent towards.
+    pub remote: usize,
     /// Commit ticket after which the event is stored durably on this node (guaranteed events
     /// with stored copies); acknowledge the publisher once the disk reaches it. 0 = now.
     pub ticket: u64,
@@ -373,6 +375,7 @@ impl Broker {
         Ok(PublishReport {
             id,
             routed,
+            remote: p.remote.len(),
             ticket: p.ticket,
         })
     }

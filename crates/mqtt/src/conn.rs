@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use meshgate_broker::{
+    JournalCursor,
     Credentials, Delivery, MailboxReceiver, PublishError, Publisher, SubOptions,
 };
 use meshgate_proto::{DeliveryClass, Envelope, Header};
-use meshgate_store::{Disk, Journal, StoreError};
+use meshgate_store::Disk;
 use meshgate_topic::parse_mqtt_filter;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
@@ -181,21 +182,17 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
     );
 
     encode_connack_ok(ctx, &info, present, expiry, assigned, &mut wbuf);
-    let journal = session.mailbox.journal().cloned();
-    let (disk_next, released) = match &journal {
-        Some(j) => {
-            let first = j.bounds().0;
-            (session.state.lock().disk_next.max(first), first - 1)
-        }
-        None => (0, 0),
-    };
+    let cursor = session
+        .mailbox
+        .journal()
+        .map(|j| JournalCursor::new(j.clone(), session.state.lock().disk_next));
+    let released = cursor.as_ref().map_or(0, |c| c.journal().bounds().0 - 1);
     let disk = ctx.broker.disk().cloned();
     let mut conn = Conn {
         durable: disk.as_ref().map(Disk::durable),
         disk,
         acks: VecDeque::new(),
-        journal,
-        disk_next,
+        cursor,
         released,
         release_at: None,
         last_release: Instant::now(),
@@ -267,10 +264,8 @@ struct Conn {
     durable: Option<watch::Receiver<u64>>,
     /// Acknowledgements of publishes waiting for their commit ticket, in arrival order.
     acks: VecDeque<PendingAck>,
-    /// The session's journal, if it is stored.
-    journal: Option<Journal>,
-    /// Next journal sequence number to take into memory (see `SessionState::disk_next`).
-    disk_next: u64,
+    /// The session's journal and how far it was taken, if the session is stored.
+    cursor: Option<JournalCursor>,
     /// The journal is released up to and including this.
     released: u64,
     /// When the next release of the journal is due, if one is.
@@ -359,8 +354,12 @@ impl Conn {
             let mut room = self.outq.is_empty() && self.inflight.len() < self.window;
             // Deliveries that are in the journal but not in the mailbox (it overflowed, or the
             // node restarted): read them back when there is room for them.
-            if room && (rx.is_empty() || !self.took_journaled) && self.journal_has_more() {
-                self.read_journal(JOURNAL_READ as u64);
+            if room
+                && (rx.is_empty() || !self.took_journaled)
+                && let Some(c) = self.cursor.as_mut()
+                && c.has_more()
+            {
+                c.read(JOURNAL_READ, &mut self.outq);
                 self.pump();
                 room = self.outq.is_empty() && self.inflight.len() < self.window;
                 if !self.wbuf.is_empty() {
@@ -433,8 +432,8 @@ impl Conn {
         let mut st = self.session.state.lock();
         st.unacked = std::mem::take(&mut self.inflight);
         st.unsent = std::mem::take(&mut self.outq);
-        if self.journal.is_some() {
-            st.disk_next = self.disk_next;
+        if let Some(c) = &self.cursor {
+            st.disk_next = c.next();
         }
         drop(st);
         self.session.mailbox.detach(rx);
@@ -492,82 +491,26 @@ impl Conn {
         }
     }
 
-    /// Takes the batch received from the mailbox into the out-queue. A journaled delivery is
-    /// taken in journal order: one taken already is skipped, one beyond a gap (the mailbox
-    /// overflowed) is preceded by the gap read from the journal, or left there for later.
+    /// Takes the batch received from the mailbox into the out-queue, journaled deliveries in
+    /// journal order (see [`JournalCursor::take`]).
     fn take_batch(&mut self) {
         let mut batch = std::mem::take(&mut self.batch);
         self.took_journaled = false;
         for d in batch.drain(..) {
-            if d.seq == 0 || self.journal.is_none() {
-                self.outq.push_back(d);
-                continue;
+            match self.cursor.as_mut() {
+                Some(c) if d.seq != 0 => {
+                    self.took_journaled = true;
+                    c.take(d, &mut self.outq, JOURNAL_READ);
+                }
+                _ => self.outq.push_back(d),
             }
-            self.took_journaled = true;
-            if d.seq > self.disk_next && self.outq.len() < JOURNAL_READ {
-                self.read_journal(d.seq - self.disk_next);
-            }
-            if d.seq == self.disk_next {
-                self.disk_next += 1;
-                self.outq.push_back(d);
-            }
-            // Below: taken already. Above: still behind a gap; read back in order later.
         }
         self.batch = batch;
     }
 
-    /// Whether the journal holds deliveries not taken into memory yet.
-    fn journal_has_more(&self) -> bool {
-        self.journal
-            .as_ref()
-            .is_some_and(|j| j.bounds().1 > self.disk_next)
-    }
-
-    /// Reads up to `max` journaled deliveries from `disk_next` on into the out-queue.
-    fn read_journal(&mut self, max: u64) {
-        let Some(j) = self.journal.clone() else {
-            return;
-        };
-        let max = max.min(JOURNAL_READ as u64) as usize;
-        let records = match j.read_from(self.disk_next, max) {
-            Ok(r) => r,
-            Err(StoreError::Corrupt { seq, .. }) if seq >= self.disk_next => {
-                // Take what precedes the damaged record, then step over it.
-                warn!(seq, "damaged record in the session journal skipped");
-                let before = (seq - self.disk_next) as usize;
-                let r = if before > 0 {
-                    j.read_from(self.disk_next, before).unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                self.take_records(r);
-                self.disk_next = self.disk_next.max(seq + 1);
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot read the session journal");
-                return;
-            }
-        };
-        self.take_records(records);
-    }
-
-    fn take_records(&mut self, records: Vec<(u64, Vec<u8>)>) {
-        for (seq, rec) in records {
-            if seq < self.disk_next {
-                continue;
-            }
-            match Delivery::decode(seq, &rec) {
-                Some(d) => self.outq.push_back(d),
-                None => warn!(seq, "undecodable record in the session journal skipped"),
-            }
-            self.disk_next = seq + 1;
-        }
-    }
-
     /// Arms the release timer (at most one release per `RELEASE_EVERY`).
     fn schedule_release(&mut self) {
-        if self.journal.is_none() || self.release_at.is_some() {
+        if self.cursor.is_none() || self.release_at.is_some() {
             return;
         }
         let at = (self.last_release + RELEASE_EVERY).max(Instant::now());
@@ -580,7 +523,7 @@ impl Conn {
     fn release(&mut self) {
         self.release_at = None;
         self.last_release = Instant::now();
-        let Some(j) = &self.journal else { return };
+        let Some(c) = &self.cursor else { return };
         let oldest = self
             .inflight
             .iter()
@@ -589,13 +532,13 @@ impl Conn {
             .find(|&s| s != 0);
         let upto = match oldest {
             Some(s) => s - 1,
-            None => self.disk_next.saturating_sub(1),
+            None => c.next().saturating_sub(1),
         };
         if upto <= self.released {
             return;
         }
         self.released = upto;
-        let j = j.clone();
+        let j = c.journal().clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = j.release_up_to(upto) {
                 warn!(error = %e, "cannot release the session journal");

@@ -1,0 +1,71 @@
+//! Exponential backoff with jitter for reconnecting to a broker that went away.
+
+use std::time::Duration;
+
+/// Doubles from `min` to `max`, with up to a quarter of jitter; [`Backoff::reset`] after success.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at `min`, never waits longer than `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The next wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = d.as_millis() as u64 / 4;
+        let j = if jitter > 0 {
+            rand_below(jitter)
+        } else {
+            0
+        };
+        d + Duration::from_millis(j)
+    }
+
+    /// Back to the shortest wait.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(10))
+    }
+}
+
+fn rand_below(n: u64) -> u64 {
+    // Jitter needs no quality: the clock's low bits will do.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    t % n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let waits: Vec<u128> = (0..6).map(|_| b.next_delay().as_millis()).collect();
+        for (w, base) in waits.iter().zip([100, 200, 400, 800, 800, 800]) {
+            assert!(*w >= base && *w < base + base / 4 + 1, "{waits:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() < Duration::from_millis(126));
+    }
+}

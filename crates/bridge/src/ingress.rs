@@ -1,0 +1,91 @@
+//! A source's way into the mesh: records become guaranteed events, and the source learns when
+//! they are durable so that it acknowledges its broker (commits the Kafka offset, acks the AMQP
+//! delivery) only then.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use meshgate_broker::{Broker, PublishError, Publisher};
+use meshgate_proto::{Envelope, Provenance};
+use thiserror::Error;
+
+use crate::status::BridgeStatus;
+
+/// Why a record was not taken.
+#[derive(Debug, Error)]
+pub enum IngressError {
+    /// The store is at its quota: retry the same record later (never skip it).
+    #[error("{0}")]
+    Full(PublishError),
+    /// The record can never be accepted (invalid topic, payload too large): counted as refused.
+    #[error("{0}")]
+    Refused(PublishError),
+}
+
+/// Publishes one source's records.
+pub struct Ingress {
+    broker: Broker,
+    publisher: Publisher,
+    provenance: Provenance,
+    status: Arc<BridgeStatus>,
+    /// Highest commit ticket of what was published since the last [`Ingress::durable`].
+    ticket: u64,
+}
+
+impl Ingress {
+    /// Records of `member` (a `protocol` cluster or broker), published as `app_id`.
+    pub fn new(
+        broker: &Broker,
+        protocol: &'static str,
+        member: &str,
+        app_id: &str,
+        status: Arc<BridgeStatus>,
+    ) -> Self {
+        let mut publisher = broker.publisher(protocol, None);
+        publisher.set_app_id(Some(app_id.into()));
+        Self {
+            broker: broker.clone(),
+            publisher,
+            provenance: Provenance {
+                protocol: protocol.into(),
+                member: member.into(),
+            },
+            status,
+            ticket: 0,
+        }
+    }
+
+    /// Publishes `env` as a guaranteed event. `Ok` means accepted: stored for every subscriber
+    /// (or wanted by none, and so dropped here at the edge).
+    pub fn publish(&mut self, mut env: Envelope) -> Result<(), IngressError> {
+        env.provenance = Some(self.provenance.clone());
+        match self.broker.publish(&mut self.publisher, env, 1) {
+            Ok(r) => {
+                self.ticket = self.ticket.max(r.ticket);
+                let counter = if r.routed + r.remote > 0 {
+                    &self.status.forwarded
+                } else {
+                    &self.status.unrouted
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e @ PublishError::QuotaExceeded { .. }) => Err(IngressError::Full(e)),
+            Err(e) => {
+                self.status.refused.fetch_add(1, Ordering::Relaxed);
+                Err(IngressError::Refused(e))
+            }
+        }
+    }
+
+    /// Resolves once everything published so far is stored durably.
+    pub async fn durable(&mut self) {
+        self.publisher.flush(&self.broker);
+        let ticket = std::mem::take(&mut self.ticket);
+        if ticket != 0
+            && let Some(disk) = self.broker.disk()
+        {
+            disk.wait(ticket).await;
+        }
+    }
+}
