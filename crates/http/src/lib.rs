@@ -27,6 +27,18 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 /// Renders the mesh view of `GET /v1/mesh`.
 pub type MeshView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// Runs a replay of a Kafka cluster's topic: (cluster, JSON request) to a JSON report, or an
+/// HTTP status and message.
+pub type ReplayFn = Arc<
+    dyn Fn(
+            String,
+            serde_json::Value,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<serde_json::Value, (u16, String)>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
@@ -40,6 +52,10 @@ pub struct HttpState {
     pub sse_queue: usize,
     /// `GET /v1/backlog`: the store and what waits in it, per link and per session.
     pub backlog: Option<MeshView>,
+    /// `GET /v1/bridges`: every source and sink with its state, last error and counters.
+    pub bridges: Option<MeshView>,
+    /// `POST /v1/bridges/kafka/{cluster}/replay`.
+    pub replay: Option<ReplayFn>,
 }
 
 /// The API's routes.
@@ -55,6 +71,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/mesh", get(mesh))
         .route("/v1/node", get(node))
         .route("/v1/backlog", get(backlog))
+        .route("/v1/bridges", get(bridges))
+        .route("/v1/bridges/kafka/{cluster}/replay", post(replay))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -111,6 +129,33 @@ async fn backlog(State(s): State<HttpState>) -> Json<serde_json::Value> {
     match &s.backlog {
         Some(view) => Json(view()),
         None => Json(json!({ "store": null, "links": [], "sessions": [] })),
+    }
+}
+
+/// Sources and sinks of the node's bridges.
+async fn bridges(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    Json(s.bridges.as_ref().map_or_else(|| json!([]), |v| v()))
+}
+
+/// Republishes a range of a Kafka topic into the mesh; answers once the events are durable.
+async fn replay(
+    State(s): State<HttpState>,
+    axum::extract::Path(cluster): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(replay) = &s.replay else {
+        return error(StatusCode::NOT_FOUND, "this node has no Kafka bridge");
+    };
+    let req: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    match replay(cluster, req).await {
+        Ok(report) => Json(report).into_response(),
+        Err((code, msg)) => error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            msg,
+        ),
     }
 }
 

@@ -47,7 +47,16 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Kafka clusters with their sources and sinks (`[[kafka]]`, `[[kafka.source]]`,
+    /// `[[kafka.sink]]`).
+    pub kafka: Vec<KafkaConfig>,
 }
+
+#[cfg(feature = "kafka")]
+pub use meshgate_kafka::KafkaConfig;
+/// This build has no Kafka bridge: any `[[kafka]]` table is refused at validation.
+#[cfg(not(feature = "kafka"))]
+pub type KafkaConfig = serde_json::Value;
 
 /// `[node]`
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -412,6 +421,16 @@ impl Config {
             return bad(
                 "store.quota_bytes",
                 format!("{}: use at least 1048576 (1 MiB)", self.store.quota_bytes),
+            );
+        }
+        for k in &self.kafka {
+            #[cfg(feature = "kafka")]
+            k.validate()
+                .map_err(|msg| ConfigError::Invalid { key: "kafka", msg })?;
+            #[cfg(not(feature = "kafka"))]
+            return bad(
+                "kafka",
+                format!("this build has no Kafka bridge (feature \"kafka\"): {k}"),
             );
         }
         if self.mesh.link_queue == 0 {

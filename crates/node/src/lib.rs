@@ -39,6 +39,9 @@ pub enum NodeError {
     /// The mesh could not start.
     #[error("{0}")]
     Mesh(#[from] MeshError),
+    /// A bridge (Kafka, AMQP) could not start.
+    #[error("bridge: {0}")]
+    Bridge(String),
     /// The data directory cannot be used.
     #[error("data directory {dir}: {msg}")]
     Store {
@@ -170,6 +173,22 @@ impl Node {
         };
 
         let mut tasks = Vec::new();
+        // Bridges start once the mesh runs, so their sinks' interest is advertised at once.
+        let bridges = meshgate_bridge::Bridges::default();
+        let bctx = meshgate_bridge::BridgeContext {
+            broker: broker.clone(),
+            node: config.node.name.clone(),
+            dir: broker
+                .disk()
+                .is_some()
+                .then(|| config.node.data_dir.join("bridges")),
+            bridges: bridges.clone(),
+            shutdown: rx.clone(),
+        };
+        #[cfg(feature = "kafka")]
+        for k in &config.kafka {
+            tasks.extend(meshgate_kafka::start(&bctx, k).map_err(NodeError::Bridge)?);
+        }
         {
             let mqtt = mqtt.clone();
             let rx = rx.clone();
@@ -179,7 +198,9 @@ impl Node {
             broker: broker.clone(),
             metrics: {
                 let (mesh, mqtt, disk) = (mesh.clone(), mqtt.clone(), broker.disk().cloned());
+                let bridges = bridges.clone();
                 Arc::new(move || {
+                    bridges.export_metrics();
                     if let Some(m) = &mesh {
                         m.export_metrics();
                     }
@@ -197,7 +218,7 @@ impl Node {
             }),
             sse_queue: config.http.sse_queue,
             backlog: broker.disk().cloned().map(|disk| {
-                let (mesh, mqtt) = (mesh.clone(), mqtt.clone());
+                let (mesh, mqtt, bridges) = (mesh.clone(), mqtt.clone(), bridges.clone());
                 let commit = format!("{:?}", config.store.commit).to_lowercase();
                 let f: meshgate_http::MeshView = Arc::new(move || {
                     let links = mesh
@@ -213,10 +234,22 @@ impl Node {
                         },
                         "links": links,
                         "sessions": mqtt.backlog(),
+                        "bridges": bridges.list().iter().filter_map(|b| {
+                            b.backlog().map(|(events, bytes)| serde_json::json!({
+                                "kind": b.kind, "member": b.member, "name": b.name,
+                                "events": events, "bytes": bytes,
+                            }))
+                        }).collect::<Vec<_>>(),
                     })
                 });
                 f
             }),
+            bridges: Some({
+                let bridges = bridges.clone();
+                let f: meshgate_http::MeshView = Arc::new(move || bridges.view());
+                f
+            }),
+            replay: replay_fn(&config, &bctx),
         };
         tasks.push(tokio::spawn(async move {
             if let Err(e) = meshgate_http::serve(http_l, state, rx).await {
@@ -268,6 +301,39 @@ impl Node {
         // Let connection tasks write their DISCONNECT.
         tokio::task::yield_now().await;
     }
+}
+
+/// `POST /v1/bridges/kafka/{cluster}/replay`, when the build has Kafka.
+#[cfg(feature = "kafka")]
+fn replay_fn(
+    config: &Config,
+    bctx: &meshgate_bridge::BridgeContext,
+) -> Option<meshgate_http::ReplayFn> {
+    let clusters = Arc::new(config.kafka.clone());
+    let bctx = bctx.clone();
+    Some(Arc::new(move |cluster: String, body: serde_json::Value| {
+        let (clusters, bctx) = (clusters.clone(), bctx.clone());
+        Box::pin(async move {
+            let cfg = clusters
+                .iter()
+                .find(|c| c.name == cluster)
+                .ok_or((404, format!("no Kafka cluster named {cluster:?}")))?;
+            let req: meshgate_kafka::ReplayRequest =
+                serde_json::from_value(body).map_err(|e| (400, format!("invalid request: {e}")))?;
+            let report = meshgate_kafka::replay(&bctx, cfg, req)
+                .await
+                .map_err(|e| (502, e))?;
+            Ok(serde_json::to_value(report).unwrap_or_default())
+        })
+    }))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn replay_fn(
+    _config: &Config,
+    _bctx: &meshgate_bridge::BridgeContext,
+) -> Option<meshgate_http::ReplayFn> {
+    None
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {

@@ -1,0 +1,226 @@
+//! Replay: republish a time or offset range of a Kafka topic into the mesh, filtered by a
+//! wildcard, for a subscriber that needs history. The records go through the same topic
+//! template as the cluster's source of that topic (or `{topic}`), carry the `meshgate-replay`
+//! header, and are published as guaranteed events; the call answers once they are durable.
+
+use std::time::{Duration, Instant};
+
+use meshgate_bridge::{BridgeContext, BridgeStatus, Ingress, IngressError, origin};
+use meshgate_proto::Header;
+use meshgate_topic::Filter;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::KafkaConfig;
+use crate::source::Mapper;
+
+/// What to replay (`POST /v1/bridges/kafka/{cluster}/replay`, `meshgate kafka replay`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Kafka topic.
+    pub topic: String,
+    /// Only events whose mesh topic matches this filter (default: all, `>`).
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// From this record timestamp (ms since the epoch), inclusive.
+    #[serde(default)]
+    pub from_ms: Option<i64>,
+    /// Up to this record timestamp, inclusive.
+    #[serde(default)]
+    pub to_ms: Option<i64>,
+    /// From this offset (every partition, or `partition`), inclusive.
+    #[serde(default)]
+    pub from_offset: Option<i64>,
+    /// Up to this offset, inclusive.
+    #[serde(default)]
+    pub to_offset: Option<i64>,
+    /// Only this partition.
+    #[serde(default)]
+    pub partition: Option<i32>,
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplayReport {
+    /// Records read from Kafka in the range.
+    pub read: u64,
+    /// Events published into the mesh.
+    pub published: u64,
+    /// Records outside the filter.
+    pub filtered: u64,
+    /// Records written by a meshgate sink (never taken back).
+    pub skipped_loop: u64,
+    /// Records the mesh refused (invalid topic, too large).
+    pub refused: u64,
+    /// Partitions read.
+    pub partitions: usize,
+}
+
+/// Longest a replay reads before it answers with what it has.
+const REPLAY_LIMIT: Duration = Duration::from_secs(120);
+const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a replay on `cfg`'s cluster. Errors are for the caller (bad request, cluster away).
+pub async fn replay(
+    ctx: &BridgeContext,
+    cfg: &KafkaConfig,
+    req: ReplayRequest,
+) -> Result<ReplayReport, String> {
+    let filter = match &req.filter {
+        Some(f) => Filter::parse(f).map_err(|e| format!("filter {f:?}: {e}"))?,
+        None => Filter::parse(">").map_err(|e| e.to_string())?,
+    };
+    let template = cfg
+        .source
+        .iter()
+        .find(|s| s.topics.iter().any(|t| t == &req.topic))
+        .map_or("{topic}", |s| s.topic_template.as_str())
+        .to_string();
+    let status = BridgeStatus::new("kafka", &cfg.name, "replay", "source", req.topic.clone());
+    let ingress = Ingress::new(&ctx.broker, "kafka", &cfg.name, cfg.app_id(), status);
+    let cc = {
+        let mut c = cfg.client_config();
+        c.set("group.id", format!("{}.replay", cfg.app_id()));
+        c.set("enable.auto.commit", "false");
+        c.set("enable.partition.eof", "false");
+        c
+    };
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer<DefaultConsumerContext> =
+            cc.create().map_err(|e| format!("cannot create a consumer: {e}"))?;
+        run(&consumer, &handle, ingress, &req, &filter, &template)
+    })
+    .await
+    .map_err(|e| format!("replay failed: {e}"))?
+}
+
+fn run(
+    consumer: &BaseConsumer,
+    handle: &tokio::runtime::Handle,
+    mut ingress: Ingress,
+    req: &ReplayRequest,
+    filter: &Filter,
+    template: &str,
+) -> Result<ReplayReport, String> {
+    let meta = consumer
+        .fetch_metadata(Some(&req.topic), META_TIMEOUT)
+        .map_err(|e| format!("cluster unreachable: {e}"))?;
+    let partitions: Vec<i32> = meta
+        .topics()
+        .iter()
+        .find(|t| t.name() == req.topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let partitions: Vec<i32> = partitions
+        .into_iter()
+        .filter(|p| req.partition.is_none_or(|want| want == *p))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("topic {:?} has no such partition", req.topic));
+    }
+    // Where each partition starts and ends (exclusive), as of now.
+    let mut ranges = Vec::new();
+    let by_time = req.from_ms.map(|ms| {
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let _ = tpl.add_partition_offset(&req.topic, *p, Offset::Offset(ms));
+        }
+        consumer.offsets_for_times(tpl, META_TIMEOUT)
+    });
+    let by_time = match by_time {
+        Some(r) => Some(r.map_err(|e| format!("offsets for time: {e}"))?),
+        None => None,
+    };
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&req.topic, *p, META_TIMEOUT)
+            .map_err(|e| format!("watermarks of partition {p}: {e}"))?;
+        let mut start = low.max(req.from_offset.unwrap_or(low));
+        if let Some(t) = &by_time {
+            match t.find_partition(&req.topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => start = start.max(o),
+                // No record at or after the time: nothing to read here.
+                _ => start = high,
+            }
+        }
+        let end = match req.to_offset {
+            Some(o) => high.min(o + 1),
+            None => high,
+        };
+        if start < end {
+            ranges.push((*p, start, end));
+        }
+    }
+    let mut report = ReplayReport {
+        partitions: ranges.len(),
+        ..Default::default()
+    };
+    if ranges.is_empty() {
+        return Ok(report);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, start, _) in &ranges {
+        let _ = tpl.add_partition_offset(&req.topic, *p, Offset::Offset(*start));
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| format!("assign: {e}"))?;
+    let mut open: Vec<(i32, i64)> = ranges.iter().map(|(p, _, end)| (*p, *end)).collect();
+    let mut mapper = Mapper::new(template)?;
+    let deadline = Instant::now() + REPLAY_LIMIT;
+    while !open.is_empty() && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.map_err(|e| format!("consume: {e}"))?;
+        let Some(i) = open.iter().position(|(p, _)| *p == m.partition()) else {
+            continue;
+        };
+        if m.offset() >= open[i].1 {
+            open.swap_remove(i);
+            continue;
+        }
+        if m.offset() + 1 >= open[i].1 {
+            open.swap_remove(i);
+        }
+        let ts = m.timestamp().to_millis().unwrap_or(0);
+        if req.to_ms.is_some_and(|to| ts > to) {
+            // Timestamps may go back within a partition: read to the end offset anyway.
+            continue;
+        }
+        report.read += 1;
+        let Some(mut env) = mapper.envelope(&m) else {
+            report.skipped_loop += 1;
+            continue;
+        };
+        if !filter.matches(&env.topic) {
+            report.filtered += 1;
+            continue;
+        }
+        env.headers.push(Header {
+            name: origin::REPLAY_HEADER.into(),
+            value: "true".into(),
+        });
+        loop {
+            match ingress.publish(env.clone()) {
+                Ok(()) => report.published += 1,
+                Err(IngressError::Refused(_)) => report.refused += 1,
+                Err(IngressError::Full(e)) => {
+                    if Instant::now() >= deadline {
+                        return Err(format!("stopped at offset {}: {e}", m.offset()));
+                    }
+                    handle.block_on(ingress.durable());
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            break;
+        }
+    }
+    handle.block_on(ingress.durable());
+    Ok(report)
+}

@@ -1,0 +1,160 @@
+//! A sink: a mesh subscription produced into Kafka by an idempotent producer.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshgate_bridge::template::{Output, RecordVars, Template, levels_to_dots};
+use meshgate_bridge::{BridgeContext, BridgeStatus, SinkSpec, SinkTarget, origin, run_sink};
+use meshgate_proto::Envelope;
+use meshgate_store::Journal;
+use meshgate_topic::Filter;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::task::JoinHandle;
+
+use crate::Ctx;
+use crate::config::{KafkaConfig, KafkaSink, SINK_VARS};
+
+pub(crate) fn start(
+    ctx: &BridgeContext,
+    cfg: &KafkaConfig,
+    sink: &KafkaSink,
+    status: Arc<BridgeStatus>,
+    kctx: Ctx,
+    journal: Option<Journal>,
+) -> Result<JoinHandle<()>, String> {
+    let at = |e: String| format!("kafka {:?} sink {:?}: {e}", cfg.name, sink.name);
+    let mut pc = cfg.client_config();
+    pc.set("enable.idempotence", if sink.idempotent { "true" } else { "false" });
+    // Never give up on a record: while the cluster is away the producer keeps retrying and the
+    // sink's journal holds the rest. Order per partition is kept by idempotence.
+    pc.set("message.timeout.ms", "0");
+    pc.set("linger.ms", "2");
+    let producer: FutureProducer<Ctx> = pc
+        .create_with_context(kctx)
+        .map_err(|e| at(format!("cannot create the producer: {e}")))?;
+    let target = KafkaTarget {
+        producer,
+        topic: Template::parse(&sink.topic_template, SINK_VARS).map_err(|e| at(e.to_string()))?,
+        key: match &sink.key_template {
+            Some(k) => Some(Template::parse(k, SINK_VARS).map_err(|e| at(e.to_string()))?),
+            None => None,
+        },
+        node: ctx.node.clone(),
+        scratch: String::new(),
+        key_scratch: String::new(),
+    };
+    let spec = SinkSpec {
+        protocol: "kafka",
+        member: cfg.name.clone(),
+        filter: Filter::parse(&sink.filter).map_err(|e| at(e.to_string()))?,
+        batch: sink.batch,
+        mailbox: 4096,
+        journal,
+    };
+    Ok(tokio::spawn(run_sink(
+        ctx.broker.clone(),
+        spec,
+        status,
+        target,
+        ctx.shutdown.clone(),
+    )))
+}
+
+struct KafkaTarget {
+    producer: FutureProducer<Ctx>,
+    topic: Template,
+    key: Option<Template>,
+    node: String,
+    scratch: String,
+    key_scratch: String,
+}
+
+impl KafkaTarget {
+    /// Renders the Kafka topic (into `scratch`) and, if the event has no key, the key template
+    /// (into `key_scratch`); returns whether a rendered key applies.
+    fn names(&mut self, e: &Envelope) -> bool {
+        let dotted = levels_to_dots(&e.topic);
+        let headers: Vec<(&str, &[u8])> = e
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), &h.value[..]))
+            .collect();
+        let vars = RecordVars {
+            topic: &dotted,
+            names: &[],
+            key: e.key.as_deref(),
+            headers: &headers,
+            json: None,
+            levels: Some(&e.topic),
+        };
+        self.topic.render(&vars, Output::KafkaTopic, &mut self.scratch);
+        match (&self.key, &e.key) {
+            (Some(k), None) => {
+                k.render(&vars, Output::RoutingKey, &mut self.key_scratch);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl SinkTarget for KafkaTarget {
+    async fn send(&mut self, events: &[Arc<Envelope>]) -> Result<(), String> {
+        let mut pending = Vec::with_capacity(events.len());
+        for e in events {
+            let rendered_key = self.names(e);
+            let mut headers = OwnedHeaders::new_with_capacity(e.headers.len() + 1);
+            for h in &e.headers {
+                headers = headers.insert(Header {
+                    key: &h.name,
+                    value: Some(&h.value[..]),
+                });
+            }
+            let origin = origin::origin_value(&self.node, e);
+            headers = headers.insert(Header {
+                key: origin::ORIGIN_HEADER,
+                value: Some(origin.as_bytes()),
+            });
+            let key: Option<Cow<'_, [u8]>> = if rendered_key {
+                Some(Cow::Borrowed(self.key_scratch.as_bytes()))
+            } else {
+                e.key.as_deref().map(Cow::Borrowed)
+            };
+            let mut record = FutureRecord::to(&self.scratch)
+                .payload(&e.payload[..])
+                .headers(headers);
+            if let Some(k) = &key {
+                record = record.key(&k[..]);
+            }
+            if e.timestamp_ms > 0 {
+                record = record.timestamp(e.timestamp_ms as i64);
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(f) => {
+                        pending.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        // librdkafka's queue is full: let it drain, then try again.
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((e, _)) => return Err(format!("produce: {e}")),
+                }
+            }
+        }
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(format!("produce: {e}")),
+                Err(_) => return Err("producer went away".into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! A source: Kafka topics into the mesh, offsets stored only after the node stored the events.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use meshgate_bridge::template::{Output, RecordVars, Template, dots_to_levels};
+use meshgate_bridge::{Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin};
+use meshgate_proto::{Envelope, Header};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::warn;
+
+use crate::Ctx;
+use crate::config::{KafkaConfig, KafkaSource, SOURCE_VARS};
+
+/// Maps Kafka records to envelopes: the topic template and what it needs.
+pub(crate) struct Mapper {
+    template: Template,
+    topic: String,
+}
+
+impl Mapper {
+    pub(crate) fn new(template: &str) -> Result<Self, String> {
+        Ok(Self {
+            template: Template::parse(template, SOURCE_VARS).map_err(|e| e.to_string())?,
+            topic: String::new(),
+        })
+    }
+
+    /// The envelope of `m`, or `None` if a sink of the mesh wrote it (loop rule).
+    pub(crate) fn envelope(&mut self, m: &BorrowedMessage<'_>) -> Option<Envelope> {
+        let mut headers: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(h) = m.headers() {
+            for hd in h.iter() {
+                headers.push((hd.key, hd.value.unwrap_or_default()));
+            }
+        }
+        if origin::came_from_mesh(headers.iter().map(|(k, _)| *k)) {
+            return None;
+        }
+        let payload = m.payload().unwrap_or_default();
+        let json = if self.template.needs_payload() {
+            serde_json::from_slice::<serde_json::Value>(payload).ok()
+        } else {
+            None
+        };
+        let partition = m.partition().to_string();
+        let offset = m.offset().to_string();
+        let names = [
+            ("partition", Cow::Borrowed(partition.as_str())),
+            ("offset", Cow::Borrowed(offset.as_str())),
+        ];
+        let kafka_topic = dots_to_levels(m.topic());
+        let vars = RecordVars {
+            topic: &kafka_topic,
+            names: &names,
+            key: m.key(),
+            headers: &headers,
+            json: json.as_ref(),
+            levels: None,
+        };
+        self.template.render(&vars, Output::MeshTopic, &mut self.topic);
+        Some(Envelope {
+            topic: self.topic.clone(),
+            key: m.key().map(Bytes::copy_from_slice),
+            headers: headers
+                .iter()
+                .map(|(k, v)| Header {
+                    name: (*k).to_string(),
+                    value: Bytes::copy_from_slice(v),
+                })
+                .collect(),
+            payload: Bytes::copy_from_slice(payload),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0).max(0) as u64,
+            ..Default::default()
+        })
+    }
+}
+
+/// Runs one source until the node stops; reconnects with backoff.
+pub(crate) async fn run(
+    ctx: BridgeContext,
+    cfg: Arc<KafkaConfig>,
+    src: KafkaSource,
+    status: Arc<BridgeStatus>,
+    kctx: Ctx,
+) {
+    let mut backoff = Backoff::default();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        match consume(&ctx, &cfg, &src, &status, &kctx).await {
+            Ok(()) => break,
+            Err(e) => {
+                status.down(&e);
+                status.retries.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+    status.stopped();
+}
+
+/// Consumes until shutdown (`Ok`) or an error the consumer cannot go on after.
+async fn consume(
+    ctx: &BridgeContext,
+    cfg: &KafkaConfig,
+    src: &KafkaSource,
+    status: &Arc<BridgeStatus>,
+    kctx: &Ctx,
+) -> Result<(), String> {
+    let mut cc = cfg.client_config();
+    cc.set("group.id", cfg.group_of(src));
+    cc.set("enable.auto.commit", "true");
+    cc.set("auto.commit.interval.ms", "1000");
+    // Offsets are stored by hand, after the events are durable.
+    cc.set("enable.auto.offset.store", "false");
+    cc.set("auto.offset.reset", &src.start);
+    let consumer: StreamConsumer<Ctx> = cc
+        .create_with_context(kctx.clone())
+        .map_err(|e| format!("cannot create the consumer: {e}"))?;
+    let topics: Vec<&str> = src.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+    let mut mapper = Mapper::new(&src.topic_template)?;
+    let mut ingress = Ingress::new(&ctx.broker, "kafka", &cfg.name, cfg.app_id(), status.clone());
+    let mut shutdown = ctx.shutdown.clone();
+    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    let mut backoff = Backoff::default();
+    let result = loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break Ok(()),
+            m = consumer.recv() => m,
+        };
+        let mut next = Some(first);
+        let mut n = 0;
+        let mut stop = false;
+        while let Some(m) = next.take() {
+            match m {
+                Ok(m) => {
+                    n += 1;
+                    status.consumed.fetch_add(1, Ordering::Relaxed);
+                    match mapper.envelope(&m) {
+                        None => {
+                            status.skipped_loop.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(env) => {
+                            if !publish(&mut ingress, env, &m, &mut backoff, &mut shutdown).await {
+                                stop = true;
+                                break;
+                            }
+                        }
+                    }
+                    positions.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+                }
+                Err(e) => {
+                    status.error(format!("consume: {e}"));
+                    break;
+                }
+            }
+            if n >= src.batch {
+                break;
+            }
+            // Whatever librdkafka has fetched already joins the batch; never wait for more.
+            next = consumer.recv().now_or_never();
+        }
+        if positions.is_empty() {
+            if stop {
+                break Ok(());
+            }
+            continue;
+        }
+        ingress.durable().await;
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in positions.drain() {
+            if let Err(e) = tpl.add_partition_offset(&t, p, Offset::Offset(o)) {
+                warn!(error = %e, "cannot note an offset");
+            }
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // A partition revoked meanwhile: its new owner starts from the last commit.
+            status.error(format!("store offsets: {e}"));
+        }
+        if stop {
+            break Ok(());
+        }
+    };
+    // Commit what is stored before leaving, so a restart resumes exactly there (closing the
+    // consumer commits too; this starts it early).
+    let _ = consumer.commit_consumer_state(CommitMode::Async);
+    result
+}
+
+/// Publishes one record; waits out a full store (never skips a record for it). False: the node
+/// stops before the record was taken.
+async fn publish(
+    ingress: &mut Ingress,
+    env: Envelope,
+    m: &BorrowedMessage<'_>,
+    backoff: &mut Backoff,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let mut env = Some(env);
+    while let Some(e) = env.take() {
+        match ingress.publish(e.clone()) {
+            Ok(()) => backoff.reset(),
+            Err(IngressError::Refused(err)) => {
+                warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %err, "record refused by the mesh, skipped");
+            }
+            Err(IngressError::Full(err)) => {
+                warn!(error = %err, "store full: the source waits");
+                ingress.durable().await;
+                tokio::select! {
+                    _ = shutdown.changed() => return false,
+                    _ = tokio::time::sleep(backoff.next_delay().max(Duration::from_millis(100))) => {}
+                }
+                env = Some(e);
+            }
+        }
+    }
+    true
+}
