@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod kafka;
+
 /// A running `meshgate run` process, killed on drop.
 pub struct NodeProc {
     child: Child,
@@ -172,11 +174,26 @@ pub fn http_request(
     path: &str,
     body: &[u8],
 ) -> Option<(u16, String)> {
+    http_request_with(addr, method, path, &[], body)
+}
+
+/// [`http_request`] with extra headers. Waits up to 60 s for the answer.
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).ok()?;
@@ -206,15 +223,23 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Path of a command the tests need; fails loudly when the test setup did not install it.
 pub fn need(cmd: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+    need_msg(
+        cmd,
+        "run scripts/test.sh, which installs the test peers (apt-get install mosquitto-clients)",
+    )
+}
+
+/// Like [`need`], with the remedy to print. Also looks in `~/.cargo/bin` (cargo-installed peers).
+pub fn need_msg(cmd: &str, remedy: &str) -> PathBuf {
+    let home = std::env::var("HOME").map(|h| format!("{h}/.cargo/bin"));
+    let path = std::env::var("PATH").unwrap_or_default();
+    for dir in path.split(':').chain(home.as_deref().ok()) {
         let p = Path::new(dir).join(cmd);
         if p.is_file() {
             return p;
         }
     }
-    panic!(
-        "`{cmd}` is not installed: run scripts/test.sh, which installs the test peers (apt-get install mosquitto-clients)"
-    );
+    panic!("`{cmd}` is not installed: {remedy}");
 }
 
 /// A mosquitto client command (`mosquitto_pub` or `mosquitto_sub`) aimed at `node`'s MQTT port

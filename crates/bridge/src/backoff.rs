@@ -25,11 +25,7 @@ impl Backoff {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         let jitter = d.as_millis() as u64 / 4;
-        let j = if jitter > 0 {
-            rand_below(jitter)
-        } else {
-            0
-        };
+        let j = if jitter > 0 { rand_below(jitter) } else { 0 };
         d + Duration::from_millis(j)
     }
 

@@ -48,7 +48,8 @@ pub struct SinkSpec {
 pub trait SinkTarget: Send {
     /// Writes `events` in order; resolves `Ok` once the broker acknowledged every one. On `Err`
     /// the whole batch is written again after a backoff (at least once).
-    fn send(&mut self, events: &[Arc<Envelope>]) -> impl Future<Output = Result<(), String>> + Send;
+    fn send(&mut self, events: &[Arc<Envelope>])
+    -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// Runs a sink until `shutdown` turns true.
@@ -169,12 +170,7 @@ pub async fn run_sink<T: SinkTarget>(
     status.stopped();
 }
 
-fn release(
-    cursor: &Option<JournalCursor>,
-    released: &mut u64,
-    upto: u64,
-    last: &mut Instant,
-) {
+fn release(cursor: &Option<JournalCursor>, released: &mut u64, upto: u64, last: &mut Instant) {
     *last = Instant::now();
     let Some(c) = cursor else { return };
     *released = upto;

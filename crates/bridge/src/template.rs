@@ -341,7 +341,10 @@ impl Vars for RecordVars<'_> {
                 .find(|(k, _)| k == h)
                 .map(|(_, v)| String::from_utf8_lossy(v)),
             Var::Payload(path) => self.json.and_then(|j| json_field(j, path)),
-            Var::Level(i) => self.levels.and_then(|t| t.split('/').nth(*i)).map(Cow::Borrowed),
+            Var::Level(i) => self
+                .levels
+                .and_then(|t| t.split('/').nth(*i))
+                .map(Cow::Borrowed),
         }
     }
 }
@@ -378,10 +381,18 @@ mod tests {
         let t = Template::parse("orders/{header.region}/{key}", KAFKA_IN).unwrap();
         let mut out = String::new();
         let h: &[(&str, &[u8])] = &[("region", b"us")];
-        t.render(&vars("orders", Some(b"k17"), h, None), Output::MeshTopic, &mut out);
+        t.render(
+            &vars("orders", Some(b"k17"), h, None),
+            Output::MeshTopic,
+            &mut out,
+        );
         assert_eq!(out, "orders/us/k17");
         // Missing header and key: `_`, never a dropped record or an empty level.
-        t.render(&vars("orders", None, &[], None), Output::MeshTopic, &mut out);
+        t.render(
+            &vars("orders", None, &[], None),
+            Output::MeshTopic,
+            &mut out,
+        );
         assert_eq!(out, "orders/_/_");
     }
 
@@ -401,8 +412,8 @@ mod tests {
 
     #[test]
     fn payload_fields() {
-        let t = Template::parse("o/{payload.addr.country}/{payload.n}/{payload.x}", KAFKA_IN)
-            .unwrap();
+        let t =
+            Template::parse("o/{payload.addr.country}/{payload.n}/{payload.x}", KAFKA_IN).unwrap();
         assert!(t.needs_payload());
         let j: serde_json::Value =
             serde_json::from_str(r#"{"addr":{"country":"us"},"n":17}"#).unwrap();

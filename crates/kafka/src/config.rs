@@ -160,7 +160,10 @@ impl KafkaConfig {
             Template::parse(&s.topic_template, SOURCE_VARS)
                 .map_err(|e| at(&format!("topic_template: {e}")))?;
             if !["earliest", "latest"].contains(&s.start.as_str()) {
-                return Err(at(&format!("start {:?}: expected earliest or latest", s.start)));
+                return Err(at(&format!(
+                    "start {:?}: expected earliest or latest",
+                    s.start
+                )));
             }
             if let Some(g) = &s.group
                 && !g.starts_with(self.app_id())
@@ -251,7 +254,10 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.group_of(&c.source[0]), "shop.o");
         for (bad, want) in [
-            (r#""topic_template":"orders/{regin}""#, "unknown placeholder {regin}"),
+            (
+                r#""topic_template":"orders/{regin}""#,
+                "unknown placeholder {regin}",
+            ),
             (r#""group":"other.g""#, "must start with the app id"),
             (r#""start":"middle""#, "expected earliest or latest"),
         ] {
@@ -259,7 +265,10 @@ mod tests {
             let text = if bad.contains("template") {
                 text
             } else {
-                text.replace(r#""topics":["orders"]"#, &format!(r#""topics":["orders"],{bad}"#))
+                text.replace(
+                    r#""topics":["orders"]"#,
+                    &format!(r#""topics":["orders"],{bad}"#),
+                )
             };
             let e = parse(&text).validate().unwrap_err();
             assert!(e.contains(want) && e.contains("source \"o\""), "{e}");

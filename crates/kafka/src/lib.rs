@@ -131,7 +131,8 @@ async fn probe(ctx: BridgeContext, cfg: Arc<KafkaConfig>, kctx: Ctx) {
         let c = client.clone();
         let r = tokio::task::spawn_blocking(move || {
             use rdkafka::consumer::Consumer;
-            c.fetch_metadata(None, PROBE_EVERY).map(|m| m.brokers().len())
+            c.fetch_metadata(None, PROBE_EVERY)
+                .map(|m| m.brokers().len())
         })
         .await;
         for s in kctx.statuses.iter() {

@@ -9,6 +9,7 @@ use meshgate_bridge::{BridgeContext, BridgeStatus, Ingress, IngressError, origin
 use meshgate_proto::Header;
 use meshgate_topic::Filter;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -85,13 +86,14 @@ pub async fn replay(
         let mut c = cfg.client_config();
         c.set("group.id", format!("{}.replay", cfg.app_id()));
         c.set("enable.auto.commit", "false");
-        c.set("enable.partition.eof", "false");
+        c.set("enable.partition.eof", "true");
         c
     };
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer<DefaultConsumerContext> =
-            cc.create().map_err(|e| format!("cannot create a consumer: {e}"))?;
+        let consumer: BaseConsumer<DefaultConsumerContext> = cc
+            .create()
+            .map_err(|e| format!("cannot create a consumer: {e}"))?;
         run(&consumer, &handle, ingress, &req, &filter, &template)
     })
     .await
@@ -122,70 +124,78 @@ fn run(
     if partitions.is_empty() {
         return Err(format!("topic {:?} has no such partition", req.topic));
     }
-    // Where each partition starts and ends (exclusive), as of now.
-    let mut ranges = Vec::new();
-    let by_time = req.from_ms.map(|ms| {
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            let _ = tpl.add_partition_offset(&req.topic, *p, Offset::Offset(ms));
+    // Where each partition starts; it ends at `to_offset` or at its end as of the read
+    // (librdkafka's end-of-partition event), whichever comes first.
+    let by_time = match req.from_ms {
+        Some(ms) => {
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                let _ = tpl.add_partition_offset(&req.topic, *p, Offset::Offset(ms));
+            }
+            Some(
+                consumer
+                    .offsets_for_times(tpl, META_TIMEOUT)
+                    .map_err(|e| format!("offsets for time: {e}"))?,
+            )
         }
-        consumer.offsets_for_times(tpl, META_TIMEOUT)
-    });
-    let by_time = match by_time {
-        Some(r) => Some(r.map_err(|e| format!("offsets for time: {e}"))?),
         None => None,
     };
+    let mut tpl = TopicPartitionList::new();
+    let mut open: Vec<i32> = Vec::new();
     for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&req.topic, *p, META_TIMEOUT)
-            .map_err(|e| format!("watermarks of partition {p}: {e}"))?;
-        let mut start = low.max(req.from_offset.unwrap_or(low));
-        if let Some(t) = &by_time {
-            match t.find_partition(&req.topic, *p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => start = start.max(o),
-                // No record at or after the time: nothing to read here.
-                _ => start = high,
-            }
-        }
-        let end = match req.to_offset {
-            Some(o) => high.min(o + 1),
-            None => high,
+        let from_time = by_time
+            .as_ref()
+            .and_then(|t| t.find_partition(&req.topic, *p))
+            .map(|e| e.offset());
+        let start = match (req.from_offset, from_time) {
+            // No record at or after the time: nothing to read in this partition.
+            (_, Some(Offset::End)) => continue,
+            (Some(o), Some(Offset::Offset(t))) => Offset::Offset(o.max(t)),
+            (None, Some(Offset::Offset(t))) => Offset::Offset(t),
+            (Some(o), _) => Offset::Offset(o),
+            (None, _) => Offset::Beginning,
         };
-        if start < end {
-            ranges.push((*p, start, end));
+        if let (Some(to), Offset::Offset(from)) = (req.to_offset, start)
+            && from > to
+        {
+            continue;
         }
+        let _ = tpl.add_partition_offset(&req.topic, *p, start);
+        open.push(*p);
     }
     let mut report = ReplayReport {
-        partitions: ranges.len(),
+        partitions: open.len(),
         ..Default::default()
     };
-    if ranges.is_empty() {
+    if open.is_empty() {
         return Ok(report);
     }
-    let mut tpl = TopicPartitionList::new();
-    for (p, start, _) in &ranges {
-        let _ = tpl.add_partition_offset(&req.topic, *p, Offset::Offset(*start));
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| format!("assign: {e}"))?;
-    let mut open: Vec<(i32, i64)> = ranges.iter().map(|(p, _, end)| (*p, *end)).collect();
+    consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
     let mut mapper = Mapper::new(template)?;
     let deadline = Instant::now() + REPLAY_LIMIT;
     while !open.is_empty() && Instant::now() < deadline {
         let Some(m) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let m = m.map_err(|e| format!("consume: {e}"))?;
-        let Some(i) = open.iter().position(|(p, _)| *p == m.partition()) else {
-            continue;
+        let m = match m {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(p)) => {
+                open.retain(|x| *x != p);
+                continue;
+            }
+            Err(e) => return Err(format!("consume: {e}")),
         };
-        if m.offset() >= open[i].1 {
-            open.swap_remove(i);
+        if !open.contains(&m.partition()) {
             continue;
         }
-        if m.offset() + 1 >= open[i].1 {
-            open.swap_remove(i);
+        if let Some(to) = req.to_offset {
+            if m.offset() > to {
+                open.retain(|x| *x != m.partition());
+                continue;
+            }
+            if m.offset() == to {
+                open.retain(|x| *x != m.partition());
+            }
         }
         let ts = m.timestamp().to_millis().unwrap_or(0);
         if req.to_ms.is_some_and(|to| ts > to) {

@@ -11,12 +11,16 @@ use meshgate_store::Journal;
 use meshgate_topic::Filter;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::task::JoinHandle;
 
 use crate::Ctx;
 use crate::config::{KafkaConfig, KafkaSink, SINK_VARS};
+
+/// Longest wait for Kafka to acknowledge a batch before the producer is replaced and the batch
+/// written again (it stays in the journal meanwhile).
+const ACK_WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) fn start(
     ctx: &BridgeContext,
@@ -28,16 +32,21 @@ pub(crate) fn start(
 ) -> Result<JoinHandle<()>, String> {
     let at = |e: String| format!("kafka {:?} sink {:?}: {e}", cfg.name, sink.name);
     let mut pc = cfg.client_config();
-    pc.set("enable.idempotence", if sink.idempotent { "true" } else { "false" });
+    pc.set(
+        "enable.idempotence",
+        if sink.idempotent { "true" } else { "false" },
+    );
     // Never give up on a record: while the cluster is away the producer keeps retrying and the
     // sink's journal holds the rest. Order per partition is kept by idempotence.
     pc.set("message.timeout.ms", "0");
     pc.set("linger.ms", "2");
     let producer: FutureProducer<Ctx> = pc
-        .create_with_context(kctx)
+        .create_with_context(kctx.clone())
         .map_err(|e| at(format!("cannot create the producer: {e}")))?;
     let target = KafkaTarget {
         producer,
+        config: pc,
+        kctx,
         topic: Template::parse(&sink.topic_template, SINK_VARS).map_err(|e| at(e.to_string()))?,
         key: match &sink.key_template {
             Some(k) => Some(Template::parse(k, SINK_VARS).map_err(|e| at(e.to_string()))?),
@@ -66,6 +75,10 @@ pub(crate) fn start(
 
 struct KafkaTarget {
     producer: FutureProducer<Ctx>,
+    /// To make a new producer after a fatal error (e.g. the cluster lost the idempotent
+    /// producer's state).
+    config: rdkafka::ClientConfig,
+    kctx: Ctx,
     topic: Template,
     key: Option<Template>,
     node: String,
@@ -91,7 +104,8 @@ impl KafkaTarget {
             json: None,
             levels: Some(&e.topic),
         };
-        self.topic.render(&vars, Output::KafkaTopic, &mut self.scratch);
+        self.topic
+            .render(&vars, Output::KafkaTopic, &mut self.scratch);
         match (&self.key, &e.key) {
             (Some(k), None) => {
                 k.render(&vars, Output::RoutingKey, &mut self.key_scratch);
@@ -104,6 +118,32 @@ impl KafkaTarget {
 
 impl SinkTarget for KafkaTarget {
     async fn send(&mut self, events: &[Arc<Envelope>]) -> Result<(), String> {
+        let r = match tokio::time::timeout(ACK_WAIT, self.produce(events)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no acknowledgement from Kafka within {}s",
+                ACK_WAIT.as_secs()
+            )),
+        };
+        let fatal = self.producer.client().fatal_error();
+        if r.is_err() {
+            // A fatal error ends a producer for good, and an idempotent producer can wedge when
+            // the cluster lost its state: the batch is written again by a new producer. What
+            // the old one still holds is purged, so dropping it does not wait.
+            tracing::warn!(?fatal, error = ?r, "Kafka producer replaced");
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            match self.config.create_with_context(self.kctx.clone()) {
+                Ok(p) => self.producer = p,
+                Err(e) => return Err(format!("cannot make a new producer: {e}")),
+            }
+        }
+        r
+    }
+}
+
+impl KafkaTarget {
+    async fn produce(&mut self, events: &[Arc<Envelope>]) -> Result<(), String> {
         let mut pending = Vec::with_capacity(events.len());
         for e in events {
             let rendered_key = self.names(e);

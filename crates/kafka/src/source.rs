@@ -65,7 +65,8 @@ impl Mapper {
             json: json.as_ref(),
             levels: None,
         };
-        self.template.render(&vars, Output::MeshTopic, &mut self.topic);
+        self.template
+            .render(&vars, Output::MeshTopic, &mut self.topic);
         Some(Envelope {
             topic: self.topic.clone(),
             key: m.key().map(Bytes::copy_from_slice),
@@ -132,7 +133,13 @@ async fn consume(
         .subscribe(&topics)
         .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
     let mut mapper = Mapper::new(&src.topic_template)?;
-    let mut ingress = Ingress::new(&ctx.broker, "kafka", &cfg.name, cfg.app_id(), status.clone());
+    let mut ingress = Ingress::new(
+        &ctx.broker,
+        "kafka",
+        &cfg.name,
+        cfg.app_id(),
+        status.clone(),
+    );
     let mut shutdown = ctx.shutdown.clone();
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     let mut backoff = Backoff::default();

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use meshgate_broker::{
-    JournalCursor,
-    Credentials, Delivery, MailboxReceiver, PublishError, Publisher, SubOptions,
+    Credentials, Delivery, JournalCursor, MailboxReceiver, PublishError, Publisher, SubOptions,
 };
 use meshgate_proto::{DeliveryClass, Envelope, Header};
 use meshgate_store::Disk;

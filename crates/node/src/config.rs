@@ -50,7 +50,16 @@ pub struct Config {
     /// Kafka clusters with their sources and sinks (`[[kafka]]`, `[[kafka.source]]`,
     /// `[[kafka.sink]]`).
     pub kafka: Vec<KafkaConfig>,
+    /// AMQP 0-9-1 brokers with their sources and sinks (`[[amqp]]`, `[[amqp.source]]`,
+    /// `[[amqp.sink]]`).
+    pub amqp: Vec<AmqpConfig>,
 }
+
+#[cfg(feature = "amqp")]
+pub use meshgate_amqp::AmqpConfig;
+/// This build has no AMQP bridge: any `[[amqp]]` table is refused at validation.
+#[cfg(not(feature = "amqp"))]
+pub type AmqpConfig = serde_json::Value;
 
 #[cfg(feature = "kafka")]
 pub use meshgate_kafka::KafkaConfig;
@@ -431,6 +440,16 @@ impl Config {
             return bad(
                 "kafka",
                 format!("this build has no Kafka bridge (feature \"kafka\"): {k}"),
+            );
+        }
+        for a in &self.amqp {
+            #[cfg(feature = "amqp")]
+            a.validate()
+                .map_err(|msg| ConfigError::Invalid { key: "amqp", msg })?;
+            #[cfg(not(feature = "amqp"))]
+            return bad(
+                "amqp",
+                format!("this build has no AMQP bridge (feature \"amqp\"): {a}"),
             );
         }
         if self.mesh.link_queue == 0 {

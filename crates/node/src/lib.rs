@@ -189,6 +189,10 @@ impl Node {
         for k in &config.kafka {
             tasks.extend(meshgate_kafka::start(&bctx, k).map_err(NodeError::Bridge)?);
         }
+        #[cfg(feature = "amqp")]
+        for a in &config.amqp {
+            tasks.extend(meshgate_amqp::start(&bctx, a).map_err(NodeError::Bridge)?);
+        }
         {
             let mqtt = mqtt.clone();
             let rx = rx.clone();
