@@ -5,6 +5,7 @@
 
 mod client;
 mod demo;
+mod kafka_cli;
 
 /// mimalloc instead of glibc's malloc: events are allocated on one thread and freed on another
 /// (publisher and subscriber tasks), where glibc spends a quarter of a mesh node's CPU.
@@ -49,6 +50,16 @@ enum Command {
     /// Certificates of the mesh: a CA, then one certificate per node.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Kafka bridge tools.
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
+}
+
+#[derive(Subcommand)]
+enum KafkaCommand {
+    /// Republish a time or offset range of a Kafka topic into the mesh, filtered by a
+    /// wildcard, through a running node that has the cluster.
+    Replay(kafka_cli::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +126,7 @@ fn main() -> ExitCode {
         Command::Sub(args) => client::subscribe(args),
         Command::Config(ConfigCommand::Check { file }) => check(file),
         Command::Demo(args) => demo::run(args),
+        Command::Kafka(KafkaCommand::Replay(args)) => kafka_cli::replay(args),
         Command::Cert(CertCommand::Init { dir }) => meshgate_mesh::tls::init_ca(&dir)
             .map(|p| println!("created {}", p.display()))
             .map_err(Into::into),

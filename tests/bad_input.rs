@@ -194,17 +194,20 @@ fn unknown_config_key_is_named_and_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_packet_sise"));
-    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/meshgate.toml");
-    let out = Command::new(bin())
-        .args(["config", "check"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for good in ["config/meshgate.toml", "config/bridges.toml"] {
+        let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(good);
+        let out = Command::new(bin())
+            .args(["config", "check"])
+            .arg(&good)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            good.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

@@ -624,6 +624,36 @@ start = "latest"
     let got = receive(&mut rx, want.len(), Duration::from_secs(20)).await;
     let values: Vec<String> = got.into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, want, "exactly the range's us records, in order");
+    // The same from the command line.
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "kafka",
+            "replay",
+            "--http",
+            &n.http.to_string(),
+            "--cluster",
+            "dc1",
+        ])
+        .args([
+            "--topic",
+            "orders",
+            "--filter",
+            "orders/eu/>",
+            "--from-offset",
+            "0",
+            "--to-offset",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eu = records[..6].iter().filter(|r| r.2[0].1 == "eu").count();
+    assert_eq!(
+        (cli["read"].as_u64(), cli["published"].as_u64()),
+        (Some(6), Some(eu as u64)),
+        "{cli}"
+    );
     // Bad requests say why.
     let (status, body) = http_request_with(
         n.http,

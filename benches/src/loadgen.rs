@@ -9,8 +9,11 @@
 //! less CPU per message than any broker it measures; `--client rumqttc` cross-checks the MQTT
 //! numbers with a real client library. The workloads are QoS 0, except `qos1` and the
 //! `qos1-*` commands (guaranteed delivery; `benches/run-qos1.sh` and
-//! `benches/run-guaranteed-mesh.sh` drive them), and `loadgen table` tabulates those runs.
+//! `benches/run-guaranteed-mesh.sh` drive them), and `loadgen table` tabulates those runs. The
+//! `bridge-*` commands measure a node's Kafka and AMQP bridges against those brokers' own
+//! clients (`benches/run-bridges.sh`).
 
+mod bridges;
 mod client;
 mod inbuf;
 mod latency;
@@ -74,6 +77,24 @@ enum Command {
         /// Labels to compare every row with (one column each).
         #[arg(long, value_delimiter = ',')]
         ratio_to: Vec<String>,
+    },
+    /// Receive `--count` records from Kafka or AMQP, directly or through a node over MQTT,
+    /// after a probe came through (`ready` on stdout); print one JSON line.
+    BridgeRecv(bridges::RecvOpts),
+    /// Write `--count` records into Kafka, AMQP, or a node over MQTT (optionally until its sink
+    /// forwarded them); print one JSON line.
+    BridgeSend(bridges::SendOpts),
+    /// Declare the AMQP queue of a bridge run.
+    BridgeSetup(bridges::SetupOpts),
+    /// Markdown tables of the JSON lines of `bridge-recv` and `bridge-send`: medians per
+    /// scenario, mode and setup, same-run ratios meshgate / direct.
+    BridgeTable {
+        /// Files of JSON lines.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// `SCENARIO=RATIO` targets shown beside the ratios (repeatable).
+        #[arg(long)]
+        target: Vec<String>,
     },
     /// Markdown table of the JSON lines that `loadgen propagation` printed.
     PropagationSummary {
@@ -382,6 +403,22 @@ fn summarize(
     Ok(summary::render(&reports, order, baseline, bytes))
 }
 
+fn bridge_table(files: &[String], targets: &[String]) -> anyhow::Result<String> {
+    let mut reports = Vec::new();
+    for file in files {
+        let text = read_input(file)?;
+        reports.extend(bridges::parse_lines(&text).with_context(|| format!("parse {file}"))?);
+    }
+    let mut t = std::collections::BTreeMap::new();
+    for s in targets {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("--target {s}: expected SCENARIO=RATIO"))?;
+        t.insert(k.to_string(), v.parse::<f64>().with_context(|| format!("--target {s}"))?);
+    }
+    Ok(bridges::table(&reports, &t))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -399,6 +436,20 @@ fn main() -> ExitCode {
             order,
             bytes,
         } => summarize(&files, &baseline, &order, bytes).map(|md| print!("{md}")),
+        Command::BridgeRecv(o) => runtime()
+            .and_then(|rt| rt.block_on(bridges::recv(&o)))
+            .and_then(|r| {
+                println!("{}", serde_json::to_string(&r)?);
+                Ok(())
+            }),
+        Command::BridgeSend(o) => runtime()
+            .and_then(|rt| rt.block_on(bridges::send(&o)))
+            .and_then(|r| {
+                println!("{}", serde_json::to_string(&r)?);
+                Ok(())
+            }),
+        Command::BridgeSetup(o) => runtime().and_then(|rt| rt.block_on(bridges::setup(&o))),
+        Command::BridgeTable { files, target } => bridge_table(&files, &target).map(|md| print!("{md}")),
         Command::PropagationSummary { files } => files
             .iter()
             .map(|f| read_input(f))

@@ -45,8 +45,6 @@ pub fn ensure_rabbitmq() {
             return;
         }
         let lock = File::create(LOCK).unwrap_or_else(|e| panic!("cannot create {LOCK}: {e}"));
-        // `File::lock` is newer than the workspace's rust-version; tests only.
-        #[allow(clippy::incompatible_msrv)]
         lock.lock()
             .unwrap_or_else(|e| panic!("cannot lock {LOCK}: {e}"));
         if !rabbit_listens() {

@@ -1,0 +1,76 @@
+//! `meshgate kafka replay`: asks a running node to republish a range of a Kafka topic into the
+//! mesh (`POST /v1/bridges/kafka/{cluster}/replay`) and prints its report.
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde_json::json;
+
+/// `meshgate kafka replay`
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// HTTP address of the node that has the cluster.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    http: String,
+    /// The cluster's name (`[[kafka]] name`).
+    #[arg(long)]
+    cluster: String,
+    /// Kafka topic to read.
+    #[arg(long)]
+    topic: String,
+    /// Only events whose mesh topic matches this filter (default: all).
+    #[arg(long)]
+    filter: Option<String>,
+    /// From this record timestamp (ms since the epoch), inclusive.
+    #[arg(long)]
+    from_ms: Option<i64>,
+    /// Up to this record timestamp, inclusive.
+    #[arg(long)]
+    to_ms: Option<i64>,
+    /// From this offset, inclusive.
+    #[arg(long)]
+    from_offset: Option<i64>,
+    /// Up to this offset, inclusive.
+    #[arg(long)]
+    to_offset: Option<i64>,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+}
+
+pub fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    let mut body = json!({ "topic": a.topic });
+    for (k, v) in [
+        ("from_ms", a.from_ms),
+        ("to_ms", a.to_ms),
+        ("from_offset", a.from_offset),
+        ("to_offset", a.to_offset),
+        ("partition", a.partition.map(i64::from)),
+    ] {
+        if let Some(v) = v {
+            body[k] = json!(v);
+        }
+    }
+    if let Some(f) = a.filter {
+        body["filter"] = json!(f);
+    }
+    let url = format!("http://{}/v1/bridges/kafka/{}/replay", a.http, a.cluster);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, text) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = r.status();
+        anyhow::Ok((status, r.text().await?))
+    })?;
+    if !status.is_success() {
+        bail!("{status}: {text}");
+    }
+    println!("{text}");
+    Ok(())
+}
