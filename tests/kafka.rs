@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::kafka::{Rec, Restartable, Tansu, free_tcp, produce, produce_singly, read_all};
+use common::kafka::{Rec, Record, Restartable, Tansu, free_tcp, produce, produce_singly, read_all};
 use common::{NodeProc, certs, free_udp, http_get, http_request_with, wait_until};
 use rumqttc::{AsyncClient, Packet, QoS};
 use serde_json::Value;
@@ -116,17 +116,14 @@ async fn receive(
 
 /// Records `i` of a keyed stream: key `k{i % keys}`, value `k{..}:{seq within key}`, header
 /// region `us` for keys divisible by 3, `eu` otherwise.
-fn keyed(
-    n: usize,
-    keys: usize,
-) -> Vec<(Option<String>, String, Vec<(&'static str, &'static str)>)> {
+fn keyed(n: usize, keys: usize) -> Vec<Record> {
     let mut seq = vec![0usize; keys];
     (0..n)
         .map(|i| {
             let k = i % keys;
             let v = format!("k{k}:{}", seq[k]);
             seq[k] += 1;
-            let region = if k % 3 == 0 { "us" } else { "eu" };
+            let region = if k.is_multiple_of(3) { "us" } else { "eu" };
             (Some(format!("k{k}")), v, vec![("region", region)])
         })
         .collect()

@@ -20,10 +20,10 @@ async fn v5(node: &NodeProc, id: &str) -> (Client5, UnboundedReceiver<P5>) {
     let (tx, rx) = unbounded_channel();
     tokio::spawn(async move {
         while let Ok(e) = ev.poll().await {
-            if let Event5::Incoming(p) = e {
-                if tx.send(p).is_err() {
-                    break;
-                }
+            if let Event5::Incoming(p) = e
+                && tx.send(p).is_err()
+            {
+                break;
             }
         }
     });

@@ -32,8 +32,7 @@ use clap::{Parser, ValueEnum};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
@@ -348,7 +347,9 @@ impl Tally {
 
     /// Counts one payload.
     fn on(&mut self, p: &[u8]) {
-        let Some(seq) = p.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        let Some(seq) = p
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
         else {
             self.malformed += 1;
             return;
@@ -404,11 +405,18 @@ impl Tally {
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-fn kafka_producer(bootstrap: &str, linger_ms: u32, idempotent: bool) -> anyhow::Result<FutureProducer> {
+fn kafka_producer(
+    bootstrap: &str,
+    linger_ms: u32,
+    idempotent: bool,
+) -> anyhow::Result<FutureProducer> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", linger_ms.to_string())
-        .set("enable.idempotence", if idempotent { "true" } else { "false" })
+        .set(
+            "enable.idempotence",
+            if idempotent { "true" } else { "false" },
+        )
         .create()
         .context("create the Kafka producer")
 }
@@ -447,7 +455,8 @@ async fn amqp_publish(ch: &Channel, queue: &str, body: &[u8]) -> anyhow::Result<
 }
 
 fn need<'a>(v: &'a Option<String>, flag: &str) -> anyhow::Result<&'a str> {
-    v.as_deref().with_context(|| format!("{flag} is required here"))
+    v.as_deref()
+        .with_context(|| format!("{flag} is required here"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,10 +493,16 @@ pub async fn recv(o: &RecvOpts) -> anyhow::Result<BridgeReport> {
     let receiver = match o.via {
         Via::Mqtt => {
             let addr = need(&o.mqtt, "--mqtt")?.to_string();
-            let mut conn = mqtt::Conn::connect(&addr, &format!("bench-recv-{}", std::process::id()))
+            let mut conn =
+                mqtt::Conn::connect(&addr, &format!("bench-recv-{}", std::process::id())).await?;
+            let granted = conn
+                .subscribe_qos(std::slice::from_ref(&o.filter), 1, o.sub_qos)
                 .await?;
-            let granted = conn.subscribe_qos(std::slice::from_ref(&o.filter), 1, o.sub_qos).await?;
-            ensure!(granted == o.sub_qos, "the node granted QoS {granted}, asked {}", o.sub_qos);
+            ensure!(
+                granted == o.sub_qos,
+                "the node granted QoS {granted}, asked {}",
+                o.sub_qos
+            );
             tokio::spawn(recv_mqtt(conn, tally))
         }
         Via::Direct => match o.from {
@@ -528,7 +543,10 @@ pub async fn recv(o: &RecvOpts) -> anyhow::Result<BridgeReport> {
             let topic = need(&o.topic, "--topic")?;
             let body = payload(PROBE, o.run.payload);
             while !probes.load(Ordering::Relaxed) {
-                ensure!(Instant::now() < deadline, "no probe arrived before the timeout");
+                ensure!(
+                    Instant::now() < deadline,
+                    "no probe arrived before the timeout"
+                );
                 let r = FutureRecord::<(), _>::to(topic).payload(&body);
                 if let Err((e, _)) = p.send(r, Duration::from_secs(5)).await {
                     eprintln!("loadgen: probe: {e}");
@@ -542,7 +560,10 @@ pub async fn recv(o: &RecvOpts) -> anyhow::Result<BridgeReport> {
             let queue = need(&o.queue, "--queue")?;
             let body = payload(PROBE, o.run.payload);
             while !probes.load(Ordering::Relaxed) {
-                ensure!(Instant::now() < deadline, "no probe arrived before the timeout");
+                ensure!(
+                    Instant::now() < deadline,
+                    "no probe arrived before the timeout"
+                );
                 amqp_publish(&ch, queue, &body).await?;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -682,14 +703,21 @@ pub async fn send(o: &SendOpts) -> anyhow::Result<BridgeReport> {
 }
 
 async fn send_kafka(o: &SendOpts, r: &mut BridgeReport) -> anyhow::Result<(CpuSnap, CpuSnap)> {
-    let p = kafka_producer(need(&o.bootstrap, "--bootstrap")?, o.linger_ms, o.idempotent)?;
+    let p = kafka_producer(
+        need(&o.bootstrap, "--bootstrap")?,
+        o.linger_ms,
+        o.idempotent,
+    )?;
     let topic = need(&o.topic, "--topic")?;
     // One probe record first, acknowledged before the clock starts: metadata, connections and
     // the idempotent producer's id are in place.
     let probe = payload(PROBE, o.run.payload);
-    p.send(FutureRecord::<(), _>::to(topic).payload(&probe), Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("warm-up record: {e}"))?;
+    p.send(
+        FutureRecord::<(), _>::to(topic).payload(&probe),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|(e, _)| anyhow::anyhow!("warm-up record: {e}"))?;
     let before = CpuSnap::take(&o.run.cpu);
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
     let mut acked = 0u64;
@@ -704,7 +732,9 @@ async fn send_kafka(o: &SendOpts, r: &mut BridgeReport) -> anyhow::Result<(CpuSn
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     // librdkafka's queue is full: wait for the oldest acknowledgement.
-                    let f = pending.pop_front().context("queue full with nothing pending")?;
+                    let f = pending
+                        .pop_front()
+                        .context("queue full with nothing pending")?;
                     acked += delivered(f).await?;
                 }
                 Err((e, _)) => bail!("produce: {e}"),
@@ -767,7 +797,8 @@ async fn forwarded(http: &str, name: &str) -> anyhow::Result<u64> {
     let (head, body) = text.split_once("\r\n\r\n").context("no HTTP body")?;
     ensure!(head.starts_with("HTTP/1.1 200"), "GET /v1/bridges: {head}");
     // The body may be chunked: take the JSON array between the first '[' and the last ']'.
-    let json = &body[body.find('[').context("no JSON array")?..=body.rfind(']').context("no JSON array")?];
+    let json = &body
+        [body.find('[').context("no JSON array")?..=body.rfind(']').context("no JSON array")?];
     let v: serde_json::Value = serde_json::from_str(json).context("parse /v1/bridges")?;
     let b = v
         .as_array()
@@ -794,14 +825,21 @@ async fn send_mqtt(
     conn.flush().await?;
     let mut probe_acked = false;
     while !probe_acked {
-        ensure!(Instant::now() < deadline, "no PUBACK for the warm-up message");
-        conn.read_packets(|p| probe_acked |= matches!(p, Packet::PubAck(1))).await?;
+        ensure!(
+            Instant::now() < deadline,
+            "no PUBACK for the warm-up message"
+        );
+        conn.read_packets(|p| probe_acked |= matches!(p, Packet::PubAck(1)))
+            .await?;
     }
     let base = match &sink {
         Some((h, s)) => {
             let mut f = forwarded(h, s).await?;
             while f < 1 {
-                ensure!(Instant::now() < deadline, "the sink did not forward the warm-up message");
+                ensure!(
+                    Instant::now() < deadline,
+                    "the sink did not forward the warm-up message"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 f = forwarded(h, s).await?;
             }
@@ -821,7 +859,10 @@ async fn send_mqtt(
     let mut stray = 0u64;
     let mut acks: Vec<u16> = Vec::new();
     while acked < count {
-        ensure!(Instant::now() < deadline, "{acked} of {count} PUBACKs before the timeout");
+        ensure!(
+            Instant::now() < deadline,
+            "{acked} of {count} PUBACKs before the timeout"
+        );
         while sent < count && sent - acked < window && conn.queued() < 64 * 1024 {
             while in_use[next_id as usize] {
                 next_id = next_id.checked_add(1).unwrap_or(1);
@@ -984,7 +1025,10 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
             spread(&rates(&di)),
             per_run(&di)
         );
-        for r in reports.iter().filter(|r| &r.scenario == scenario && &r.mode == mode) {
+        for r in reports
+            .iter()
+            .filter(|r| &r.scenario == scenario && &r.mode == mode)
+        {
             let mut what = Vec::new();
             if let Some(e) = &r.error {
                 what.push(format!("failed: {e}"));
@@ -1014,8 +1058,12 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
     }
 
     // Writers' rates and cores in the measured windows.
-    out.push_str("\nThe writer of each run and the cores busy in the measured window (medians):\n\n");
-    out.push_str("| scenario | mode | setup | writer (rec/s) | measured window (s) | cores busy |\n");
+    out.push_str(
+        "\nThe writer of each run and the cores busy in the measured window (medians):\n\n",
+    );
+    out.push_str(
+        "| scenario | mode | setup | writer (rec/s) | measured window (s) | cores busy |\n",
+    );
     out.push_str("|---|---|---|---:|---:|---|\n");
     for (scenario, mode) in &keys {
         let role = measured_role(scenario);
@@ -1042,7 +1090,10 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
             let mut cores: Vec<String> = names
                 .iter()
                 .filter_map(|n| {
-                    let v: Vec<f64> = measured.iter().filter_map(|r| r.cores.get(*n).copied()).collect();
+                    let v: Vec<f64> = measured
+                        .iter()
+                        .filter_map(|r| r.cores.get(*n).copied())
+                        .collect();
                     median(&v).map(|m| format!("{n} {m:.2}"))
                 })
                 .collect();
@@ -1112,13 +1163,29 @@ mod tests {
         ];
         let targets = BTreeMap::from([("kafka-to-mqtt".to_string(), 0.8)]);
         let md = table(&reports, &targets);
-        assert!(md.contains("| kafka-to-mqtt | live | 80 | 80 | 100 | 100 | 0.80× | ≥ 0.8× |"), "{md}");
-        assert!(md.contains("| mqtt-to-kafka | live | 30 | 30 | 60 | 60 | 0.50× | – |"), "{md}");
+        assert!(
+            md.contains("| kafka-to-mqtt | live | 80 | 80 | 100 | 100 | 0.80× | ≥ 0.8× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| mqtt-to-kafka | live | 30 | 30 | 60 | 60 | 0.50× | – |"),
+            "{md}"
+        );
     }
 
     #[test]
     fn tally_counts_distinct_duplicates_and_probes() {
-        let run = RunInfo::parse_from(["x", "--scenario", "s", "--setup", "d", "--count", "3", "--payload", "10"]);
+        let run = RunInfo::parse_from([
+            "x",
+            "--scenario",
+            "s",
+            "--setup",
+            "d",
+            "--count",
+            "3",
+            "--payload",
+            "10",
+        ]);
         let probes = Arc::new(AtomicBool::new(false));
         let mut t = Tally::new(&run, probes.clone());
         t.on(&payload(PROBE, 10));

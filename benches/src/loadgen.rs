@@ -414,7 +414,10 @@ fn bridge_table(files: &[String], targets: &[String]) -> anyhow::Result<String> 
         let (k, v) = s
             .split_once('=')
             .with_context(|| format!("--target {s}: expected SCENARIO=RATIO"))?;
-        t.insert(k.to_string(), v.parse::<f64>().with_context(|| format!("--target {s}"))?);
+        t.insert(
+            k.to_string(),
+            v.parse::<f64>().with_context(|| format!("--target {s}"))?,
+        );
     }
     Ok(bridges::table(&reports, &t))
 }
@@ -449,7 +452,9 @@ fn main() -> ExitCode {
                 Ok(())
             }),
         Command::BridgeSetup(o) => runtime().and_then(|rt| rt.block_on(bridges::setup(&o))),
-        Command::BridgeTable { files, target } => bridge_table(&files, &target).map(|md| print!("{md}")),
+        Command::BridgeTable { files, target } => {
+            bridge_table(&files, &target).map(|md| print!("{md}"))
+        }
         Command::PropagationSummary { files } => files
             .iter()
             .map(|f| read_input(f))

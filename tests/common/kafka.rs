@@ -173,6 +173,9 @@ impl Restartable {
     }
 }
 
+/// A record to produce: key, value, headers.
+pub type Record = (Option<String>, String, Vec<(&'static str, &'static str)>);
+
 /// One record as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rec {
@@ -193,33 +196,20 @@ impl Rec {
 }
 
 /// Produces `records` (key, value, headers) to `topic` and waits until Kafka acknowledged all.
-pub async fn produce(
-    bootstrap: &str,
-    topic: &str,
-    records: &[(Option<String>, String, Vec<(&str, &str)>)],
-) {
+pub async fn produce(bootstrap: &str, topic: &str, records: &[Record]) {
     produce_with(bootstrap, topic, records, "5").await
 }
 
 /// [`produce`] one record per batch. tansu 0.6 gives a whole multi-record batch one offset in
 /// its watermarks and offset lookups (reading from the beginning sees every record), so a test
 /// that addresses records by offset writes them one by one.
-pub async fn produce_singly(
-    bootstrap: &str,
-    topic: &str,
-    records: &[(Option<String>, String, Vec<(&str, &str)>)],
-) {
+pub async fn produce_singly(bootstrap: &str, topic: &str, records: &[Record]) {
     for r in records {
         produce_with(bootstrap, topic, std::slice::from_ref(r), "0").await;
     }
 }
 
-async fn produce_with(
-    bootstrap: &str,
-    topic: &str,
-    records: &[(Option<String>, String, Vec<(&str, &str)>)],
-    linger_ms: &str,
-) {
+async fn produce_with(bootstrap: &str, topic: &str, records: &[Record], linger_ms: &str) {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", linger_ms)

@@ -67,10 +67,10 @@ impl NodeProc {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("serving MQTT on") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.clone());
-                    }
+                if line.contains("serving MQTT on")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
                 }
                 let mut l = log2.lock().unwrap();
                 l.push_str(&line);

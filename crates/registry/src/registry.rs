@@ -435,11 +435,12 @@ impl Registry {
                 let before = previous.filter(|p| !p.deleted).map(|p| p.value);
                 let after = (!kv.deleted).then_some(&item.value);
                 self.dirty |= before.as_ref() != after;
-            } else if routable && was_live == kv.deleted {
-                if let Some((filter, group)) = entry::parse_interest(&kv.key) {
-                    self.changes
-                        .push(interest_change(!kv.deleted, &name, filter, group));
-                }
+            } else if routable
+                && was_live == kv.deleted
+                && let Some((filter, group)) = entry::parse_interest(&kv.key)
+            {
+                self.changes
+                    .push(interest_change(!kv.deleted, &name, filter, group));
             }
         }
         entry.max_version = nd.to_version;

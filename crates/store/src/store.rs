@@ -150,21 +150,22 @@ impl Store {
         };
         store.delete_released_segments()?;
         // An empty last segment that does not start at the next sequence number holds nothing.
-        if let Some(last) = store.segments.last() {
-            if last.entries.is_empty() && last.base != next_seq {
-                let path = last.path.clone();
-                fs::remove_file(&path).map_err(io_err(&path))?;
-                store.segments.pop();
-            }
+        if let Some(last) = store.segments.last()
+            && last.entries.is_empty()
+            && last.base != next_seq
+        {
+            let path = last.path.clone();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            store.segments.pop();
         }
-        if let Some(last) = store.segments.last() {
-            if last.end() == next_seq {
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(&last.path)
-                    .map_err(io_err(&last.path))?;
-                store.active = Some(file);
-            }
+        if let Some(last) = store.segments.last()
+            && last.end() == next_seq
+        {
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&last.path)
+                .map_err(io_err(&last.path))?;
+            store.active = Some(file);
         }
         store.used_bytes = store.segments.iter().map(|s| s.bytes).sum();
         report.segments = store.segments.len();
@@ -264,14 +265,14 @@ impl Store {
     /// of the old file's cached pages is unknown.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         if self.dirty {
-            if let (Some(file), Some(seg)) = (&self.active, self.segments.last()) {
-                if let Err(e) = file.sync_data() {
-                    self.active = None;
-                    return Err(StoreError::Io {
-                        path: seg.path.clone(),
-                        source: e,
-                    });
-                }
+            if let (Some(file), Some(seg)) = (&self.active, self.segments.last())
+                && let Err(e) = file.sync_data()
+            {
+                self.active = None;
+                return Err(StoreError::Io {
+                    path: seg.path.clone(),
+                    source: e,
+                });
             }
             self.dirty = false;
         }

@@ -143,10 +143,10 @@ impl<T: Default> Children<T> {
         if self.bloom & bloom_bit(hash) == 0 {
             return None;
         }
-        if let Some((key, node)) = self.by_hash.get_key_value(&hash) {
-            if key.label.is(label) {
-                return Some(node);
-            }
+        if let Some((key, node)) = self.by_hash.get_key_value(&hash)
+            && key.label.is(label)
+        {
+            return Some(node);
         }
         self.collided.as_ref()?.get(label)
     }

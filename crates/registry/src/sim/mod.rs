@@ -333,7 +333,7 @@ impl Sim {
 
     fn new_registry(&self, i: usize, incarnation: u64) -> Registry {
         let mut cfg = RegistryConfig::new(&*self.names[i], incarnation);
-        cfg.role = if i % 10 == 0 { "core" } else { "edge" }.to_owned();
+        cfg.role = if i.is_multiple_of(10) { "core" } else { "edge" }.to_owned();
         cfg.expire_unreachable_ms = self.cfg.expire_unreachable_ms;
         cfg.tombstone_gc_ms = self.cfg.tombstone_gc_ms;
         cfg.max_items_per_delta = self.cfg.max_items_per_delta;
