@@ -483,15 +483,16 @@ async fn connections_closed_by_the_broker_are_reopened_without_loss() {
     }
 
     // Close the bridge's connections (named "meshgate ...") from the broker's side.
+    // `list_connections` lists every vhost whatever `-p` says: filter on the vhost column, other
+    // tests run beside this one.
     let list = ctl(&[
         "list_connections",
-        "-p",
-        &vhost,
         "--no-table-headers",
+        "vhost",
         "pid",
         "client_properties",
     ]);
-    let ours = bridge_connections(&list);
+    let ours = bridge_connections(&list, &vhost);
     assert_eq!(ours.len(), 2, "a connection per source and sink: {list}");
     for pid in &ours {
         ctl(&["close_connection", pid, "test closes it"]);
@@ -560,13 +561,12 @@ async fn connections_closed_by_the_broker_are_reopened_without_loss() {
     }
     let now = ctl(&[
         "list_connections",
-        "-p",
-        &vhost,
         "--no-table-headers",
+        "vhost",
         "pid",
         "client_properties",
     ]);
-    let again = bridge_connections(&now);
+    let again = bridge_connections(&now, &vhost);
     assert!(
         again.len() == 2 && again.iter().all(|p| !ours.contains(p)),
         "both reconnected: {ours:?} then {again:?}"
@@ -577,10 +577,15 @@ async fn connections_closed_by_the_broker_are_reopened_without_loss() {
 
 /// Pids of the bridge's connections (named "meshgate ...") in `list_connections pid
 /// client_properties` output.
-fn bridge_connections(list: &str) -> Vec<String> {
+/// Pids of the bridge's connections (named "meshgate ...") to `vhost` in a
+/// `list_connections vhost pid client_properties` listing.
+fn bridge_connections(list: &str, vhost: &str) -> Vec<String> {
     list.lines()
         .filter(|l| l.contains("meshgate "))
-        .filter_map(|l| l.split('\t').next())
+        .filter_map(|l| {
+            let mut cols = l.split('\t');
+            (cols.next() == Some(vhost)).then(|| cols.next()).flatten()
+        })
         .map(String::from)
         .collect()
 }

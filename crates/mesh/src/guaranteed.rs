@@ -174,22 +174,7 @@ impl Outbox {
         let mut buf = BytesMut::new();
         for (key, destinations) in split {
             let q = self.queue_locked(&mut st, &key)?;
-            let names: Vec<Arc<str>> = destinations
-                .as_slice()
-                .iter()
-                .map(|d| Arc::from(d.node()))
-                .collect();
-            buf.clear();
-            frame::encode_routed(
-                &OutEvent {
-                    event: event.clone(),
-                    destinations,
-                    hops,
-                },
-                &self.origin,
-                &mut buf,
-            );
-            let (_, t) = q.journal.append(&buf)?;
+            let (t, names) = self.append_copy(&q, event, destinations, hops, &mut buf)?;
             ticket = ticket.max(t);
             if let Some(set) = q.dests.lock().as_mut() {
                 set.extend(names);
@@ -197,6 +182,35 @@ impl Outbox {
             q.wake.notify_one();
         }
         Ok(ticket)
+    }
+
+    /// Appends one copy of `event` for `destinations` to queue `q`; returns the commit ticket
+    /// and the destination names (for the queue's destination set).
+    fn append_copy(
+        &self,
+        q: &Queue,
+        event: &Arc<Envelope>,
+        destinations: Dests,
+        hops: u32,
+        buf: &mut BytesMut,
+    ) -> Result<(u64, Vec<Arc<str>>), StoreError> {
+        let names: Vec<Arc<str>> = destinations
+            .as_slice()
+            .iter()
+            .map(|d| Arc::from(d.node()))
+            .collect();
+        buf.clear();
+        frame::encode_routed(
+            &OutEvent {
+                event: event.clone(),
+                destinations,
+                hops,
+            },
+            &self.origin,
+            buf,
+        );
+        let (_, t) = q.journal.append(buf)?;
+        Ok((t, names))
     }
 
     /// Records new routes and links; [`Outbox::reroute_dead`] installs them.
@@ -291,22 +305,8 @@ impl Outbox {
                 }
                 for (key, destinations) in split {
                     let target = self.queue_locked(st, &key)?;
-                    let names: Vec<Arc<str>> = destinations
-                        .as_slice()
-                        .iter()
-                        .map(|d| Arc::from(d.node()))
-                        .collect();
-                    buf.clear();
-                    frame::encode_routed(
-                        &OutEvent {
-                            event: env.clone(),
-                            destinations,
-                            hops: re.hops,
-                        },
-                        &self.origin,
-                        &mut buf,
-                    );
-                    target.journal.append(&buf)?;
+                    let (_, names) =
+                        self.append_copy(&target, &env, destinations, re.hops, &mut buf)?;
                     if Arc::ptr_eq(&target, q) {
                         dests_left.extend(names);
                     } else if let Some(set) = target.dests.lock().as_mut() {

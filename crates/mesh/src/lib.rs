@@ -599,6 +599,43 @@ impl Inner {
         });
     }
 
+    /// Checks an event that arrived on a link and splits its destinations: this node's share
+    /// (the queue groups it serves, if it is a destination) and the rest. A malformed event is
+    /// counted and dropped.
+    fn receive(&self, re: meshgate_proto::v1::RoutedEvent) -> Option<Received> {
+        let Some(env) = re.event.filter(|e| validate_topic(&e.topic).is_ok()) else {
+            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let mut mine = None;
+        let mut rest = Vec::new();
+        for d in re.destinations {
+            if *d.node == *self.name {
+                mine = Some(d.groups.into_iter().map(|g| (g.group, g.filter)).collect());
+            } else {
+                rest.push(d);
+            }
+        }
+        Some(Received {
+            env: Arc::new(env),
+            hops: re.hops.saturating_add(1),
+            mine,
+            rest,
+        })
+    }
+
+    /// Whether the rest of a received event may go on (it is under the hop limit).
+    fn may_forward(&self, r: &Received) -> bool {
+        if r.rest.is_empty() {
+            return false;
+        }
+        if r.hops >= HOP_LIMIT {
+            self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Handles one guaranteed event that arrived on a link: delivers the local share once
     /// (deduplicated by id), stores the rest for the next hops. Returns the local copies made
     /// and the commit ticket after which it may be acknowledged.
@@ -608,42 +645,20 @@ impl Inner {
         re: meshgate_proto::v1::RoutedEvent,
         publisher: &mut Publisher,
     ) -> Result<(u64, u64), meshgate_store::StoreError> {
-        let Some(env) = re.event else {
-            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+        let Some(r) = self.receive(re) else {
             return Ok((0, 0));
         };
-        if validate_topic(&env.topic).is_err() {
-            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
-            return Ok((0, 0));
-        }
-        let hops = re.hops.saturating_add(1);
-        let mut mine = None;
-        let mut rest = Vec::new();
-        for d in re.destinations {
-            if *d.node == *self.name {
-                mine = Some(d.groups);
-            } else {
-                rest.push(d);
-            }
-        }
-        let env = Arc::new(env);
         let (mut fanout, mut ticket) = (0, 0);
-        if let Some(groups) = mine
-            && !outbox.is_duplicate(&env)
+        if let Some(groups) = &r.mine
+            && !outbox.is_duplicate(&r.env)
         {
-            let groups: Vec<(String, String)> =
-                groups.into_iter().map(|g| (g.group, g.filter)).collect();
-            let (n, t) = self.broker.deliver_from_mesh(publisher, &env, &groups);
+            let (n, t) = self.broker.deliver_from_mesh(publisher, &r.env, groups);
             fanout = n as u64;
             ticket = t;
         }
-        if !rest.is_empty() {
-            if hops >= HOP_LIMIT {
-                self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
-            } else {
-                let t = outbox.forward(&env, rest.into_iter().map(OutDest::Owned), hops)?;
-                ticket = ticket.max(t);
-            }
+        if self.may_forward(&r) {
+            let t = outbox.forward(&r.env, r.rest.into_iter().map(OutDest::Owned), r.hops)?;
+            ticket = ticket.max(t);
         }
         Ok((fanout, ticket))
     }
@@ -681,42 +696,19 @@ impl Inner {
     /// Handles one event that arrived on a link: delivers the local share once, forwards the
     /// rest. Returns the number of local copies made.
     fn on_event(&self, re: meshgate_proto::v1::RoutedEvent, publisher: &mut Publisher) -> u64 {
-        let Some(env) = re.event else {
-            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
+        let Some(r) = self.receive(re) else {
             return 0;
         };
-        if validate_topic(&env.topic).is_err() {
-            self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
-            return 0;
-        }
-        let hops = re.hops.saturating_add(1);
-        let mut mine = None;
-        let mut rest = Vec::new();
-        for d in re.destinations {
-            if *d.node == *self.name {
-                mine = Some(d.groups);
-            } else {
-                rest.push(d);
-            }
-        }
-        let env = Arc::new(env);
         let mut fanout = 0;
-        if let Some(groups) = mine {
-            let id = (env.id_hi, env.id_lo);
-            if self.recent.lock().insert(id) {
-                let groups: Vec<(String, String)> =
-                    groups.into_iter().map(|g| (g.group, g.filter)).collect();
-                fanout = self.broker.deliver_from_mesh(publisher, &env, &groups).0 as u64;
+        if let Some(groups) = &r.mine {
+            if self.recent.lock().insert((r.env.id_hi, r.env.id_lo)) {
+                fanout = self.broker.deliver_from_mesh(publisher, &r.env, groups).0 as u64;
             } else {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if !rest.is_empty() {
-            if hops >= HOP_LIMIT {
-                self.counters.hop_limit.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.forward(&env, rest.into_iter().map(OutDest::Owned), hops);
-            }
+        if self.may_forward(&r) {
+            self.forward(&r.env, r.rest.into_iter().map(OutDest::Owned), r.hops);
         }
         fanout
     }
@@ -1282,4 +1274,15 @@ async fn registry_loop(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             })),
         });
     }
+}
+
+/// An event received on a link, checked and split by [`Inner::receive`].
+struct Received {
+    env: Arc<Envelope>,
+    /// Links crossed, this one included.
+    hops: u32,
+    /// The queue groups this node serves, if it is a destination.
+    mine: Option<Vec<(String, String)>>,
+    /// The destinations behind this node.
+    rest: Vec<meshgate_proto::v1::Destination>,
 }
