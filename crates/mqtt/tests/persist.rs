@@ -454,7 +454,15 @@ fn puback_waits_until_the_event_is_durable() {
         connack(&mut prx).await;
         let durable = node.disk.durable();
         let before = *durable.borrow();
+        // A lone event is committed at once; the next cycle may start only a window (200 ms)
+        // after that one, so the second PUBACK cannot come before it.
         let t = Instant::now();
+        p.publish("d/0", QoS::AtLeastOnce, false, b"first".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(puback(&mut prx).await.0, PubAckReason::Success);
+        assert!(*durable.borrow() > before, "a commit cycle completed first");
+        let after_first = *durable.borrow();
         p.publish(
             "d/1",
             QoS::AtLeastOnce,
@@ -465,7 +473,10 @@ fn puback_waits_until_the_event_is_durable() {
         .unwrap();
         assert_eq!(puback(&mut prx).await.0, PubAckReason::Success);
         let waited = t.elapsed();
-        assert!(*durable.borrow() > before, "a commit cycle completed first");
+        assert!(
+            *durable.borrow() > after_first,
+            "another commit cycle completed first"
+        );
         assert!(
             waited >= Duration::from_millis(190),
             "acknowledged after {waited:?}"
