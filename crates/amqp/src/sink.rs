@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use meshgate_bridge::template::{Output, RecordVars, Template, levels_to_dots};
 use meshgate_bridge::{BridgeContext, BridgeStatus, SinkSpec, SinkTarget, origin, run_sink};
 use meshgate_proto::Envelope;
@@ -124,20 +124,9 @@ struct Target {
 }
 
 impl SinkTarget for Target {
-    async fn send(&mut self, events: &[Arc<Envelope>]) -> Result<(), String> {
-        let r = self.publish(events).await;
-        if r.is_err() {
-            // Whatever went wrong, the next attempt starts on a fresh connection.
-            if let Some(link) = self.link.take() {
-                close(&link.conn).await;
-            }
-        }
-        r
-    }
-}
+    type Pending = Vec<(PublisherConfirm, String)>;
 
-impl Target {
-    async fn publish(&mut self, events: &[Arc<Envelope>]) -> Result<(), String> {
+    async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, String> {
         let link = match self.link.take() {
             Some(l) if l.usable() => l,
             Some(l) => {
@@ -163,14 +152,18 @@ impl Target {
                 )
                 .await
                 .map_err(|e| format!("publish to exchange {:?}: {e}", self.exchange.as_str()))?;
-            confirms.push(confirm);
+            confirms.push((confirm, ev.event_id().to_string()));
         }
+        Ok(confirms)
+    }
+
+    async fn wait(&mut self, pending: Self::Pending) -> Result<(), String> {
         let wait = async {
-            for (confirm, ev) in confirms.into_iter().zip(events) {
+            for (confirm, id) in pending {
                 match confirm.await {
                     Ok(Confirmation::Ack(_)) => {}
                     Ok(Confirmation::Nack(_)) => {
-                        return Err(format!("the broker refused event {} (nack)", ev.event_id()));
+                        return Err(format!("the broker refused event {id} (nack)"));
                     }
                     Ok(Confirmation::NotRequested) => {
                         return Err("the channel is not in confirm mode".to_string());
@@ -189,6 +182,15 @@ impl Target {
         }
     }
 
+    async fn reset(&mut self) {
+        // Whatever went wrong, the next attempt starts on a fresh connection.
+        if let Some(link) = self.link.take() {
+            close(&link.conn).await;
+        }
+    }
+}
+
+impl Target {
     async fn connect(&mut self) -> Result<Link, String> {
         if let Some(probe) = self.probe.take()
             && let Ok(Ok(link)) = probe.await

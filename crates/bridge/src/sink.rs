@@ -44,12 +44,33 @@ pub struct SinkSpec {
     pub journal: Option<Journal>,
 }
 
-/// A broker a sink writes to.
+/// A broker a sink writes to, in two steps so that several batches are in flight at once
+/// (the broker's round trip is not paid per batch).
 pub trait SinkTarget: Send {
-    /// Writes `events` in order; resolves `Ok` once the broker acknowledged every one. On `Err`
-    /// the whole batch is written again after a backoff (at least once).
-    fn send(&mut self, events: &[Arc<Envelope>])
-    -> impl Future<Output = Result<(), String>> + Send;
+    /// What [`SinkTarget::wait`] needs to learn the fate of a submitted batch.
+    type Pending: Send;
+    /// Hands `events` to the broker's client, in order (it may wait for room). Batches are
+    /// written in the order they are submitted.
+    fn submit(
+        &mut self,
+        events: &[Arc<Envelope>],
+    ) -> impl Future<Output = Result<Self::Pending, String>> + Send;
+    /// Resolves `Ok` once the broker acknowledged every event of a submitted batch.
+    fn wait(&mut self, pending: Self::Pending) -> impl Future<Output = Result<(), String>> + Send;
+    /// After a failure, before every batch not acknowledged is submitted again (at least
+    /// once): drop what the client still holds, reconnect if needed.
+    fn reset(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Batches in flight at most.
+const IN_FLIGHT: usize = 4;
+
+/// A submitted batch: its events (to submit again after a failure), the last journal
+/// sequence number it covers, and how many events it took from the journal or mailbox.
+struct Batch<P> {
+    events: Vec<Arc<Envelope>>,
+    last_seq: u64,
+    pending: Option<P>,
 }
 
 /// Runs a sink until `shutdown` turns true.
@@ -76,7 +97,7 @@ pub async fn run_sink<T: SinkTarget>(
 
     let batch_max = spec.batch.max(1);
     let mut out: VecDeque<Delivery> = VecDeque::new();
-    let mut batch: Vec<Arc<Envelope>> = Vec::with_capacity(batch_max);
+    let mut flight: VecDeque<Batch<T::Pending>> = VecDeque::new();
     let mut released = cursor.as_ref().map_or(0, |c| c.next().saturating_sub(1));
     let mut upto = released;
     let mut last_release = Instant::now();
@@ -96,7 +117,13 @@ pub async fn run_sink<T: SinkTarget>(
         {
             c.read(batch_max, &mut out);
         }
-        if out.is_empty() {
+        while out.len() < batch_max {
+            match rx.try_recv() {
+                Ok(d) => take(d, &mut cursor, &mut out),
+                Err(_) => break,
+            }
+        }
+        if out.is_empty() && flight.is_empty() {
             if upto > released && last_release.elapsed() >= RELEASE_EVERY {
                 release(&cursor, &mut released, upto, &mut last_release);
             }
@@ -107,57 +134,98 @@ pub async fn run_sink<T: SinkTarget>(
                     Some(d) => take(d, &mut cursor, &mut out),
                     None => break 'run,
                 },
-                _ = tokio::time::sleep(RELEASE_EVERY) => continue,
+                _ = tokio::time::sleep(RELEASE_EVERY) => {}
+            }
+            continue;
+        }
+        // Submit the next batch while there is room in flight.
+        if !out.is_empty() && flight.len() < IN_FLIGHT {
+            let n = out.len().min(batch_max);
+            let mut batch = Batch {
+                events: Vec::with_capacity(n),
+                last_seq: 0,
+                pending: None,
+            };
+            for d in out.drain(..n) {
+                batch.last_seq = batch.last_seq.max(d.seq);
+                if origin::is_from(&d.event, spec.protocol, &spec.member) {
+                    status.skipped_loop.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    batch.events.push(d.event);
+                }
+            }
+            status.consumed.fetch_add(n as u64, Ordering::Relaxed);
+            flight.push_back(batch);
+            let i = flight.len() - 1;
+            if !flight[i].events.is_empty() {
+                let r = tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break 'run,
+                    r = target.submit(&flight[i].events) => r,
+                };
+                match r {
+                    Ok(p) => flight[i].pending = Some(p),
+                    Err(e) => {
+                        if !retry(
+                            &mut target,
+                            &mut flight,
+                            &status,
+                            &mut backoff,
+                            &mut shutdown,
+                            e,
+                        )
+                        .await
+                        {
+                            break 'run;
+                        }
+                    }
+                }
+            }
+            if flight.len() < IN_FLIGHT && (!out.is_empty() || !rx.is_empty()) {
+                continue;
             }
         }
-        while out.len() < batch_max {
-            match rx.try_recv() {
-                Ok(d) => take(d, &mut cursor, &mut out),
-                Err(_) => break,
-            }
-        }
-        let n = out.len().min(batch_max);
-        batch.clear();
-        let mut last_seq = 0;
-        for d in out.iter().take(n) {
-            last_seq = last_seq.max(d.seq);
-            if origin::is_from(&d.event, spec.protocol, &spec.member) {
-                status.skipped_loop.fetch_add(1, Ordering::Relaxed);
-            } else {
-                batch.push(d.event.clone());
-            }
-        }
-        status.consumed.fetch_add(n as u64, Ordering::Relaxed);
-        while !batch.is_empty() {
-            let sent = tokio::select! {
+        // Full, or nothing more to submit: wait for the oldest batch.
+        let Some(mut oldest) = flight.pop_front() else {
+            continue;
+        };
+        let r = match oldest.pending.take() {
+            None => Ok(()),
+            Some(p) => tokio::select! {
                 biased;
                 _ = shutdown.changed() => break 'run,
-                r = target.send(&batch) => r,
-            };
-            match sent {
-                Ok(()) => {
+                r = target.wait(p) => r,
+            },
+        };
+        match r {
+            Ok(()) => {
+                if !oldest.events.is_empty() {
                     status.up();
                     backoff.reset();
                     status
                         .forwarded
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    break;
+                        .fetch_add(oldest.events.len() as u64, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    status.down(&e);
-                    status.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.changed() => break 'run,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
+                upto = upto.max(oldest.last_seq);
+                if upto > released && last_release.elapsed() >= RELEASE_EVERY {
+                    release(&cursor, &mut released, upto, &mut last_release);
                 }
             }
-        }
-        out.drain(..n);
-        upto = upto.max(last_seq);
-        if upto > released && last_release.elapsed() >= RELEASE_EVERY {
-            release(&cursor, &mut released, upto, &mut last_release);
+            Err(e) => {
+                flight.push_front(oldest);
+                if !retry(
+                    &mut target,
+                    &mut flight,
+                    &status,
+                    &mut backoff,
+                    &mut shutdown,
+                    e,
+                )
+                .await
+                {
+                    break 'run;
+                }
+            }
         }
     }
     // Written and acknowledged: released. The rest stays in the journal for the next start.
@@ -170,6 +238,49 @@ pub async fn run_sink<T: SinkTarget>(
     status.stopped();
 }
 
+/// After a failed submit or wait: backs off, resets the target and submits every batch in
+/// flight again, in order, until that works. False when the node stops meanwhile.
+async fn retry<T: SinkTarget>(
+    target: &mut T,
+    flight: &mut VecDeque<Batch<T::Pending>>,
+    status: &BridgeStatus,
+    backoff: &mut Backoff,
+    shutdown: &mut watch::Receiver<bool>,
+    mut error: String,
+) -> bool {
+    loop {
+        status.down(&error);
+        status.retries.fetch_add(1, Ordering::Relaxed);
+        // What the client still holds is dropped; acknowledgements of it no longer count.
+        for b in flight.iter_mut() {
+            b.pending = None;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return false,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+        target.reset().await;
+        let mut failed = None;
+        for b in flight.iter_mut() {
+            if b.events.is_empty() {
+                continue;
+            }
+            match target.submit(&b.events).await {
+                Ok(p) => b.pending = Some(p),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => return true,
+            Some(e) => error = e,
+        }
+    }
+}
+
 fn release(cursor: &Option<JournalCursor>, released: &mut u64, upto: u64, last: &mut Instant) {
     *last = Instant::now();
     let Some(c) = cursor else { return };
@@ -180,4 +291,149 @@ fn release(cursor: &Option<JournalCursor>, released: &mut u64, upto: u64, last: 
             warn!(error = %e, "cannot release a sink journal");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use meshgate_broker::BrokerConfig;
+    use meshgate_store::{Commit, Disk};
+
+    use super::*;
+    use crate::BridgeStatus;
+
+    /// A broker that takes batches, fails the wait of the third batch once, and remembers
+    /// what it acknowledged.
+    #[derive(Clone, Default)]
+    struct Fake {
+        submitted: Arc<Mutex<Vec<Vec<String>>>>,
+        acked: Arc<Mutex<Vec<String>>>,
+        failed: Arc<Mutex<bool>>,
+        resets: Arc<Mutex<u32>>,
+    }
+
+    impl SinkTarget for Fake {
+        type Pending = (usize, Vec<String>);
+
+        async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, String> {
+            let payloads: Vec<String> = events
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+                .collect();
+            let mut s = self.submitted.lock().unwrap();
+            s.push(payloads.clone());
+            Ok((s.len(), payloads))
+        }
+
+        async fn wait(&mut self, (n, payloads): Self::Pending) -> Result<(), String> {
+            tokio::task::yield_now().await;
+            let mut failed = self.failed.lock().unwrap();
+            if n == 3 && !*failed {
+                *failed = true;
+                return Err("broker hiccup".into());
+            }
+            self.acked.lock().unwrap().extend(payloads);
+            Ok(())
+        }
+
+        async fn reset(&mut self) {
+            *self.resets.lock().unwrap() += 1;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_in_flight_are_written_again_after_a_failure_and_the_journal_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::new(BrokerConfig::default());
+        let disk = Disk::new(Commit::Group(Duration::from_millis(1)), 1 << 30);
+        broker.set_disk(disk.clone());
+        let (journal, _) = disk.open(dir.path().join("sink"), 1 << 20).unwrap();
+        let status = BridgeStatus::new("test", "m", "s", "sink", "t/>".into());
+        let fake = Fake::default();
+        let (stop, shutdown) = watch::channel(false);
+        let spec = SinkSpec {
+            protocol: "test",
+            member: "m".into(),
+            filter: Filter::parse("t/>").unwrap(),
+            batch: 100,
+            mailbox: 256,
+            journal: Some(journal.clone()),
+        };
+        let task = tokio::spawn(run_sink(
+            broker.clone(),
+            spec,
+            status.clone(),
+            fake.clone(),
+            shutdown,
+        ));
+        // Wait for the subscription, then publish more than the mailbox holds.
+        let mut p = broker.publisher("test", None);
+        let n = 5_000;
+        let mut i = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while i < n {
+            let env = Envelope {
+                topic: "t/x".into(),
+                payload: format!("e{i}").into(),
+                ..Default::default()
+            };
+            let r = broker.publish(&mut p, env, 1).unwrap();
+            if r.routed == 0 {
+                assert!(Instant::now() < deadline, "the sink never subscribed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            i += 1;
+        }
+        let want: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let acked = fake.acked.lock().unwrap().clone();
+            let mut seen: Vec<&String> = acked.iter().collect();
+            seen.sort();
+            seen.dedup();
+            if seen.len() == n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} acknowledged",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every batch was submitted in order: the submissions, without the resubmitted ones,
+        // are the publish order.
+        let submitted = fake.submitted.lock().unwrap().clone();
+        let mut order: Vec<String> = Vec::new();
+        for b in submitted {
+            for e in b {
+                if order
+                    .last()
+                    .is_none_or(|l| l[1..].parse::<usize>().unwrap() < e[1..].parse().unwrap())
+                {
+                    order.push(e);
+                }
+            }
+        }
+        assert_eq!(order, want, "in order, nothing skipped");
+        assert_eq!(
+            *fake.resets.lock().unwrap(),
+            1,
+            "one reset after the failure"
+        );
+        assert_eq!(status.retries.load(Ordering::Relaxed), 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !journal.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "journal drained: {} left",
+                journal.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
 }

@@ -11,7 +11,7 @@ use meshgate_store::Journal;
 use meshgate_topic::Filter;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::task::JoinHandle;
 
@@ -117,33 +117,50 @@ impl KafkaTarget {
 }
 
 impl SinkTarget for KafkaTarget {
-    async fn send(&mut self, events: &[Arc<Envelope>]) -> Result<(), String> {
-        let r = match tokio::time::timeout(ACK_WAIT, self.produce(events)).await {
+    type Pending = Vec<DeliveryFuture>;
+
+    async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, String> {
+        self.produce(events).await
+    }
+
+    async fn wait(&mut self, pending: Self::Pending) -> Result<(), String> {
+        let all = async {
+            for f in pending {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(format!("produce: {e}")),
+                    Err(_) => return Err("producer went away".to_string()),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(ACK_WAIT, all).await {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "no acknowledgement from Kafka within {}s",
                 ACK_WAIT.as_secs()
             )),
-        };
-        let fatal = self.producer.client().fatal_error();
-        if r.is_err() {
-            // A fatal error ends a producer for good, and an idempotent producer can wedge when
-            // the cluster lost its state: the batch is written again by a new producer. What
-            // the old one still holds is purged, so dropping it does not wait.
-            tracing::warn!(?fatal, error = ?r, "Kafka producer replaced");
-            self.producer
-                .purge(PurgeConfig::default().queue().inflight());
-            match self.config.create_with_context(self.kctx.clone()) {
-                Ok(p) => self.producer = p,
-                Err(e) => return Err(format!("cannot make a new producer: {e}")),
-            }
         }
-        r
+    }
+
+    async fn reset(&mut self) {
+        // A fatal error ends a producer for good, and an idempotent producer can wedge when
+        // the cluster lost its state: the batches are written again by a new producer. What
+        // the old one still holds is purged, so dropping it does not wait.
+        let fatal = self.producer.client().fatal_error();
+        tracing::warn!(?fatal, "Kafka producer replaced");
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        match self.config.create_with_context(self.kctx.clone()) {
+            Ok(p) => self.producer = p,
+            Err(e) => tracing::warn!(error = %e, "cannot make a new producer; keeping the old one"),
+        }
     }
 }
 
 impl KafkaTarget {
-    async fn produce(&mut self, events: &[Arc<Envelope>]) -> Result<(), String> {
+    /// Enqueues `events` in librdkafka (waiting while its queue is full).
+    async fn produce(&mut self, events: &[Arc<Envelope>]) -> Result<Vec<DeliveryFuture>, String> {
         let mut pending = Vec::with_capacity(events.len());
         for e in events {
             let rendered_key = self.names(e);
@@ -188,13 +205,6 @@ impl KafkaTarget {
                 }
             }
         }
-        for f in pending {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(format!("produce: {e}")),
-                Err(_) => return Err("producer went away".into()),
-            }
-        }
-        Ok(())
+        Ok(pending)
     }
 }
