@@ -3,9 +3,14 @@
 # (setups interleaved, a fresh tansu and fresh meshgate nodes per repetition), 100 B records:
 #
 #   kafka-to-mqtt  tansu topic -> node's [[kafka.source]] -> MQTT subscriber (loadgen, raw MQTT
-#                  3.1.1, QoS 0 subscription by default), against an rdkafka StreamConsumer in a
-#                  consumer group reading the topic directly. Records/s at the receiver, first
-#                  to last record.
+#                  3.1.1, clean session, QoS 0 subscription by default), against an rdkafka
+#                  StreamConsumer in a consumer group reading the topic directly. The node runs
+#                  with mqtt.max_queued_messages --max-queued (a source has no flow control
+#                  towards subscribers: with the default 10,000 most records of a drain are
+#                  dropped at the subscriber's queue). Both Kafka consumers get the librdkafka
+#                  properties of --consumer-props (default fetch.wait.max.ms=10: against
+#                  tansu 0.6 the fetch wait paces the consumer, and librdkafka's default of
+#                  500 ms caps both near 170k records/s with the cores idle).
 #   mqtt-to-kafka  MQTT publisher (QoS 1, window --inflight) -> node's [[kafka.sink]] -> tansu,
 #                  until the sink's `forwarded` counter in GET /v1/bridges (records Kafka
 #                  acknowledged) has all of them; against an rdkafka FutureProducer writing the
@@ -13,7 +18,7 @@
 #                  are acknowledged. Records/s from the first write.
 #   amqp-to-mqtt   RabbitMQ queue -> node's [[amqp.source]] (prefetch 1000) -> MQTT subscriber,
 #                  against a lapin consumer (prefetch 1000, manual ack, one multiple ack per
-#                  batch, like the bridge). Records/s at the receiver, first to last record.
+#                  batch, like the bridge).
 #
 # The two *-to-mqtt scenarios run in two modes:
 #   live     the receiver is ready (a probe record came through), then a writer (rdkafka
@@ -22,22 +27,29 @@
 #   backlog  the receiver is ready, then the process consuming the broker (the meshgate node,
 #            or the direct consumer's own process) is stopped with SIGSTOP, the N records are
 #            written, and it is continued (SIGCONT): the rate of draining N records.
+# Their rate is N / the time from the writer's first write (live) or the SIGCONT (backlog) to
+# the last record at the receiver; the rate from its first to its last record is shown too.
 #
 # Prints markdown tables of medians with same-run ratios meshgate / direct. Everything started
 # is stopped on exit (RabbitMQ, when this script started it, is left running, as the tests do).
 # See docs/BENCHMARKS.md, "Bridges: Kafka and AMQP".
 #
-#   benches/run-bridges.sh            # 3 repetitions, 200,000 records per run (~3 min)
-#   benches/run-bridges.sh --quick    # 1 repetition, 20,000 records: a smoke test
+#   benches/run-bridges.sh            # 3 repetitions, 500,000 records per run (~4 min)
+#   benches/run-bridges.sh --quick    # 1 repetition, 20,000 records: a smoke test (~10 s)
 #
 # Options:
 #   --quick               1 repetition of 20,000 records
 #   --reps N              repetitions (default 3)
-#   --count N             records per run (default 200000)
+#   --count N             records per run (default 500000)
 #   --payload B           bytes per record (default 100)
 #   --partitions P        partitions of the Kafka topics (default 1)
 #   --inflight W          QoS 1 window of the MQTT publisher of mqtt-to-kafka (default 1024)
+#   --sink-batch N        `batch` of the node's [[kafka.sink]] (default: the bridge's, 1000)
 #   --sub-qos Q           QoS of the MQTT subscriber's subscription (default 0)
+#   --max-queued N        the node's mqtt.max_queued_messages (default 1000000)
+#   --consumer-props L    KEY=VALUE,... librdkafka properties of both Kafka consumers (the
+#                         node's [[kafka]] properties and the direct consumer) (default
+#                         fetch.wait.max.ms=10)
 #   --scenarios LIST      kafka-to-mqtt,mqtt-to-kafka,amqp-to-mqtt (default all)
 #   --modes LIST          live,backlog (default both; mqtt-to-kafka has only live)
 #   --out DIR             where results go (default target/bridges/DATE-TIME)
@@ -52,10 +64,13 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPS=3
-COUNT=200000
+COUNT=500000
 PAYLOAD=100
+MAX_QUEUED=1000000
+CONSUMER_PROPS=fetch.wait.max.ms=10
 PARTITIONS=1
 INFLIGHT=1024
+SINK_BATCH=""
 SUB_QOS=0
 SCENARIOS=kafka-to-mqtt,mqtt-to-kafka,amqp-to-mqtt
 MODES=live,backlog
@@ -71,7 +86,10 @@ while [[ $# -gt 0 ]]; do
     --payload) PAYLOAD=$2; shift ;;
     --partitions) PARTITIONS=$2; shift ;;
     --inflight) INFLIGHT=$2; shift ;;
+    --sink-batch) SINK_BATCH=$2; shift ;;
     --sub-qos) SUB_QOS=$2; shift ;;
+    --max-queued) MAX_QUEUED=$2; shift ;;
+    --consumer-props) CONSUMER_PROPS=$2; shift ;;
     --scenarios) SCENARIOS=$2; shift ;;
     --modes) MODES=$2; shift ;;
     --out) OUT=$2; shift ;;
@@ -148,7 +166,7 @@ ensure_rabbit() {
 start_node() {
   check_free "$MQTT_PORT" "$HTTP_PORT"
   rm -rf "$WORK/data-node"
-  "$MESHGATE_BIN" run --name bench --config "$1" --mqtt "127.0.0.1:$MQTT_PORT" \
+  MESHGATE_MQTT__MAX_QUEUED_MESSAGES=$MAX_QUEUED "$MESHGATE_BIN" run --name bench --config "$1" --mqtt "127.0.0.1:$MQTT_PORT" \
     --http "127.0.0.1:$HTTP_PORT" --mesh "127.0.0.1:$MESH_PORT" --data-dir "$WORK/data-node" \
     >>"$WORK/meshgate.log" 2>&1 &
   PIDS[meshgate]=$!
@@ -167,7 +185,8 @@ fail_line() {
   FAILED=$((FAILED + 1))
 }
 
-rate_of() { grep -o '"rate":[0-9.e+-]*' <<<"$1" | cut -d: -f2 | xargs printf '%.0f'; }
+field() { grep -o "\"$1\":[0-9.e+-]*" <<<"$2" | head -n 1 | cut -d: -f2; }
+rate_of() { printf '%.0f' "$(field rate "$1")"; }
 
 # run_source SCENARIO MODE SETUP: one run of kafka-to-mqtt or amqp-to-mqtt.
 run_source() {
@@ -176,18 +195,28 @@ run_source() {
   local recv=() send=() cpu=()
   local common=(--scenario "$scenario" --setup "$setup" --mode "$mode" --rep "$rep"
     --count "$COUNT" --payload "$PAYLOAD")
+  # The node's configuration (written for the meshgate setup only).
   local conf=$WORK/$scenario-$id.toml
+  [[ $setup == meshgate ]] || conf=/dev/null
   case $scenario in
     kafka-to-mqtt)
       local topic=bench-k2m-$id
       create_topic "$topic"
       recv=(--from kafka --bootstrap "127.0.0.1:$TANSU_PORT" --topic "$topic" --group "bench-direct-$id")
+      local kv props=()
+      IFS=, read -r -a props <<<"$CONSUMER_PROPS"
+      local toml=""
+      for kv in "${props[@]}"; do
+        recv+=(--kafka-property "$kv")
+        toml+="${toml:+, }\"${kv%%=*}\" = \"${kv#*=}\""
+      done
       send=(--to kafka --bootstrap "127.0.0.1:$TANSU_PORT" --topic "$topic" --linger-ms 5)
       cpu=(--cpu "tansu=${PIDS[tansu]}")
       cat >"$conf" <<EOF
 [[kafka]]
 name = "tansu"
 bootstrap = "127.0.0.1:$TANSU_PORT"
+properties = { $toml }
 [[kafka.source]]
 name = "bench"
 topics = ["$topic"]
@@ -241,13 +270,18 @@ EOF
     sleep 0.02
   done
   [[ $mode != backlog ]] || kill -STOP "$pause_pid"
-  local sline ok=1
+  local sline ok=1 start=""
   if ! sline=$("$LOADGEN" bridge-send "${common[@]}" "${send[@]}" "${cpu[@]}" 2>>"$WORK/loadgen.err"); then
     ok=0
   fi
-  [[ $mode != backlog ]] || kill -CONT "$pause_pid"
+  if [[ $mode == backlog ]]; then
+    # The records can flow from the moment the consumer runs again.
+    start=$(date +%s.%N)
+    kill -CONT "$pause_pid"
+  fi
   if [[ $ok == 1 ]]; then
     echo "$sline" >>"$RESULTS"
+    [[ $mode == backlog ]] || start=$(field start_unix "$sline")
   else
     fail_line "$scenario" "$mode" "$setup" send "$(tail -n 1 "$WORK/loadgen.err")"
   fi
@@ -256,10 +290,14 @@ EOF
   local rline
   rline=$(tail -n 1 "$out")
   if [[ $rc == 0 && $rline == \{* ]]; then
+    # The rate of the run: from START (first write, or SIGCONT) to the last record.
+    [[ -z $start ]] || rline=${rline/\"start_unix\":null/\"start_unix\":$start}
     echo "$rline" >>"$RESULTS"
-    local lost
-    lost=$(grep -o '"lost":[0-9]*' <<<"$rline" | cut -d: -f2)
-    log "rep $rep $scenario $mode $setup: $(rate_of "$rline") rec/s received (writer $( [[ $ok == 1 ]] && rate_of "$sline" || echo failed) rec/s), $lost missing"
+    local received last rate=0
+    received=$(field received "$rline")
+    last=$(field last_unix "$rline")
+    [[ -z $start || -z $last ]] || rate=$(awk -v n="$received" -v a="$start" -v b="$last" 'BEGIN { printf "%.0f", (b > a) ? n / (b - a) : 0 }')
+    log "rep $rep $scenario $mode $setup: $rate rec/s end to end ($(rate_of "$rline") first to last record; writer $( [[ $ok == 1 ]] && rate_of "$sline" || echo failed) rec/s), $(field lost "$rline") missing"
   else
     fail_line "$scenario" "$mode" "$setup" recv "$(tail -n 1 "$err")"
   fi
@@ -285,6 +323,7 @@ bootstrap = "127.0.0.1:$TANSU_PORT"
 name = "out"
 filter = "bench/m2k"
 topic_template = "$topic"
+${SINK_BATCH:+batch = $SINK_BATCH}
 EOF
     start_node "$conf"
     send=(--to mqtt --mqtt "127.0.0.1:$MQTT_PORT" --topic bench/m2k --inflight "$INFLIGHT"
@@ -323,9 +362,11 @@ FAILED=0
 
 # Run a copy, so that a rebuild during the run cannot mix two versions.
 cp "$MESHGATE_BIN" "$WORK/meshgate"
-NOTES+=("meshgate $("$WORK/meshgate" --version | cut -d' ' -f2): copy of $MESHGATE_BIN built $(date -u -r "$MESHGATE_BIN" '+%Y-%m-%d %H:%M UTC'), default settings (store on, group commit 1 ms) and a data directory")
+NOTES+=("meshgate $("$WORK/meshgate" --version | cut -d' ' -f2): copy of $MESHGATE_BIN built $(date -u -r "$MESHGATE_BIN" '+%Y-%m-%d %H:%M UTC'), default settings (store on, group commit 1 ms, a data directory) but mqtt.max_queued_messages $MAX_QUEUED")
 MESHGATE_BIN=$WORK/meshgate
-NOTES+=("$("$TANSU" --version 2>/dev/null | head -n 1) ($TANSU), memory storage, fresh per repetition; topics of $PARTITIONS partition(s)")
+MG_ENV=$(env | grep '^MESHGATE_[A-Z_]*__' | sort | tr '\n' ' ' || true)
+[[ -z $MG_ENV ]] || NOTES+=("meshgate environment: $MG_ENV")
+NOTES+=("$("$TANSU" --version 2>/dev/null | head -n 1) ($TANSU), memory storage, fresh per repetition; topics of $PARTITIONS partition(s); both Kafka consumers with $CONSUMER_PROPS")
 
 IFS=, read -r -a SCEN <<<"$SCENARIOS"
 IFS=, read -r -a MODE_LIST <<<"$MODES"
@@ -357,7 +398,7 @@ ENDED=$(date -u '+%H:%M:%S UTC')
 {
   echo "## Bridges: started $STARTED, ended $ENDED, on $(nproc) cores, loopback"
   echo
-  echo "Command: \`benches/run-bridges.sh $ARGS\`; $REPS repetition(s) of $COUNT records of $PAYLOAD B per run, setups interleaved; MQTT subscriber QoS $SUB_QOS; MQTT publisher QoS 1 with a window of $INFLIGHT; load average $LOAD1 before, $LOAD_AFTER after."
+  echo "Command: \`benches/run-bridges.sh $ARGS\`; $REPS repetition(s) of $COUNT records of $PAYLOAD B per run, setups interleaved; MQTT subscriber QoS $SUB_QOS; MQTT publisher QoS 1 with a window of $INFLIGHT${SINK_BATCH:+, sink batch $SINK_BATCH}; load average $LOAD1 before, $LOAD_AFTER after."
   echo
   for n in "${NOTES[@]}"; do echo "- $n"; done
   echo

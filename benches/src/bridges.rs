@@ -139,6 +139,15 @@ pub struct RecvOpts {
     /// Consumer group of the direct Kafka consumer.
     #[arg(long, default_value = "bench-direct")]
     group: String,
+    /// `KEY=VALUE` librdkafka property of the direct Kafka consumer (repeatable).
+    #[arg(long)]
+    kafka_property: Vec<String>,
+    /// The direct Kafka consumer reads like the bridge's source: batches of at most this many
+    /// records (what librdkafka holds already, never waiting for more), offsets stored by hand
+    /// after each batch (`enable.auto.offset.store` false). 0: plain `recv` and automatic
+    /// offset store.
+    #[arg(long, default_value_t = 0)]
+    bridge_batch: usize,
     /// AMQP url, `amqp://guest:guest@127.0.0.1:5672/%2f`.
     #[arg(long)]
     amqp_url: Option<String>,
@@ -245,6 +254,14 @@ pub struct BridgeReport {
     pub seconds: f64,
     /// Records per second in the window.
     pub rate: f64,
+    /// `send`: Unix time of the first write. `recv`: when the records could start to flow,
+    /// set by the runner script (the writer's first write in live mode, the consumer's SIGCONT
+    /// in backlog mode); the scenario's rate is then `received / (last_unix - start_unix)`.
+    pub start_unix: Option<f64>,
+    /// `recv`: Unix time of the first record received.
+    pub first_unix: Option<f64>,
+    /// `recv`: Unix time of the last new record received.
+    pub last_unix: Option<f64>,
     /// `recv`: seconds until the first probe arrived.
     pub ready_s: Option<f64>,
     /// `send` over MQTT: seconds until the last PUBACK.
@@ -262,6 +279,15 @@ pub struct BridgeReport {
 }
 
 impl BridgeReport {
+    /// The run's rate: from `start_unix` to the last record for a receiver that has both,
+    /// else `rate`.
+    pub fn measured(&self) -> f64 {
+        match (self.role.as_str(), self.start_unix, self.last_unix) {
+            ("recv", Some(s), Some(l)) if l > s => self.received as f64 / (l - s),
+            _ => self.rate,
+        }
+    }
+
     fn new(run: &RunInfo, role: &str) -> Self {
         Self {
             scenario: run.scenario.clone(),
@@ -306,6 +332,15 @@ impl CpuSnap {
         r.own_cores = (self.own - before.own) / s;
         r.machine_cores = (self.machine - before.machine) / s;
     }
+}
+
+/// Unix time of `at`.
+fn unix(at: Instant) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    now - at.elapsed().as_secs_f64()
 }
 
 /// The payload of record `seq`.
@@ -393,6 +428,8 @@ impl Tally {
         if let Some(first) = &self.first {
             // The window ends at the last new record, not at the end snapshot of an idle run.
             r.seconds = (self.last_new - first.at).as_secs_f64();
+            r.first_unix = Some(unix(first.at));
+            r.last_unix = Some(unix(self.last_new));
             if r.seconds > 0.0 {
                 r.rate = (self.distinct.saturating_sub(1)) as f64 / r.seconds;
             }
@@ -507,15 +544,24 @@ pub async fn recv(o: &RecvOpts) -> anyhow::Result<BridgeReport> {
         }
         Via::Direct => match o.from {
             Source::Kafka => {
-                let consumer: StreamConsumer = ClientConfig::new()
-                    .set("bootstrap.servers", need(&o.bootstrap, "--bootstrap")?)
+                let mut cc = ClientConfig::new();
+                cc.set("bootstrap.servers", need(&o.bootstrap, "--bootstrap")?)
                     .set("group.id", &o.group)
-                    .set("auto.offset.reset", "earliest")
-                    .create()
-                    .context("create the Kafka consumer")?;
+                    .set("auto.offset.reset", "earliest");
+                if o.bridge_batch > 0 {
+                    cc.set("enable.auto.offset.store", "false")
+                        .set("auto.commit.interval.ms", "1000");
+                }
+                for kv in &o.kafka_property {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .with_context(|| format!("--kafka-property {kv}: expected KEY=VALUE"))?;
+                    cc.set(k, v);
+                }
+                let consumer: StreamConsumer = cc.create().context("create the Kafka consumer")?;
                 let topic = need(&o.topic, "--topic")?;
                 consumer.subscribe(&[topic]).context("subscribe")?;
-                tokio::spawn(recv_kafka(consumer, tally))
+                tokio::spawn(recv_kafka(consumer, o.bridge_batch, tally))
             }
             Source::Amqp => {
                 let (conn, ch) = amqp_connect(need(&o.amqp_url, "--amqp-url")?).await?;
@@ -630,12 +676,51 @@ async fn recv_mqtt(mut conn: mqtt::Conn, mut t: Tally) -> anyhow::Result<(Tally,
     Ok((t, end))
 }
 
-async fn recv_kafka(consumer: StreamConsumer, mut t: Tally) -> anyhow::Result<(Tally, CpuSnap)> {
+async fn recv_kafka(
+    consumer: StreamConsumer,
+    batch: usize,
+    mut t: Tally,
+) -> anyhow::Result<(Tally, CpuSnap)> {
+    let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
     while !t.done() && !t.idle() {
-        match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            Ok(Ok(m)) => t.on(m.payload().unwrap_or_default()),
-            Ok(Err(e)) => eprintln!("loadgen: consume: {e}"),
-            Err(_) => {}
+        let first = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        if batch == 0 {
+            match first {
+                Ok(m) => t.on(m.payload().unwrap_or_default()),
+                Err(e) => eprintln!("loadgen: consume: {e}"),
+            }
+            continue;
+        }
+        // As the bridge's source does (crates/kafka/src/source.rs), minus the mesh.
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(m) = next.take() {
+            match m {
+                Ok(m) => {
+                    t.on(m.payload().unwrap_or_default());
+                    positions.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+                }
+                Err(e) => {
+                    eprintln!("loadgen: consume: {e}");
+                    break;
+                }
+            }
+            n += 1;
+            if n >= batch {
+                break;
+            }
+            next = consumer.recv().now_or_never();
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for ((topic, p), o) in std::mem::take(&mut positions) {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(o))
+                .context("offset")?;
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            eprintln!("loadgen: store offsets: {e}");
         }
     }
     let end = CpuSnap::take(&t.pids);
@@ -697,6 +782,7 @@ pub async fn send(o: &SendOpts) -> anyhow::Result<BridgeReport> {
     };
     r.seconds = (end.at - before.at).as_secs_f64();
     r.rate = r.received as f64 / r.seconds.max(1e-9);
+    r.start_unix = Some(unix(before.at));
     r.lost = o.run.count - r.received;
     end.fill(&before, &mut r);
     Ok(r)
@@ -995,10 +1081,10 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
             })
             .collect()
     };
-    let rates = |v: &[&BridgeReport]| v.iter().map(|r| r.rate).collect::<Vec<f64>>();
+    let rates = |v: &[&BridgeReport]| v.iter().map(|r| r.measured()).collect::<Vec<f64>>();
     let per_run = |v: &[&BridgeReport]| {
         v.iter()
-            .map(|r| rate(r.rate))
+            .map(|r| rate(r.measured()))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -1062,9 +1148,9 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
         "\nThe writer of each run and the cores busy in the measured window (medians):\n\n",
     );
     out.push_str(
-        "| scenario | mode | setup | writer (rec/s) | measured window (s) | cores busy |\n",
+        "| scenario | mode | setup | writer (rec/s) | first to last record (rec/s) | window (s) | cores busy in it |\n",
     );
-    out.push_str("|---|---|---|---:|---:|---|\n");
+    out.push_str("|---|---|---|---:|---:|---:|---|\n");
     for (scenario, mode) in &keys {
         let role = measured_role(scenario);
         for setup in ["meshgate", "direct"] {
@@ -1076,6 +1162,11 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
                 spread(&rates(&pick(scenario, mode, setup, "send")))
             } else {
                 spread(&rates(&measured))
+            };
+            let first_last = if role == "recv" {
+                spread(&measured.iter().map(|r| r.rate).collect::<Vec<_>>())
+            } else {
+                "–".into()
             };
             let secs = median(&measured.iter().map(|r| r.seconds).collect::<Vec<_>>())
                 .map_or("–".into(), |s| format!("{s:.2}"));
@@ -1105,9 +1196,34 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
             }
             let _ = writeln!(
                 out,
-                "| {scenario} | {mode} | {setup} | {writer} | {secs} | {} |",
+                "| {scenario} | {mode} | {setup} | {writer} | {first_last} | {secs} | {} |",
                 cores.join(", ")
             );
+        }
+    }
+    let others: Vec<f64> = reports
+        .iter()
+        .filter(|r| r.error.is_none() && r.role == measured_role(&r.scenario))
+        .map(|r| other_cores(r, reports))
+        .collect();
+    if let Some(m) = median(&others) {
+        let max = others.iter().copied().fold(0.0, f64::max);
+        let busy = others.iter().filter(|v| **v > 0.25).count();
+        notes.push(format!(
+            "- other processes on the machine during the measured windows: median {m:.2} cores, at most {max:.2}; {busy} of {} runs shared more than 0.25 cores",
+            others.len()
+        ));
+        for r in reports
+            .iter()
+            .filter(|r| r.error.is_none() && r.role == measured_role(&r.scenario))
+        {
+            let o = other_cores(r, reports);
+            if o > 0.25 {
+                notes.push(format!(
+                    "  - {} {} {} rep {}: {o:.2} cores of other work",
+                    r.scenario, r.mode, r.setup, r.rep
+                ));
+            }
         }
     }
     if !notes.is_empty() {
@@ -1116,6 +1232,30 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
         out.push('\n');
     }
     out
+}
+
+/// Cores busy in `r`'s measured window that none of its named processes, nor the command
+/// itself, nor (for a receiver) the same run's writer used: other work on the machine.
+fn other_cores(r: &BridgeReport, all: &[BridgeReport]) -> f64 {
+    let mut other = r.machine_cores - r.cores.values().sum::<f64>() - r.own_cores;
+    if r.role == "recv"
+        && let (Some(first), Some(last)) = (r.first_unix, r.last_unix)
+        && let Some(w) = all.iter().find(|w| {
+            w.role == "send"
+                && w.scenario == r.scenario
+                && w.mode == r.mode
+                && w.setup == r.setup
+                && w.rep == r.rep
+        })
+        && let Some(start) = w.start_unix
+    {
+        // The writer's average cores over the part of the window it was running in.
+        let overlap = (last.min(start + w.seconds) - first.max(start)).max(0.0);
+        if last > first {
+            other -= w.own_cores * overlap / (last - first);
+        }
+    }
+    other.max(0.0)
 }
 
 /// Parses the JSON lines of bridge commands (other lines are skipped).

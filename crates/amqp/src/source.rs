@@ -325,6 +325,8 @@ async fn consume(
         if let Some(end) = end {
             return end;
         }
+        // Subscribers woken by this batch wait in this worker's LIFO slot until the task yields.
+        tokio::task::yield_now().await;
     }
 }
 

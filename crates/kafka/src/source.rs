@@ -119,6 +119,13 @@ async fn consume(
     kctx: &Ctx,
 ) -> Result<(), String> {
     let mut cc = cfg.client_config();
+    // librdkafka pauses fetching for fetch.queue.backoff.ms (default 1 s) whenever its local
+    // queue is above its threshold; a bridge drains that queue in bursts, so a second-long pause
+    // starved it (measured: fetches 0.3 to 1.2 s apart with the node idle). A configured value
+    // wins.
+    if !cfg.properties.contains_key("fetch.queue.backoff.ms") {
+        cc.set("fetch.queue.backoff.ms", "10");
+    }
     cc.set("group.id", cfg.group_of(src));
     cc.set("enable.auto.commit", "true");
     cc.set("auto.commit.interval.ms", "1000");
@@ -201,6 +208,9 @@ async fn consume(
         if stop {
             break Ok(());
         }
+        // The subscribers woken by this batch wait in this worker's LIFO slot until the task
+        // yields; without this a busy source starves them (and their mailboxes overflow).
+        tokio::task::yield_now().await;
     };
     // Commit what is stored before leaving, so a restart resumes exactly there (closing the
     // consumer commits too; this starts it early).
