@@ -221,8 +221,9 @@ pub struct StoreConfig {
     /// `always` (fsync every event; safe, slowest), `os` (written to the operating system;
     /// survives a killed process but not a power loss or kernel crash).
     pub commit: CommitPolicy,
-    /// Group-commit window in milliseconds (`commit = "group"`), or the background fsync
-    /// interval (`commit = "os"`). 0 = fsync as soon as anything is written.
+    /// Least time between two group commits in milliseconds (`commit = "group"`), or the
+    /// background fsync interval (`commit = "os"`, at least 1). 0 (the default) = fsync as soon
+    /// as anything is written, batching whatever arrives during the previous fsync.
     pub group_commit_ms: u64,
     /// Disk quota of the store in bytes. When full, guaranteed publishes are refused (MQTT v5
     /// reason 0x97, HTTP 507) and direct traffic keeps flowing.
@@ -234,7 +235,7 @@ impl Default for StoreConfig {
         Self {
             enabled: true,
             commit: CommitPolicy::Group,
-            group_commit_ms: 1,
+            group_commit_ms: 0,
             quota_bytes: 1 << 30,
         }
     }
