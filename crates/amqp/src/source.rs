@@ -15,7 +15,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, Connection};
 use meshgate_bridge::template::{Output, RecordVars, Template, dots_to_levels};
-use meshgate_bridge::{Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin};
+use meshgate_bridge::{
+    Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin, retry_later,
+};
 use meshgate_proto::{Envelope, Header};
 use tokio::sync::watch;
 use tracing::warn;
@@ -184,13 +186,10 @@ pub(crate) async fn run(
         match stop {
             Ok(()) => break,
             Err(e) => {
-                status.down(&e);
-                status.retries.fetch_add(1, Ordering::Relaxed);
+                if !retry_later(&status, &mut backoff, &mut shutdown, &e).await {
+                    break;
+                }
             }
-        }
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
     status.stopped();
@@ -368,10 +367,8 @@ async fn publish(
             Err(IngressError::Full(err)) => {
                 warn!(error = %err, "store full: the source waits");
                 status.error(&err);
-                ingress.durable().await;
-                tokio::select! {
-                    _ = shutdown.changed() => return false,
-                    _ = tokio::time::sleep(waits.next_delay()) => {}
+                if !ingress.wait_for_room(waits, shutdown).await {
+                    return false;
                 }
             }
         }

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
+
+use crate::status::BridgeStatus;
+
 /// Doubles from `min` to `max`, with up to a quarter of jitter; [`Backoff::reset`] after success.
 #[derive(Clone, Debug)]
 pub struct Backoff {
@@ -38,6 +42,24 @@ impl Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Self::new(Duration::from_millis(100), Duration::from_secs(10))
+    }
+}
+
+/// After an error of a source or sink: marks it down with `error`, counts a retry and waits the
+/// next backoff. False when the node stops meanwhile.
+pub async fn retry_later(
+    status: &BridgeStatus,
+    backoff: &mut Backoff,
+    shutdown: &mut watch::Receiver<bool>,
+    error: &str,
+) -> bool {
+    status.down(error);
+    status
+        .retries
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tokio::select! {
+        _ = shutdown.changed() => false,
+        _ = tokio::time::sleep(backoff.next_delay()) => true,
     }
 }
 

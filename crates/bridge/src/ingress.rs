@@ -8,6 +8,9 @@ use std::sync::atomic::Ordering;
 use meshgate_broker::{Broker, PublishError, Publisher};
 use meshgate_proto::{Envelope, Provenance};
 use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
 
 use crate::status::BridgeStatus;
 
@@ -75,6 +78,21 @@ impl Ingress {
                 self.status.refused.fetch_add(1, Ordering::Relaxed);
                 Err(IngressError::Refused(e))
             }
+        }
+    }
+
+    /// Waits out a full store before the caller publishes the same record again: what was
+    /// published is made durable (so its space can be released downstream), then a backoff.
+    /// False when the node stops meanwhile.
+    pub async fn wait_for_room(
+        &mut self,
+        backoff: &mut Backoff,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        self.durable().await;
+        tokio::select! {
+            _ = shutdown.changed() => false,
+            _ = tokio::time::sleep(backoff.next_delay()) => true,
         }
     }
 

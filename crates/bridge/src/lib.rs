@@ -20,7 +20,7 @@ pub mod sink;
 pub mod status;
 pub mod template;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, retry_later};
 pub use ingress::{Ingress, IngressError};
 pub use sink::{SinkSpec, SinkTarget, run_sink};
 pub use status::{BridgeStatus, Bridges, State};

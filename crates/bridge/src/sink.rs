@@ -249,16 +249,12 @@ async fn retry<T: SinkTarget>(
     mut error: String,
 ) -> bool {
     loop {
-        status.down(&error);
-        status.retries.fetch_add(1, Ordering::Relaxed);
         // What the client still holds is dropped; acknowledgements of it no longer count.
         for b in flight.iter_mut() {
             b.pending = None;
         }
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => return false,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        if !crate::backoff::retry_later(status, backoff, shutdown, &error).await {
+            return false;
         }
         target.reset().await;
         let mut failed = None;

@@ -4,12 +4,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use meshgate_bridge::template::{Output, RecordVars, Template, dots_to_levels};
-use meshgate_bridge::{Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin};
+use meshgate_bridge::{
+    Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin, retry_later,
+};
 use meshgate_proto::{Envelope, Header};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -94,17 +95,9 @@ pub(crate) async fn run(
 ) {
     let mut backoff = Backoff::default();
     let mut shutdown = ctx.shutdown.clone();
-    loop {
-        match consume(&ctx, &cfg, &src, &status, &kctx).await {
-            Ok(()) => break,
-            Err(e) => {
-                status.down(&e);
-                status.retries.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+    while let Err(e) = consume(&ctx, &cfg, &src, &status, &kctx).await {
+        if !retry_later(&status, &mut backoff, &mut shutdown, &e).await {
+            break;
         }
     }
     status.stopped();
@@ -164,15 +157,15 @@ async fn consume(
                 Ok(m) => {
                     n += 1;
                     status.consumed.fetch_add(1, Ordering::Relaxed);
-                    match mapper.envelope(&m) {
-                        None => {
+                    match publish(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await
+                    {
+                        Taken::Loop => {
                             status.skipped_loop.fetch_add(1, Ordering::Relaxed);
                         }
-                        Some(env) => {
-                            if !publish(&mut ingress, env, &m, &mut backoff, &mut shutdown).await {
-                                stop = true;
-                                break;
-                            }
+                        Taken::Yes => {}
+                        Taken::Stopped => {
+                            stop = true;
+                            break;
                         }
                     }
                     positions.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
@@ -218,32 +211,44 @@ async fn consume(
     result
 }
 
-/// Publishes one record; waits out a full store (never skips a record for it). False: the node
-/// stops before the record was taken.
+/// What became of a record.
+enum Taken {
+    /// Published (or refused by the mesh, logged and counted).
+    Yes,
+    /// Written by a meshgate sink: not taken back (loop rule).
+    Loop,
+    /// The node stops before the record was taken.
+    Stopped,
+}
+
+/// Publishes one record; waits out a full store (never skips a record for it). The envelope is
+/// built again on a retry (rare) rather than cloned for every record.
 async fn publish(
     ingress: &mut Ingress,
-    env: Envelope,
+    mapper: &mut Mapper,
     m: &BorrowedMessage<'_>,
     backoff: &mut Backoff,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) -> bool {
-    let mut env = Some(env);
-    while let Some(e) = env.take() {
-        match ingress.publish(e.clone()) {
-            Ok(()) => backoff.reset(),
+) -> Taken {
+    loop {
+        let Some(env) = mapper.envelope(m) else {
+            return Taken::Loop;
+        };
+        match ingress.publish(env) {
+            Ok(()) => {
+                backoff.reset();
+                return Taken::Yes;
+            }
             Err(IngressError::Refused(err)) => {
                 warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %err, "record refused by the mesh, skipped");
+                return Taken::Yes;
             }
             Err(IngressError::Full(err)) => {
                 warn!(error = %err, "store full: the source waits");
-                ingress.durable().await;
-                tokio::select! {
-                    _ = shutdown.changed() => return false,
-                    _ = tokio::time::sleep(backoff.next_delay().max(Duration::from_millis(100))) => {}
+                if !ingress.wait_for_room(backoff, shutdown).await {
+                    return Taken::Stopped;
                 }
-                env = Some(e);
             }
         }
     }
-    true
 }
