@@ -33,6 +33,10 @@ pub struct Ingress {
     status: Arc<BridgeStatus>,
     /// Highest commit ticket of what was published since the last [`Ingress::durable`].
     ticket: u64,
+    /// Forwarded and unrouted records not yet added to the status (added once per batch, in
+    /// [`Ingress::durable`], rather than one shared atomic add per record).
+    forwarded: u64,
+    unrouted: u64,
 }
 
 impl Ingress {
@@ -55,6 +59,8 @@ impl Ingress {
             },
             status,
             ticket: 0,
+            forwarded: 0,
+            unrouted: 0,
         }
     }
 
@@ -65,12 +71,11 @@ impl Ingress {
         match self.broker.publish(&mut self.publisher, env, 1) {
             Ok(r) => {
                 self.ticket = self.ticket.max(r.ticket);
-                let counter = if r.routed + r.remote > 0 {
-                    &self.status.forwarded
+                if r.routed + r.remote > 0 {
+                    self.forwarded += 1;
                 } else {
-                    &self.status.unrouted
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                    self.unrouted += 1;
+                }
                 Ok(())
             }
             Err(e @ PublishError::QuotaExceeded { .. }) => Err(IngressError::Full(e)),
@@ -96,9 +101,16 @@ impl Ingress {
         }
     }
 
-    /// Resolves once everything published so far is stored durably.
+    /// Resolves once everything published so far is stored durably. Also brings the
+    /// source's `forwarded` and `unrouted` counters up to date.
     pub async fn durable(&mut self) {
         self.publisher.flush(&self.broker);
+        let forwarded = std::mem::take(&mut self.forwarded);
+        let unrouted = std::mem::take(&mut self.unrouted);
+        self.status
+            .forwarded
+            .fetch_add(forwarded, Ordering::Relaxed);
+        self.status.unrouted.fetch_add(unrouted, Ordering::Relaxed);
         let ticket = std::mem::take(&mut self.ticket);
         if ticket != 0
             && let Some(disk) = self.broker.disk()

@@ -196,6 +196,24 @@ impl Template {
             .any(|p| matches!(p, Part::Var(Var::Payload(_))))
     }
 
+    /// Whether the template uses the plain name `name` (`{partition}`, `{offset}`, ...), so
+    /// a caller formats that value only then.
+    pub fn uses(&self, name: &str) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Var(Var::Name(n)) if n == name))
+    }
+
+    /// Whether the rendered text depends on nothing but the plain names in `names` (and
+    /// literal text): a caller may render once per combination of their values and reuse it.
+    pub fn only_names(&self, names: &[&str]) -> bool {
+        self.parts.iter().all(|p| match p {
+            Part::Lit(_) => true,
+            Part::Var(Var::Name(n)) => names.contains(&n.as_str()),
+            Part::Var(_) => false,
+        })
+    }
+
     /// Whether the template is exactly `{topic}`: the name maps one to one.
     pub fn is_topic(&self) -> bool {
         matches!(&self.parts[..], [Part::Var(Var::Name(n))] if n == "topic")
@@ -415,6 +433,12 @@ mod tests {
         let t =
             Template::parse("o/{payload.addr.country}/{payload.n}/{payload.x}", KAFKA_IN).unwrap();
         assert!(t.needs_payload());
+        assert!(!t.only_names(&["topic", "partition"]));
+        let p = Template::parse("x/{topic}/{partition}", KAFKA_IN).unwrap();
+        assert!(p.only_names(&["topic", "partition"]));
+        assert!(!p.only_names(&["topic"]));
+        assert!(Template::parse("x/{key}", KAFKA_IN).unwrap().uses("key"));
+        assert!(!Template::parse("x/{key}", KAFKA_IN).unwrap().uses("topic"));
         let j: serde_json::Value =
             serde_json::from_str(r#"{"addr":{"country":"us"},"n":17}"#).unwrap();
         let mut out = String::new();

@@ -1,12 +1,11 @@
 //! A source: Kafka topics into the mesh, offsets stored only after the node stored the events.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use meshgate_bridge::template::{Output, RecordVars, Template, dots_to_levels};
 use meshgate_bridge::{
     Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin, retry_later,
@@ -21,16 +20,36 @@ use crate::Ctx;
 use crate::config::{KafkaConfig, KafkaSource, SOURCE_VARS};
 
 /// Maps Kafka records to envelopes: the topic template and what it needs.
+///
+/// Per record it allocates only what the envelope owns (topic, payload, key, headers): the
+/// partition and offset are formatted only for a template that names them, and a template
+/// that depends on nothing but the Kafka topic and partition (`{topic}`, `bench/{partition}`)
+/// is rendered once per partition.
 pub(crate) struct Mapper {
     template: Template,
+    uses_partition: bool,
+    uses_offset: bool,
+    /// For a template of `{topic}`, `{partition}` and literals: the last Kafka topic and
+    /// partition, and their mesh topic.
+    per_partition: Option<(String, i32, String)>,
     topic: String,
+    partition: String,
+    offset: String,
 }
 
 impl Mapper {
     pub(crate) fn new(template: &str) -> Result<Self, String> {
+        let template = Template::parse(template, SOURCE_VARS).map_err(|e| e.to_string())?;
         Ok(Self {
-            template: Template::parse(template, SOURCE_VARS).map_err(|e| e.to_string())?,
+            uses_partition: template.uses("partition"),
+            uses_offset: template.uses("offset"),
+            per_partition: template
+                .only_names(&["topic", "partition"])
+                .then(Default::default),
+            template,
             topic: String::new(),
+            partition: String::new(),
+            offset: String::new(),
         })
     }
 
@@ -46,30 +65,12 @@ impl Mapper {
             return None;
         }
         let payload = m.payload().unwrap_or_default();
-        let json = if self.template.needs_payload() {
-            serde_json::from_slice::<serde_json::Value>(payload).ok()
-        } else {
-            None
+        let topic = match &self.per_partition {
+            Some((t, p, to)) if *p == m.partition() && t == m.topic() => to.as_str(),
+            _ => self.render(m, &headers, payload),
         };
-        let partition = m.partition().to_string();
-        let offset = m.offset().to_string();
-        let names = [
-            ("partition", Cow::Borrowed(partition.as_str())),
-            ("offset", Cow::Borrowed(offset.as_str())),
-        ];
-        let kafka_topic = dots_to_levels(m.topic());
-        let vars = RecordVars {
-            topic: &kafka_topic,
-            names: &names,
-            key: m.key(),
-            headers: &headers,
-            json: json.as_ref(),
-            levels: None,
-        };
-        self.template
-            .render(&vars, Output::MeshTopic, &mut self.topic);
         Some(Envelope {
-            topic: self.topic.clone(),
+            topic: topic.to_string(),
             key: m.key().map(Bytes::copy_from_slice),
             headers: headers
                 .iter()
@@ -82,6 +83,85 @@ impl Mapper {
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0).max(0) as u64,
             ..Default::default()
         })
+    }
+
+    /// Renders the mesh topic of `m` (and remembers it when it depends on topic and
+    /// partition alone).
+    fn render(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        headers: &[(&str, &[u8])],
+        payload: &[u8],
+    ) -> &str {
+        use std::fmt::Write;
+        let json = if self.template.needs_payload() {
+            serde_json::from_slice::<serde_json::Value>(payload).ok()
+        } else {
+            None
+        };
+        self.partition.clear();
+        if self.uses_partition {
+            let _ = write!(self.partition, "{}", m.partition());
+        }
+        self.offset.clear();
+        if self.uses_offset {
+            let _ = write!(self.offset, "{}", m.offset());
+        }
+        let names = [
+            ("partition", Cow::Borrowed(self.partition.as_str())),
+            ("offset", Cow::Borrowed(self.offset.as_str())),
+        ];
+        let kafka_topic = dots_to_levels(m.topic());
+        let vars = RecordVars {
+            topic: &kafka_topic,
+            names: &names,
+            key: m.key(),
+            headers,
+            json: json.as_ref(),
+            levels: None,
+        };
+        self.template
+            .render(&vars, Output::MeshTopic, &mut self.topic);
+        match &mut self.per_partition {
+            Some((t, p, to)) => {
+                t.clear();
+                t.push_str(m.topic());
+                *p = m.partition();
+                std::mem::swap(to, &mut self.topic);
+                to
+            }
+            None => &self.topic,
+        }
+    }
+}
+
+/// The next offset to commit per partition: a short list (a source reads few partitions), so
+/// noting a record allocates nothing and hashes nothing.
+#[derive(Default)]
+struct Positions(Vec<(String, i32, i64)>);
+
+impl Positions {
+    fn note(&mut self, m: &BorrowedMessage<'_>) {
+        let (t, p, next) = (m.topic(), m.partition(), m.offset() + 1);
+        match self.0.iter_mut().find(|(tt, pp, _)| *pp == p && tt == t) {
+            Some(e) => e.2 = next,
+            None => self.0.push((t.to_string(), p, next)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The noted offsets, emptying the list.
+    fn take(&mut self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in self.0.drain(..) {
+            if let Err(e) = tpl.add_partition_offset(&t, p, Offset::Offset(o)) {
+                warn!(error = %e, "cannot note an offset");
+            }
+        }
+        tpl
     }
 }
 
@@ -141,13 +221,15 @@ async fn consume(
         status.clone(),
     );
     let mut shutdown = ctx.shutdown.clone();
-    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    let mut positions = Positions::default();
+    // One stream for the life of the consumer: `recv()` registers and drops a waker per call.
+    let mut stream = consumer.stream();
     let mut backoff = Backoff::default();
     let result = loop {
         let first = tokio::select! {
             biased;
             _ = shutdown.changed() => break Ok(()),
-            m = consumer.recv() => m,
+            m = stream.next() => m.expect("a Kafka stream never ends"),
         };
         let mut next = Some(first);
         let mut n = 0;
@@ -156,7 +238,6 @@ async fn consume(
             match m {
                 Ok(m) => {
                     n += 1;
-                    status.consumed.fetch_add(1, Ordering::Relaxed);
                     match publish(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await
                     {
                         Taken::Loop => {
@@ -168,7 +249,7 @@ async fn consume(
                             break;
                         }
                     }
-                    positions.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+                    positions.note(&m);
                 }
                 Err(e) => {
                     status.error(format!("consume: {e}"));
@@ -179,8 +260,9 @@ async fn consume(
                 break;
             }
             // Whatever librdkafka has fetched already joins the batch; never wait for more.
-            next = consumer.recv().now_or_never();
+            next = stream.next().now_or_never().flatten();
         }
+        status.consumed.fetch_add(n as u64, Ordering::Relaxed);
         if positions.is_empty() {
             if stop {
                 break Ok(());
@@ -188,12 +270,7 @@ async fn consume(
             continue;
         }
         ingress.durable().await;
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in positions.drain() {
-            if let Err(e) = tpl.add_partition_offset(&t, p, Offset::Offset(o)) {
-                warn!(error = %e, "cannot note an offset");
-            }
-        }
+        let tpl = positions.take();
         if let Err(e) = consumer.store_offsets(&tpl) {
             // A partition revoked meanwhile: its new owner starts from the last commit.
             status.error(format!("store offsets: {e}"));
