@@ -6,6 +6,7 @@
 mod client;
 mod demo;
 mod kafka_cli;
+mod spec_cli;
 
 /// mimalloc instead of glibc's malloc: events are allocated on one thread and freed on another
 /// (publisher and subscriber tasks), where glibc spends a quarter of a mesh node's CPU.
@@ -53,6 +54,15 @@ enum Command {
     /// Kafka bridge tools.
     #[command(subcommand)]
     Kafka(KafkaCommand),
+    /// AsyncAPI specs (the governance catalog) tools.
+    #[command(subcommand)]
+    Spec(SpecCommand),
+}
+
+#[derive(Subcommand)]
+enum SpecCommand {
+    /// Validate a specs directory: every problem with file and line, non-zero exit if any.
+    Validate(spec_cli::ValidateArgs),
 }
 
 #[derive(Subcommand)]
@@ -127,6 +137,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => check(file),
         Command::Demo(args) => demo::run(args),
         Command::Kafka(KafkaCommand::Replay(args)) => kafka_cli::replay(args),
+        Command::Spec(SpecCommand::Validate(args)) => spec_cli::validate(args),
         Command::Cert(CertCommand::Init { dir }) => meshgate_mesh::tls::init_ca(&dir)
             .map(|p| println!("created {}", p.display()))
             .map_err(Into::into),

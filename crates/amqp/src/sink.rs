@@ -68,6 +68,7 @@ pub(crate) fn start(
         batch: sink.batch,
         mailbox: MAILBOX,
         journal,
+        app_id: cfg.app_id().to_string(),
     };
     Ok(tokio::spawn(run_sink(
         ctx.broker.clone(),

@@ -42,6 +42,8 @@ pub struct SinkSpec {
     pub mailbox: usize,
     /// Where the sink's events wait for the broker (none: memory only, dropped when full).
     pub journal: Option<Journal>,
+    /// The app id the sink reads as (a governed node delivers it only what that app may read).
+    pub app_id: String,
 }
 
 /// A broker a sink writes to, in two steps so that several batches are in flight at once
@@ -82,6 +84,7 @@ pub async fn run_sink<T: SinkTarget>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mb = broker.new_mailbox(spec.mailbox);
+    mb.set_app(Some(spec.app_id.as_str().into()));
     mb.set_persistent(true);
     let mut cursor = spec.journal.map(|j| {
         mb.set_journal(j.clone());
@@ -355,6 +358,7 @@ mod tests {
             batch: 100,
             mailbox: 256,
             journal: Some(journal.clone()),
+            app_id: "test".into(),
         };
         let task = tokio::spawn(run_sink(
             broker.clone(),

@@ -9,12 +9,14 @@
 mod auth;
 mod cursor;
 mod mailbox;
+mod policy;
 mod router;
 mod stats;
 
 pub use auth::{AuthError, Authenticator, Credentials, Identity, StaticAuth, User};
 pub use cursor::JournalCursor;
 pub use mailbox::{Delivery, Mailbox, MailboxReceiver, SessionId};
+pub use policy::{Denied, Policy};
 pub use router::{
     Broker, BrokerConfig, MeshHook, PublishError, PublishReport, Publisher, RemoteDest, SubOptions,
 };

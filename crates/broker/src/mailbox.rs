@@ -75,6 +75,9 @@ pub struct Mailbox {
     dropped: AtomicU64,
     /// Where a persistent session's QoS 1 deliveries are stored first.
     journal: std::sync::OnceLock<Journal>,
+    /// The app id the session's client authenticated as: what it may read is decided for it.
+    /// Set once; a client of another app gets a new session.
+    app: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Exclusive right to drain a mailbox, held by the one connection attached to the session.
@@ -103,6 +106,7 @@ impl Mailbox {
             persistent: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             journal: std::sync::OnceLock::new(),
+            app: std::sync::OnceLock::new(),
         })
     }
 
@@ -122,6 +126,18 @@ impl Mailbox {
     pub fn detach(&self, rx: MailboxReceiver) {
         self.online.store(false, Ordering::Release);
         drop(rx);
+    }
+
+    /// Sets the app id of the session (once; later calls are ignored).
+    pub fn set_app(&self, app: Option<Arc<str>>) {
+        if let Some(app) = app {
+            let _ = self.app.set(app);
+        }
+    }
+
+    /// The app id of the session, if its client authenticated as one.
+    pub fn app(&self) -> Option<&str> {
+        self.app.get().map(|a| &**a)
     }
 
     /// Whether a connection currently drains this mailbox.

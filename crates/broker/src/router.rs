@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshgate_proto::{Envelope, EventId, EventIdGen};
 use meshgate_store::Disk;
-use meshgate_topic::{Filter, MatchCache, RetainTree, TopicError, Trie, validate_topic};
+use meshgate_topic::{
+    Filter, MatchCache, MqttFilter, RetainTree, TopicError, Trie, validate_topic,
+};
 use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 
 use crate::mailbox::{Delivery, Mailbox, Refused, SessionId};
 use crate::now_ms;
+use crate::policy::{Denied, Policy};
 use crate::stats::{BrokerStats, LocalTally};
 
 /// Options of one subscription.
@@ -107,6 +110,9 @@ pub enum PublishError {
     /// The node holds as many retained messages as it may.
     #[error("retained message limit of {0} reached")]
     RetainedFull(usize),
+    /// The governance policy refused the publish (not a writer, unknown topic, schema, ...).
+    #[error("{0}")]
+    Denied(#[from] crate::policy::Denied),
     /// A guaranteed event cannot be stored: the node's store is at its disk quota.
     #[error("quota exceeded: the store holds {used} of {max} bytes")]
     QuotaExceeded {
@@ -145,6 +151,7 @@ struct Shared {
     mesh: std::sync::OnceLock<Arc<dyn MeshHook>>,
     /// The store of guaranteed events, when the node has a data directory.
     disk: std::sync::OnceLock<Disk>,
+    policy: std::sync::OnceLock<Arc<dyn Policy>>,
 }
 
 /// Handle to the router; cheap to clone, shared by every front end.
@@ -211,6 +218,7 @@ impl Broker {
                 remote_keys: Mutex::new(HashMap::new()),
                 mesh: std::sync::OnceLock::new(),
                 disk: std::sync::OnceLock::new(),
+                policy: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -257,6 +265,34 @@ impl Broker {
     /// The node's store, if it has one.
     pub fn disk(&self) -> Option<&Disk> {
         self.shared.disk.get()
+    }
+
+    /// Puts the node under a governance policy (set once, before clients connect): publishes,
+    /// subscriptions and every delivery to a local subscriber are checked by it.
+    pub fn set_policy(&self, policy: Arc<dyn Policy>) {
+        let _ = self.shared.policy.set(policy);
+    }
+
+    /// Whether a policy governs this node.
+    pub fn governed(&self) -> bool {
+        self.shared.policy.get().is_some()
+    }
+
+    /// May `app` subscribe to `filter`? Always yes without a policy.
+    pub fn check_subscribe(&self, app: Option<&str>, filter: &MqttFilter) -> Result<(), Denied> {
+        match self.shared.policy.get() {
+            Some(p) => p.check_subscribe(app, filter),
+            None => Ok(()),
+        }
+    }
+
+    /// May `app` read an event on `topic`? Always yes without a policy. Retained messages and
+    /// replays go through this too.
+    pub fn may_read(&self, app: Option<&str>, topic: &str) -> bool {
+        match self.shared.policy.get() {
+            Some(p) => p.may_read(app, topic),
+            None => true,
+        }
     }
 
     /// Connects the router to the mesh. Interest that exists already is announced to it.
@@ -330,6 +366,9 @@ impl Broker {
                 len: env.payload.len(),
                 max,
             });
+        }
+        if let Some(policy) = self.shared.policy.get() {
+            policy.check_publish(p.app_id.as_deref(), &env.topic, &env.payload)?;
         }
         if qos > 0
             && let Some(disk) = self.shared.disk.get()
@@ -410,6 +449,7 @@ impl Broker {
         qos: u8,
         from_mesh: Option<&[(String, String)]>,
     ) -> usize {
+        let policy = self.shared.policy.get();
         let trie = self.shared.trie.read();
         let slots = self.shared.config.match_cache_slots;
         let cache = p.cache.get_or_insert_with(|| MatchCache::new(slots));
@@ -459,6 +499,12 @@ impl Broker {
                     if opts.no_local && p.session == Some(sid) {
                         continue;
                     }
+                    if let Some(policy) = policy
+                        && !policy.may_read(mailbox.app(), &event.topic)
+                    {
+                        p.tally.unreadable += 1;
+                        continue;
+                    }
                     if deliver(
                         mailbox,
                         opts,
@@ -494,7 +540,9 @@ impl Broker {
                 .filter_map(|(_, t)| match t {
                     Target::Local { mailbox, opts } => Some((mailbox, opts)),
                     Target::Remote { .. } => None,
-                });
+                })
+                // A member whose app may not read the event is no candidate.
+                .filter(|(mb, _)| policy.is_none_or(|pol| pol.may_read(mb.app(), &event.topic)));
             let mut online = None;
             let mut offline = None;
             for (mb, opts) in locals {

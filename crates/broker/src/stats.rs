@@ -14,6 +14,9 @@ pub struct BrokerStats {
     pub dropped_full: Counter,
     /// `meshgate_events_forwarded_total`: published events sent towards other mesh nodes.
     pub forwarded: Counter,
+    /// `meshgate_events_filtered_total`: copies a wildcard subscription matched but its app
+    /// may not read (governance); never named to the subscriber.
+    pub unreadable: Counter,
     /// `meshgate_subscriptions`: entries in the trie (local sessions and remote nodes).
     pub subscriptions: Gauge,
     /// `meshgate_retained_messages`: retained messages held.
@@ -28,6 +31,7 @@ impl BrokerStats {
             unrouted: counter!("meshgate_events_unrouted_total"),
             dropped_full: counter!("meshgate_events_dropped_total", "reason" => "queue_full"),
             forwarded: counter!("meshgate_events_forwarded_total"),
+            unreadable: counter!("meshgate_events_filtered_total"),
             subscriptions: gauge!("meshgate_subscriptions"),
             retained: gauge!("meshgate_retained_messages"),
         }
@@ -44,11 +48,13 @@ pub(crate) struct LocalTally {
     pub unrouted: u64,
     pub dropped_full: u64,
     pub forwarded: u64,
+    pub unreadable: u64,
 }
 
 impl LocalTally {
     pub(crate) fn flush(&mut self, s: &BrokerStats, published: &Counter, bytes: &Counter) {
-        if self.published == 0 && self.dropped_full == 0 && self.routed == 0 {
+        if self.published == 0 && self.dropped_full == 0 && self.routed == 0 && self.unreadable == 0
+        {
             return;
         }
         published.increment(self.published);
@@ -57,6 +63,7 @@ impl LocalTally {
         s.unrouted.increment(self.unrouted);
         s.dropped_full.increment(self.dropped_full);
         s.forwarded.increment(self.forwarded);
+        s.unreadable.increment(self.unreadable);
         *self = Self::default();
     }
 }

@@ -56,6 +56,55 @@ pub struct HttpState {
     pub bridges: Option<MeshView>,
     /// `POST /v1/bridges/kafka/{cluster}/replay`.
     pub replay: Option<ReplayFn>,
+    /// REST bearer tokens and the app id each authenticates as. A request without a token is
+    /// anonymous (what it may do is the node's policy's call); an unknown token is refused.
+    pub tokens: Arc<std::collections::HashMap<String, Arc<str>>>,
+    /// `GET /v1/catalog` and `POST /v1/catalog/reload`, when the node is governed by specs.
+    pub catalog: Option<Arc<dyn CatalogApi>>,
+}
+
+/// The governance catalog as the admin API shows and reloads it.
+pub trait CatalogApi: Send + Sync {
+    /// `GET /v1/catalog`: data products, channels, owners, access, schemas.
+    fn view(&self) -> serde_json::Value;
+    /// `POST /v1/catalog/reload`: reads the specs again; the problems if they are refused
+    /// (the catalog in force stays).
+    fn reload(&self) -> Result<serde_json::Value, serde_json::Value>;
+}
+
+/// A request with a bearer token the node does not know: answered 401.
+pub(crate) struct Unauthorized;
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        error(StatusCode::UNAUTHORIZED, "unknown bearer token")
+    }
+}
+
+/// The app id a request authenticates as: `Authorization: Bearer <token>`, or anonymous
+/// without one; an unknown token is [`Unauthorized`].
+pub(crate) fn identify(
+    s: &HttpState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Arc<str>>, Unauthorized> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| s.tokens.get(t)) {
+        Some(app) => Ok(Some(app.clone())),
+        None => Err(Unauthorized),
+    }
+}
+
+/// The answer to a publish or subscription the policy refused.
+pub(crate) fn denied(d: &meshgate_broker::Denied) -> Response {
+    let status = StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::FORBIDDEN);
+    error(status, &d.message)
 }
 
 /// The API's routes.
@@ -72,6 +121,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/node", get(node))
         .route("/v1/backlog", get(backlog))
         .route("/v1/bridges", get(bridges))
+        .route("/v1/catalog", get(catalog))
+        .route("/v1/catalog/reload", post(catalog_reload))
         .route("/v1/bridges/kafka/{cluster}/replay", post(replay))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -97,6 +148,29 @@ pub async fn serve(
 /// A JSON error response.
 pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": msg.to_string() }))).into_response()
+}
+
+async fn catalog(State(s): State<HttpState>) -> Response {
+    match &s.catalog {
+        Some(c) => Json(c.view()).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no catalog: the node has no governance.specs_dir",
+        ),
+    }
+}
+
+async fn catalog_reload(State(s): State<HttpState>) -> Response {
+    match &s.catalog {
+        Some(c) => match c.reload() {
+            Ok(v) => Json(v).into_response(),
+            Err(v) => (StatusCode::UNPROCESSABLE_ENTITY, Json(v)).into_response(),
+        },
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no catalog: the node has no governance.specs_dir",
+        ),
+    }
 }
 
 async fn healthz() -> &'static str {

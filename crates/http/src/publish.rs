@@ -84,7 +84,12 @@ pub(crate) async fn publish(
             });
         }
     }
+    let app = match crate::identify(&s, &headers) {
+        Ok(app) => app,
+        Err(e) => return e.into_response(),
+    };
     let mut p = s.broker.publisher("http", None);
+    p.set_app_id(app);
     let r = s.broker.publish(&mut p, env, u8::from(guaranteed));
     p.flush(&s.broker);
     match r {
@@ -104,6 +109,7 @@ pub(crate) async fn publish(
         Err(e @ PublishError::Topic(_)) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ PublishError::PayloadTooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
         Err(e @ PublishError::RetainedFull(_)) => error(StatusCode::INSUFFICIENT_STORAGE, e),
+        Err(PublishError::Denied(d)) => crate::denied(&d),
     }
 }
 

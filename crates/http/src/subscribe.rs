@@ -4,12 +4,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use meshgate_broker::{Broker, Mailbox, MailboxReceiver, SubOptions};
-use meshgate_topic::{Filter, parse_mqtt_filter};
+use meshgate_topic::{Filter, MqttFilter, parse_mqtt_filter};
 use serde::Deserialize;
 
 use crate::{HttpState, error};
@@ -46,8 +46,13 @@ impl Drop for Subscription {
 pub(crate) async fn subscribe(
     State(s): State<HttpState>,
     params: Result<Query<SubscribeParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
 ) -> Response {
-    let sub = match Subscription::open(&s, params).await {
+    let app = match crate::identify(&s, &headers) {
+        Ok(app) => app,
+        Err(e) => return e.into_response(),
+    };
+    let sub = match Subscription::open(&s, params, app).await {
         Ok(sub) => sub,
         Err(resp) => return resp,
     };
@@ -57,10 +62,12 @@ pub(crate) async fn subscribe(
 }
 
 impl Subscription {
-    /// Validates the query and subscribes a fresh mailbox; the error is the HTTP answer.
+    /// Validates the query and subscribes a fresh mailbox for `app`; the error is the HTTP
+    /// answer (403 when the policy refuses the filter).
     pub(crate) async fn open(
         s: &HttpState,
         params: Result<Query<SubscribeParams>, axum::extract::rejection::QueryRejection>,
+        app: Option<Arc<str>>,
     ) -> Result<Subscription, Response> {
         let Query(params) = params.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
         let (filters, group) = match parse_filter(&params.filter) {
@@ -78,7 +85,15 @@ impl Subscription {
         {
             return Err(error(StatusCode::BAD_REQUEST, "invalid group name"));
         }
+        let judged = MqttFilter {
+            filters: filters.clone(),
+            group: group.clone(),
+        };
+        if let Err(d) = s.broker.check_subscribe(app.as_deref(), &judged) {
+            return Err(crate::denied(&d));
+        }
         let mailbox = s.broker.new_mailbox(s.sse_queue);
+        mailbox.set_app(app);
         let rx = mailbox.attach().await;
         for f in &filters {
             s.broker

@@ -5,9 +5,11 @@
 //! payload is not UTF-8). Client to server: `{"topic": T, "payload": "..."}` (or
 //! `"payload_base64"`, and `"retain": true`); a refused publish is answered `{"error": "..."}`.
 
+use std::sync::Arc;
+
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
@@ -34,21 +36,27 @@ struct WsPublish {
 pub(crate) async fn websocket(
     State(s): State<HttpState>,
     params: Result<Query<SubscribeParams>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let app = match crate::identify(&s, &headers) {
+        Ok(app) => app,
+        Err(e) => return e.into_response(),
+    };
     // Subscribe before the upgrade so that a bad filter is a plain 400 JSON answer.
-    let sub = match Subscription::open(&s, params).await {
+    let sub = match Subscription::open(&s, params, app.clone()).await {
         Ok(sub) => sub,
         Err(resp) => return resp,
     };
     let max = s.broker.config().max_payload_bytes;
     upgrade
         .max_message_size(max.saturating_mul(2).saturating_add(4096))
-        .on_upgrade(move |socket| serve(s, sub, socket))
+        .on_upgrade(move |socket| serve(s, sub, socket, app))
 }
 
-async fn serve(s: HttpState, mut sub: Subscription, mut socket: WebSocket) {
+async fn serve(s: HttpState, mut sub: Subscription, mut socket: WebSocket, app: Option<Arc<str>>) {
     let mut publisher = s.broker.publisher("http", None);
+    publisher.set_app_id(app);
     let mut batch = Vec::with_capacity(64);
     loop {
         tokio::select! {

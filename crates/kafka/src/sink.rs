@@ -63,6 +63,7 @@ pub(crate) fn start(
         batch: sink.batch,
         mailbox: 4096,
         journal,
+        app_id: cfg.app_id().to_string(),
     };
     Ok(tokio::spawn(run_sink(
         ctx.broker.clone(),

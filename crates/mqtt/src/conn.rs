@@ -155,6 +155,7 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
         info.clean,
         ctx.config.max_queued_messages,
         expiry,
+        identity.app_id.as_ref(),
     );
     let (session, present, generation) = (opened.session, opened.present, opened.generation);
     session.mailbox.set_persistent(expiry > 0);
@@ -765,6 +766,13 @@ impl Conn {
                 codec::encode_disconnect(self.ver, 0x95, &e.to_string(), &mut self.wbuf);
                 return Some(End::Closed("payload too large"));
             }
+            Err(PublishError::Denied(d)) => {
+                // Refuse this publish only: unknown and forbidden topics get the same answer.
+                protocol_error("denied");
+                debug!(reason = d.reason, error = %d, "publish refused by governance");
+                self.refuse(qos, pkid, d.mqtt_code, Some(d.message));
+                return None;
+            }
             Err(e @ PublishError::RetainedFull(_)) => {
                 // Refuse this publish only; v5 says why in the acknowledgement.
                 protocol_error("retained_full");
@@ -819,6 +827,11 @@ impl Conn {
                     continue;
                 }
             };
+            if let Err(d) = broker.check_subscribe(self.session.mailbox.app(), &parsed) {
+                debug!(filter = %f.path, reason = d.reason, "subscription refused by governance");
+                codes.push(d.mqtt_code);
+                continue;
+            }
             let granted = f.qos.min(1);
             let opts = SubOptions {
                 qos: granted,
@@ -857,7 +870,11 @@ impl Conn {
                 };
             if send_retained {
                 for nf in &rec.filters {
+                    let app = self.session.mailbox.app();
                     for e in broker.retained_matching(nf) {
+                        if !broker.may_read(app, &e.topic) {
+                            continue;
+                        }
                         let q = if e.delivery == DeliveryClass::Guaranteed as i32 {
                             1
                         } else {

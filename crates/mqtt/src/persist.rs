@@ -48,6 +48,9 @@ pub(crate) struct Meta {
     /// Unix seconds when the last connection ended; `None` while connected.
     pub disconnected_at: Option<u64>,
     pub subscriptions: Vec<MetaSub>,
+    /// The app id of the session's client (what it may read is decided for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
 }
 
 /// One subscription as the client wrote it.
@@ -290,6 +293,7 @@ pub(crate) fn meta_of(s: &Session) -> Meta {
         expiry_secs: st.expiry_secs,
         disconnected_at: st.disconnected_at,
         subscriptions: Vec::new(),
+        app_id: s.mailbox.app().map(str::to_string),
     };
     drop(st);
     subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
@@ -366,6 +370,7 @@ mod tests {
                 retain_as_published: false,
                 sub_id: Some(7),
             }],
+            app_id: Some("acme.shop".into()),
         };
         write_meta(dir.path(), &meta).unwrap();
         assert_eq!(read_meta(dir.path()).unwrap(), meta);

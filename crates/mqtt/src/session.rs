@@ -114,10 +114,14 @@ impl SessionStore {
         clean: bool,
         queue_capacity: usize,
         expiry: u32,
+        app: Option<&Arc<str>>,
     ) -> Opened {
         let persist = self.persist.get();
         let mut map = self.sessions.lock();
         if let Some(s) = map.get(client_id).cloned() {
+            // A session belongs to the app its client authenticated as: a client of another
+            // app never resumes it (nor reads what queued up in it).
+            let clean = clean || s.mailbox.app() != app.map(|a| &**a);
             // Tell the connection attached now, if any, to leave. Bumped under the state lock so
             // that the leaving connection sees either the old generation or the new state.
             let generation = {
@@ -154,9 +158,11 @@ impl SessionStore {
             self.ended(&s);
             broker.end_session(s.mailbox.id());
         }
+        let mailbox = broker.new_mailbox(queue_capacity);
+        mailbox.set_app(app.cloned());
         let s = Session::new(
             client_id,
-            broker.new_mailbox(queue_capacity),
+            mailbox,
             SessionState {
                 expiry_secs: expiry,
                 ..Default::default()
@@ -221,6 +227,7 @@ impl SessionStore {
             return None;
         }
         let mailbox = broker.new_mailbox(queue_capacity);
+        mailbox.set_app(meta.app_id.as_deref().map(Arc::from));
         mailbox.set_persistent(true);
         let disk_next = journal.bounds().0;
         mailbox.set_journal(journal);

@@ -53,6 +53,29 @@ pub struct Config {
     /// AMQP 0-9-1 brokers with their sources and sinks (`[[amqp]]`, `[[amqp.source]]`,
     /// `[[amqp.sink]]`).
     pub amqp: Vec<AmqpConfig>,
+    /// AsyncAPI specs that govern who may publish and read what.
+    pub governance: GovernanceConfig,
+}
+
+/// `[governance]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    /// Directory of AsyncAPI specs (SpecMesh dialect, AsyncAPI 2.6 or 3.0). Unset: the node is
+    /// open (every authenticated or anonymous client may publish and read everything). Set:
+    /// closed by default; only what the specs allow. Reloaded on SIGHUP and
+    /// `POST /v1/catalog/reload`.
+    pub specs_dir: Option<PathBuf>,
+}
+
+/// One `[[http.tokens]]` entry: a REST bearer token and the app id it authenticates as.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpToken {
+    /// The token clients send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The app id.
+    pub app_id: String,
 }
 
 #[cfg(feature = "amqp")]
@@ -150,6 +173,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Events queued per SSE stream before new ones are dropped.
     pub sse_queue: usize,
+    /// Bearer tokens of REST clients (`[[http.tokens]]`).
+    pub tokens: Vec<HttpToken>,
 }
 
 impl Default for HttpConfig {
@@ -157,6 +182,7 @@ impl Default for HttpConfig {
         Self {
             listen: ([127, 0, 0, 1], 8080).into(),
             sse_queue: 10_000,
+            tokens: Vec::new(),
         }
     }
 }

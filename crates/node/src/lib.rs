@@ -2,6 +2,7 @@
 //! and shuts them down. Holds no routing or protocol logic of its own.
 
 mod config;
+mod governance;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use config::{CommitPolicy, Config, ConfigError, LogFormat, Overrides};
+pub use governance::Governance;
 
 /// Why a node could not start.
 #[derive(Debug, Error)]
@@ -42,6 +44,9 @@ pub enum NodeError {
     /// A bridge (Kafka, AMQP) could not start.
     #[error("bridge: {0}")]
     Bridge(String),
+    /// The governance specs are refused (every problem, with file and line).
+    #[error("governance specs refused:\n{}", .0.join("\n"))]
+    Governance(Vec<String>),
     /// The data directory cannot be used.
     #[error("data directory {dir}: {msg}")]
     Store {
@@ -106,6 +111,16 @@ impl Node {
             })?;
             broker.set_disk(meshgate_store::Disk::new(commit, st.quota_bytes));
         }
+        // Governance before any client: publishes, subscriptions and deliveries are checked
+        // from the first connection.
+        let governance = match &config.governance.specs_dir {
+            Some(dir) => {
+                let g = Arc::new(Governance::load(dir).map_err(NodeError::Governance)?);
+                broker.set_policy(g.clone());
+                Some(g)
+            }
+            None => None,
+        };
         let mqtt_l = bind("MQTT", config.mqtt.listen).await?;
         let http_l = bind("HTTP", config.http.listen).await?;
         let mqtt_addr = mqtt_l.local_addr().unwrap_or(config.mqtt.listen);
@@ -173,6 +188,9 @@ impl Node {
         };
 
         let mut tasks = Vec::new();
+        if let Some(g) = governance.clone() {
+            tasks.push(tokio::spawn(reload_on_sighup(g, rx.clone())));
+        }
         // Bridges start once the mesh runs, so their sinks' interest is advertised at once.
         let bridges = meshgate_bridge::Bridges::default();
         let bctx = meshgate_bridge::BridgeContext {
@@ -221,6 +239,18 @@ impl Node {
                 f
             }),
             sse_queue: config.http.sse_queue,
+            tokens: Arc::new(
+                config
+                    .http
+                    .tokens
+                    .iter()
+                    .map(|t| (t.token.clone(), Arc::from(t.app_id.as_str())))
+                    .collect(),
+            ),
+            catalog: governance.clone().map(|g| {
+                let api: Arc<dyn meshgate_http::CatalogApi> = Arc::new(CatalogAdmin(g));
+                api
+            }),
             backlog: broker.disk().cloned().map(|disk| {
                 let (mesh, mqtt, bridges) = (mesh.clone(), mqtt.clone(), bridges.clone());
                 let commit = format!("{:?}", config.store.commit).to_lowercase();
@@ -344,4 +374,44 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
     TcpListener::bind(addr)
         .await
         .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+/// Reloads the governance specs on every SIGHUP until the node stops.
+async fn reload_on_sighup(g: Arc<Governance>, mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP: reload the specs over HTTP");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = hup.recv() => {
+                // Refused specs are logged and counted; the catalog in force stays.
+                let _ = g.reload();
+            }
+        }
+    }
+}
+
+/// The admin API's view of the governance catalog.
+struct CatalogAdmin(Arc<Governance>);
+
+impl meshgate_http::CatalogApi for CatalogAdmin {
+    fn view(&self) -> serde_json::Value {
+        self.0.view()
+    }
+
+    fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
+        match self.0.reload() {
+            Ok(version) => Ok(serde_json::json!({ "version": version })),
+            Err(problems) => Err(serde_json::json!({
+                "error": "specs refused; the previous catalog stays in force",
+                "problems": problems,
+            })),
+        }
+    }
 }

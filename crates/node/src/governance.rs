@@ -1,0 +1,197 @@
+//! The node's governance: the catalog of a specs directory as the router's [`Policy`], reloaded
+//! on SIGHUP and `POST /v1/catalog/reload` without dropping a connection.
+//!
+//! The catalog in force is swapped whole (`arc-swap`), so a publish or a delivery reads one
+//! consistent version without a lock. A reload whose specs have problems is refused with them,
+//! and the previous catalog stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use meshgate_broker::{Denied, Policy};
+use meshgate_governance::{Catalog, Date, Problem, Refusal, load};
+use meshgate_topic::MqttFilter;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+/// The app id label of a client that did not authenticate.
+const ANONYMOUS: &str = "anonymous";
+
+/// The catalog in force and where it came from.
+pub struct Governance {
+    dir: PathBuf,
+    catalog: ArcSwap<Catalog>,
+    next_version: AtomicU64,
+    /// The problems of the last refused reload, with its time (unix seconds).
+    last_refused: Mutex<Option<(u64, Vec<String>)>>,
+}
+
+/// Reads and builds the catalog of `dir`: the problems, if any, refuse it.
+fn build(dir: &Path, version: u64) -> Result<Catalog, Vec<String>> {
+    let sources = load::load_dir(dir)
+        .map_err(|e| vec![format!("{}: cannot read the specs: {e}", dir.display())])?;
+    let (catalog, problems) = Catalog::build(&sources, version);
+    if problems.is_empty() {
+        Ok(catalog)
+    } else {
+        Err(problems.iter().map(Problem::to_string).collect())
+    }
+}
+
+impl Governance {
+    /// Loads the specs of `dir`; an error lists every problem.
+    pub fn load(dir: &Path) -> Result<Self, Vec<String>> {
+        let catalog = build(dir, 1)?;
+        info!(dir = %dir.display(), channels = catalog.channels().len(), "governance catalog loaded");
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            catalog: ArcSwap::from_pointee(catalog),
+            next_version: AtomicU64::new(2),
+            last_refused: Mutex::new(None),
+        })
+    }
+
+    /// The catalog in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// Reads the specs again. On problems the catalog in force stays and they are returned.
+    pub fn reload(&self) -> Result<u64, Vec<String>> {
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        match build(&self.dir, version) {
+            Ok(c) => {
+                info!(
+                    version,
+                    channels = c.channels().len(),
+                    "governance catalog reloaded"
+                );
+                self.catalog.store(Arc::new(c));
+                *self.last_refused.lock() = None;
+                Ok(version)
+            }
+            Err(problems) => {
+                warn!(problems = ?problems, "governance specs refused; the previous catalog stays in force");
+                metrics::counter!("meshgate_catalog_reloads_refused_total").increment(1);
+                *self.last_refused.lock() =
+                    Some((meshgate_broker::now_ms() / 1000, problems.clone()));
+                Err(problems)
+            }
+        }
+    }
+
+    /// `GET /v1/catalog`.
+    pub fn view(&self) -> Value {
+        let c = self.catalog();
+        let products: Vec<Value> = c
+            .products()
+            .iter()
+            .map(|p| {
+                json!({
+                    "app": p.app.as_str(),
+                    "file": p.file,
+                    "dialect": p.dialect.as_str(),
+                    "asyncapi": p.asyncapi,
+                    "title": p.title,
+                    "version": p.version,
+                    "channels": p.channels.iter().filter_map(|id| c.channel(*id)).map(|ch| ch.name.as_str()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let channels: Vec<Value> = c
+            .channels()
+            .iter()
+            .map(|ch| {
+                json!({
+                    "owner": ch.owner.as_str(),
+                    "name": ch.name,
+                    "topic": ch.mqtt_pattern(),
+                    "kafka_topic": ch.kafka_topic,
+                    "access": ch.access.as_str(),
+                    "grants": ch.grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                    "producers": ch.producers.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                    "eol": ch.eol.map(|d| d.to_string()),
+                    "schema": ch.has_schema(),
+                    "partitions": ch.kafka.partitions,
+                })
+            })
+            .collect();
+        let refused = self.last_refused.lock().clone();
+        json!({
+            "version": c.version(),
+            "specs_dir": self.dir.display().to_string(),
+            "products": products,
+            "channels": channels,
+            "last_refused_reload": refused.map(|(at, problems)| json!({"at": at, "problems": problems})),
+        })
+    }
+}
+
+/// Counts a refusal by app, operation and reason (labels: configured app ids only).
+fn count(app: Option<&str>, op: &'static str, reason: &'static str) {
+    let app = app.unwrap_or(ANONYMOUS).to_string();
+    metrics::counter!("meshgate_governance_refusals_total", "app" => app, "op" => op, "reason" => reason)
+        .increment(1);
+}
+
+fn denied(r: &Refusal) -> Denied {
+    Denied {
+        reason: r.reason(),
+        message: r.to_string(),
+        mqtt_code: r.mqtt_reason_code(),
+        http_status: r.http_status(),
+    }
+}
+
+/// The answer to an anonymous client of a governed node: like any forbidden topic.
+fn anonymous() -> Denied {
+    Denied {
+        reason: "anonymous",
+        message: "not authorized".into(),
+        mqtt_code: 0x87,
+        http_status: 403,
+    }
+}
+
+impl Policy for Governance {
+    fn check_publish(&self, app: Option<&str>, topic: &str, payload: &[u8]) -> Result<(), Denied> {
+        let Some(a) = app else {
+            count(app, "publish", "anonymous");
+            return Err(anonymous());
+        };
+        let today = Date::from_system_time(SystemTime::now());
+        match self
+            .catalog
+            .load()
+            .check_publish_payload(a, topic, payload, today)
+        {
+            Ok(_) => Ok(()),
+            Err(r) => {
+                count(app, "publish", r.reason());
+                Err(denied(&r))
+            }
+        }
+    }
+
+    fn check_subscribe(&self, app: Option<&str>, filter: &MqttFilter) -> Result<(), Denied> {
+        let Some(a) = app else {
+            count(app, "subscribe", "anonymous");
+            return Err(anonymous());
+        };
+        match self.catalog.load().check_subscribe_mqtt(a, filter) {
+            Ok(_) => Ok(()),
+            Err(r) => {
+                count(app, "subscribe", r.reason());
+                Err(denied(&r))
+            }
+        }
+    }
+
+    fn may_read(&self, app: Option<&str>, topic: &str) -> bool {
+        app.is_some_and(|a| self.catalog.load().may_read(a, topic))
+    }
+}

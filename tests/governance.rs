@@ -1,0 +1,412 @@
+//! Governance at runtime, end to end with the real binary: AsyncAPI specs decide who may publish
+//! and read what, over MQTT and REST, wildcard subscriptions included (GOVERNANCE.md's worked
+//! example with the SpecMesh README spec), and a reload takes effect without reconnecting.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{NodeProc, http_get, http_request_with, wait_until};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+const OWNER: &str = "acme.lifestyle.onboarding";
+const GRANTED: &str = "some.other.domain.root";
+const OUTSIDER: &str = "acme.outsider";
+const SIGNED_UP: &str = "acme/lifestyle/onboarding/_public/user_signed_up";
+const CHECKOUT: &str = "acme/lifestyle/onboarding/_private/user_checkout";
+const PURCHASED: &str = "acme/lifestyle/onboarding/_protected/purchased";
+const SIGNED_UP_OK: &str = r#"{"fullName": "Ada", "email": "ada@example.com", "age": 36}"#;
+const CHECKOUT_OK: &str = r#"{"id": "c1", "amount": 3.5}"#;
+
+/// The specs of crates/governance's fixtures plus an expired channel, in a fresh directory.
+fn specs(dir: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/governance/tests/specs/mesh");
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    for sub in ["", "schema"] {
+        for e in std::fs::read_dir(from.join(sub)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dir.join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    std::fs::write(
+        dir.join("acme.old.yaml"),
+        "asyncapi: '2.5.0'\nid: 'urn:acme.old'\nchannels:\n  _public.gone:\n    x-deprecated:\n      eol: '2020-01-01'\n    publish: {}\n",
+    )
+    .unwrap();
+}
+
+/// A node governed by `specs_dir`, with an MQTT user and a bearer token per app (name = app).
+fn node(dir: &Path) -> NodeProc {
+    let specs_dir = dir.join("specs");
+    specs(&specs_dir);
+    let mut toml = format!("[governance]\nspecs_dir = {:?}\n", specs_dir);
+    for app in [OWNER, GRANTED, OUTSIDER, "acme.pos", "acme.old"] {
+        toml += &format!(
+            "[[mqtt.users]]\nusername = {app:?}\npassword = \"pw-{app}\"\napp_id = {app:?}\n[[http.tokens]]\ntoken = \"tok-{app}\"\napp_id = {app:?}\n"
+        );
+    }
+    let file = dir.join("node.toml");
+    std::fs::write(&file, toml).unwrap();
+    NodeProc::start(&["--config", file.to_str().unwrap()])
+}
+
+async fn client(node: &NodeProc, app: &str) -> (AsyncClient, UnboundedReceiver<Packet>) {
+    let mut o = MqttOptions::new(format!("c-{app}"), "127.0.0.1", node.mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_credentials(app, format!("pw-{app}"));
+    let (c, mut ev) = AsyncClient::new(o, 1000);
+    let (tx, rx) = unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let Event::Incoming(p) = e
+                && tx.send(p).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (c, rx)
+}
+
+async fn next<R>(rx: &mut UnboundedReceiver<Packet>, mut f: impl FnMut(Packet) -> Option<R>) -> R {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let p = rx.recv().await.expect("client ended");
+            if let Some(r) = f(p) {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a packet")
+}
+
+async fn suback(rx: &mut UnboundedReceiver<Packet>) -> Vec<SubscribeReasonCode> {
+    next(rx, |p| match p {
+        Packet::SubAck(s) => Some(s.return_codes),
+        _ => None,
+    })
+    .await
+}
+
+async fn puback(rx: &mut UnboundedReceiver<Packet>) -> PubAckReason {
+    next(rx, |p| match p {
+        Packet::PubAck(a) => Some(a.reason),
+        _ => None,
+    })
+    .await
+}
+
+/// Topics received until (and without) the topic `end`.
+async fn topics_until(rx: &mut UnboundedReceiver<Packet>, end: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let t = next(rx, |p| match p {
+            Packet::Publish(p) => Some(String::from_utf8_lossy(&p.topic).to_string()),
+            _ => None,
+        })
+        .await;
+        if t == end {
+            return got;
+        }
+        got.push(t);
+    }
+}
+
+/// REST publish as `app` (None: no token): (status, body).
+fn rest_publish(node: &NodeProc, app: Option<&str>, topic: &str, body: &str) -> (u16, String) {
+    let auth = app.map(|a| format!("Bearer tok-{a}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    http_request_with(
+        node.http,
+        "POST",
+        &format!("/v1/publish/{topic}"),
+        &headers,
+        body.as_bytes(),
+    )
+    .expect("http answer")
+}
+
+/// An SSE subscription as `app`: the status line, then (if 200) the event topics.
+struct Sse {
+    reader: BufReader<TcpStream>,
+}
+
+impl Sse {
+    fn open(node: &NodeProc, app: &str, filter: &str) -> Result<Sse, String> {
+        let filter = filter.replace('#', "%23").replace('>', "%3E");
+        let mut s = TcpStream::connect(node.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /v1/subscribe?filter={filter} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-{app}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(s);
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        if !status.contains(" 200 ") {
+            return Err(status);
+        }
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                return Ok(Sse { reader });
+            }
+        }
+    }
+
+    fn topics_until(&mut self, end: &str) -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(self.reader.read_line(&mut line).expect("sse read") > 0);
+            if let Some(t) = line.trim_end().strip_prefix("event: ") {
+                if t == end {
+                    return got;
+                }
+                got.push(t.to_string());
+            }
+        }
+    }
+}
+
+fn subscriptions(node: &NodeProc) -> u64 {
+    http_get(node.http, "/v1/node")
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["subscriptions"].as_u64())
+        .unwrap_or(0)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscribers_receive_exactly_what_their_app_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let mut subs = Vec::new();
+    for app in [OWNER, GRANTED, OUTSIDER] {
+        let (c, mut rx) = client(&node, app).await;
+        c.subscribe("acme/lifestyle/onboarding/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert_eq!(
+            suback(&mut rx).await,
+            vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            "{app}: a wildcard over the owner's tree is accepted"
+        );
+        subs.push((app, c, rx));
+    }
+    let mut sse: Vec<(&str, Sse)> = [OWNER, GRANTED, OUTSIDER]
+        .into_iter()
+        .map(|app| {
+            let s = Sse::open(&node, app, "acme/lifestyle/onboarding/>").expect(app);
+            (app, s)
+        })
+        .collect();
+    // Three MQTT subscriptions of two filters each (`a/#` is `a` and `a/>`), three SSE.
+    wait_until("subscriptions", Duration::from_secs(10), || {
+        subscriptions(&node) >= 9
+    });
+
+    for (topic, body) in [
+        (CHECKOUT, CHECKOUT_OK),
+        (PURCHASED, "food"),
+        (SIGNED_UP, SIGNED_UP_OK),
+        // Not a catalog channel: nobody may publish it, nobody receives it.
+        ("acme/lifestyle/onboarding/_public/unknown", "x"),
+    ] {
+        let (status, resp) = rest_publish(&node, Some(OWNER), topic, body);
+        let want = if topic.ends_with("unknown") { 403 } else { 200 };
+        assert_eq!(status, want, "{topic}: {resp}");
+    }
+    // The end marker: a second public event everyone may read.
+    assert_eq!(
+        rest_publish(&node, Some(OWNER), SIGNED_UP, SIGNED_UP_OK).0,
+        200
+    );
+
+    let expect = |app: &str| -> Vec<String> {
+        let v: &[&str] = match app {
+            OWNER => &[CHECKOUT, PURCHASED],
+            GRANTED => &[PURCHASED],
+            _ => &[],
+        };
+        sorted(v.iter().map(|s| s.to_string()).collect())
+    };
+    for (app, _c, rx) in &mut subs {
+        let got = topics_until(rx, SIGNED_UP).await;
+        assert_eq!(sorted(got), expect(app), "MQTT subscriber of {app}");
+    }
+    for (app, s) in &mut sse {
+        let got = s.topics_until(SIGNED_UP);
+        assert_eq!(sorted(got), expect(app), "SSE subscriber of {app}");
+    }
+
+    // Literal subscriptions to what the app may not read are refused as a whole, alike for
+    // private, protected without a grant, and unknown.
+    let (c, mut rx) = client(&node, OUTSIDER).await;
+    for filter in [
+        CHECKOUT,
+        PURCHASED,
+        "acme/lifestyle/onboarding/_private/#",
+        "acme/lifestyle/onboarding/_public/unknown",
+    ] {
+        c.subscribe(filter, QoS::AtMostOnce).await.unwrap();
+        assert_eq!(
+            suback(&mut rx).await,
+            vec![SubscribeReasonCode::NotAuthorized],
+            "{filter}"
+        );
+        let status = Sse::open(&node, OUTSIDER, filter).err().unwrap_or_default();
+        assert!(status.contains(" 403 "), "SSE {filter}: {status}");
+    }
+    // Segment-exact ownership: acme.user owns nothing of acme.userprops.
+    let (c, mut rx) = client(&node, "acme.pos").await;
+    c.subscribe("acme/userprops/_private/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        vec![SubscribeReasonCode::NotAuthorized]
+    );
+    // Without credentials: nothing (closed by default); with an unknown token: 401.
+    assert_eq!(rest_publish(&node, None, SIGNED_UP, SIGNED_UP_OK).0, 403);
+    let (status, _) = http_request_with(
+        node.http,
+        "POST",
+        &format!("/v1/publish/{SIGNED_UP}"),
+        &[("Authorization", "Bearer nope")],
+        SIGNED_UP_OK.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    let metrics = http_get(node.http, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("meshgate_governance_refusals_total{app=\"acme.outsider\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("meshgate_events_filtered_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_are_refused_with_the_reason_codes_of_governance() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let (c, mut rx) = client(&node, OUTSIDER).await;
+    // Not the owner, an unknown topic: the same answer.
+    for topic in [SIGNED_UP, "acme/lifestyle/onboarding/_public/nope"] {
+        c.publish(topic, QoS::AtLeastOnce, false, SIGNED_UP_OK)
+            .await
+            .unwrap();
+        assert_eq!(
+            puback(&mut rx).await,
+            PubAckReason::NotAuthorized,
+            "{topic}"
+        );
+        let (status, body) = rest_publish(&node, Some(OUTSIDER), topic, SIGNED_UP_OK);
+        assert_eq!(
+            (status, body.as_str()),
+            (403, r#"{"error":"not authorized"}"#)
+        );
+    }
+    // The owner with a payload that breaks the channel's schema: 0x99 / 422.
+    let (c, mut rx) = client(&node, OWNER).await;
+    c.publish(SIGNED_UP, QoS::AtLeastOnce, false, r#"{"fullName": 1}"#)
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut rx).await, PubAckReason::PayloadFormatInvalid);
+    let (status, body) = rest_publish(&node, Some(OWNER), CHECKOUT, r#"{"id": "c1"}"#);
+    assert_eq!(status, 422, "{body}");
+    c.publish(SIGNED_UP, QoS::AtLeastOnce, false, SIGNED_UP_OK)
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut rx).await, PubAckReason::Success);
+    // x-producers may write; an expired channel may not be written, and says why.
+    let (status, body) = rest_publish(
+        &node,
+        Some("acme.pos"),
+        "acme/sales/_public/orders/eu/s42",
+        r#"{"id": "o1", "total": 9}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = rest_publish(&node, Some("acme.old"), "acme/old/_public/gone", "x");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("end of life on 2020-01-01"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_stops_delivery_without_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let (c, mut rx) = client(&node, GRANTED).await;
+    c.subscribe("acme/lifestyle/onboarding/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    suback(&mut rx).await;
+    assert_eq!(rest_publish(&node, Some(OWNER), PURCHASED, "a").0, 200);
+    assert_eq!(
+        rest_publish(&node, Some(OWNER), SIGNED_UP, SIGNED_UP_OK).0,
+        200
+    );
+    assert_eq!(topics_until(&mut rx, SIGNED_UP).await, vec![PURCHASED]);
+
+    // A broken spec is refused and the catalog in force stays.
+    let spec = dir.path().join("specs/acme.lifestyle.onboarding.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(dir.path().join("specs/broken.yaml"), "asyncapi: [").unwrap();
+    let (status, body) =
+        http_request_with(node.http, "POST", "/v1/catalog/reload", &[], b"").unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("broken.yaml:"), "{body}");
+    std::fs::remove_file(dir.path().join("specs/broken.yaml")).unwrap();
+    assert_eq!(rest_publish(&node, Some(OWNER), PURCHASED, "b").0, 200);
+    assert_eq!(
+        rest_publish(&node, Some(OWNER), SIGNED_UP, SIGNED_UP_OK).0,
+        200
+    );
+    assert_eq!(topics_until(&mut rx, SIGNED_UP).await, vec![PURCHASED]);
+
+    // The grant goes away: the same connection and subscription get nothing more of it.
+    assert!(text.contains("grant-access:some.other.domain.root"));
+    std::fs::write(
+        &spec,
+        text.replace("grant-access:some.other.domain.root", "human"),
+    )
+    .unwrap();
+    let (status, body) =
+        http_request_with(node.http, "POST", "/v1/catalog/reload", &[], b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(rest_publish(&node, Some(OWNER), PURCHASED, "c").0, 200);
+    assert_eq!(
+        rest_publish(&node, Some(OWNER), SIGNED_UP, SIGNED_UP_OK).0,
+        200
+    );
+    assert_eq!(topics_until(&mut rx, SIGNED_UP).await, Vec::<String>::new());
+    let catalog: serde_json::Value =
+        serde_json::from_str(&http_get(node.http, "/v1/catalog").unwrap().1).unwrap();
+    assert!(catalog["version"].as_u64().unwrap() >= 3, "{catalog}");
+    assert!(
+        catalog["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["topic"] == PURCHASED && c["grants"] == serde_json::json!([])),
+        "{catalog}"
+    );
+}
