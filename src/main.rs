@@ -3,6 +3,7 @@
 //! `meshgate run` starts a node; `pub` and `sub` are small MQTT clients; `config check`
 //! validates a configuration file.
 
+mod chargeback_cli;
 mod client;
 mod demo;
 mod kafka_cli;
@@ -57,6 +58,8 @@ enum Command {
     /// AsyncAPI specs (the governance catalog) tools.
     #[command(subcommand)]
     Spec(SpecCommand),
+    /// Every app's metered traffic (produced, delivered, per mesh link) from running nodes.
+    Chargeback(chargeback_cli::ChargebackArgs),
 }
 
 #[derive(Subcommand)]
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Kafka(KafkaCommand::Replay(args)) => kafka_cli::replay(args),
         Command::Spec(SpecCommand::Validate(args)) => spec_cli::validate(args),
+        Command::Chargeback(args) => chargeback_cli::chargeback(args),
         Command::Cert(CertCommand::Init { dir }) => meshgate_mesh::tls::init_ca(&dir)
             .map(|p| println!("created {}", p.display()))
             .map_err(Into::into),

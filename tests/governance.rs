@@ -45,17 +45,33 @@ fn specs(dir: &Path) {
 
 /// A node governed by `specs_dir`, with an MQTT user and a bearer token per app (name = app).
 fn node(dir: &Path) -> NodeProc {
+    node_with(dir, &[], &[])
+}
+
+/// [`node`] with extra arguments and environment.
+fn node_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
     let specs_dir = dir.join("specs");
-    specs(&specs_dir);
+    if !specs_dir.exists() {
+        specs(&specs_dir);
+    }
     let mut toml = format!("[governance]\nspecs_dir = {:?}\n", specs_dir);
-    for app in [OWNER, GRANTED, OUTSIDER, "acme.pos", "acme.old"] {
+    for app in [
+        OWNER,
+        GRANTED,
+        OUTSIDER,
+        "acme.pos",
+        "acme.old",
+        "acme.sales",
+    ] {
         toml += &format!(
             "[[mqtt.users]]\nusername = {app:?}\npassword = \"pw-{app}\"\napp_id = {app:?}\n[[http.tokens]]\ntoken = \"tok-{app}\"\napp_id = {app:?}\n"
         );
     }
     let file = dir.join("node.toml");
     std::fs::write(&file, toml).unwrap();
-    NodeProc::start(&["--config", file.to_str().unwrap()])
+    let mut args = vec!["--config", file.to_str().unwrap()];
+    args.extend(extra);
+    NodeProc::start_env(&args, env)
 }
 
 async fn client(node: &NodeProc, app: &str) -> (AsyncClient, UnboundedReceiver<Packet>) {
@@ -408,5 +424,201 @@ async fn a_revoked_grant_stops_delivery_without_reconnecting() {
             .iter()
             .any(|c| c["topic"] == PURCHASED && c["grants"] == serde_json::json!([])),
         "{catalog}"
+    );
+}
+
+/// The chargeback rows of `node` with `kind`, as (app, topic, peer) -> (messages, bytes).
+fn charged(
+    node: &NodeProc,
+    kind: &str,
+) -> std::collections::BTreeMap<(String, String, String), (u64, u64)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&http_get(node.http, "/v1/chargeback").unwrap().1).unwrap();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == kind)
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (
+                (s("app"), s("topic"), s("peer")),
+                (
+                    r["messages"].as_u64().unwrap(),
+                    r["bytes"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chargeback_is_exact_across_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    common::certs(dir.path(), &["a", "b"]);
+    let tls = dir.path().display().to_string();
+    let env = [
+        ("MESHGATE_MESH__GOSSIP_INTERVAL_SECS", "0.2"),
+        ("MESHGATE_MESH__MAX_BACKOFF_SECS", "0.5"),
+    ];
+    let a = node_with(
+        dir.path(),
+        &["--name", "a", "--mesh", "127.0.0.1:0", "--tls-dir", &tls],
+        &env,
+    );
+    let peer = a.mesh.unwrap().to_string();
+    let b = node_with(
+        dir.path(),
+        &[
+            "--name",
+            "b",
+            "--mesh",
+            "127.0.0.1:0",
+            "--tls-dir",
+            &tls,
+            "--peer",
+            &peer,
+        ],
+        &env,
+    );
+    // The end marker: a public channel of another owner that both subscribers read.
+    let end = "acme/sales/_public/legacy_orders";
+    let mut subs = Vec::new();
+    for app in [GRANTED, OUTSIDER] {
+        let (c, mut rx) = client(&b, app).await;
+        c.subscribe("acme/lifestyle/onboarding/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        suback(&mut rx).await;
+        c.subscribe(end, QoS::AtLeastOnce).await.unwrap();
+        suback(&mut rx).await;
+        subs.push((app, c, rx));
+    }
+    // b's interest has reached a once a marker published at a arrives at b.
+    for (_, _, rx) in &mut subs {
+        let mut arrived = false;
+        for _ in 0..100 {
+            assert_eq!(rest_publish(&a, Some("acme.sales"), end, "probe").0, 200);
+            if tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_ok()
+            {
+                arrived = true;
+                break;
+            }
+        }
+        assert!(arrived, "b's interest never reached a");
+        // Drain the other probes until quiet.
+        while tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_ok()
+        {}
+    }
+    for (_, _, rx) in &mut subs {
+        while tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_ok()
+        {}
+    }
+    let before = (
+        charged(&a, "produced"),
+        charged(&a, "link"),
+        charged(&b, "delivered"),
+    );
+
+    let workload = [
+        (SIGNED_UP, SIGNED_UP_OK, 10u64),
+        (PURCHASED, "food", 5),
+        (CHECKOUT, CHECKOUT_OK, 3),
+    ];
+    for (topic, body, n) in workload {
+        for _ in 0..n {
+            assert_eq!(rest_publish(&a, Some(OWNER), topic, body).0, 200);
+        }
+    }
+    assert_eq!(rest_publish(&a, Some("acme.sales"), end, "end").0, 200);
+    for (app, _, rx) in &mut subs {
+        let got = topics_until(rx, end).await;
+        let want = if *app == GRANTED { 15 } else { 10 };
+        assert_eq!(got.len(), want, "{app}: {got:?}");
+    }
+
+    let diff =
+        |now: &std::collections::BTreeMap<(String, String, String), (u64, u64)>,
+         then: &std::collections::BTreeMap<(String, String, String), (u64, u64)>| {
+            now.iter()
+                .filter(|((_, topic, _), _)| topic.starts_with("acme/lifestyle/"))
+                .map(|(k, (m, b))| {
+                    let (m0, b0) = then.get(k).copied().unwrap_or((0, 0));
+                    (k.clone(), (m - m0, b - b0))
+                })
+                .filter(|(_, (m, _))| *m > 0)
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+    let key =
+        |app: &str, topic: &str, peer: &str| (app.to_string(), topic.to_string(), peer.to_string());
+    let (l1, l2, l3) = (
+        SIGNED_UP_OK.len() as u64,
+        "food".len() as u64,
+        CHECKOUT_OK.len() as u64,
+    );
+    let produced_want: std::collections::BTreeMap<_, _> = [
+        (key(OWNER, SIGNED_UP, ""), (10, 10 * l1)),
+        (key(OWNER, PURCHASED, ""), (5, 5 * l2)),
+        (key(OWNER, CHECKOUT, ""), (3, 3 * l3)),
+    ]
+    .into_iter()
+    .collect();
+    let delivered_want: std::collections::BTreeMap<_, _> = [
+        (key(GRANTED, SIGNED_UP, ""), (10, 10 * l1)),
+        (key(GRANTED, PURCHASED, ""), (5, 5 * l2)),
+        (key(OUTSIDER, SIGNED_UP, ""), (10, 10 * l1)),
+    ]
+    .into_iter()
+    .collect();
+    wait_until("b's deliveries metered", Duration::from_secs(10), || {
+        diff(&charged(&b, "delivered"), &before.2) == delivered_want
+    });
+    assert_eq!(diff(&charged(&a, "produced"), &before.0), produced_want);
+    // The link to b carried every event b has interest in, on the owner's account; its bytes
+    // are the events' encoded size: more than the payloads, at most what the link sent.
+    let link = diff(&charged(&a, "link"), &before.1);
+    let messages: Vec<(String, u64)> = link
+        .iter()
+        .map(|((app, topic, peer), (m, _))| {
+            assert_eq!((app.as_str(), peer.as_str()), (OWNER, "b"));
+            (topic.clone(), *m)
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            (CHECKOUT.to_string(), 3),
+            (PURCHASED.to_string(), 5),
+            (SIGNED_UP.to_string(), 10)
+        ]
+    );
+    let link_bytes: u64 = link.values().map(|(_, b)| b).sum();
+    assert!(link_bytes > 10 * l1 + 5 * l2 + 3 * l3, "{link:?}");
+    // The CLI sums nodes into one CSV.
+    let out = std::process::Command::new(common::bin())
+        .args(["chargeback", "--csv", "--http"])
+        .arg(a.http.to_string())
+        .arg("--http")
+        .arg(b.http.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("node,app,owner,topic,kind,peer,messages,bytes\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{},{OUTSIDER},{OWNER},{SIGNED_UP},delivered,,",
+            b.http
+        )),
+        "{text}"
     );
 }

@@ -9,6 +9,7 @@
 mod auth;
 mod cursor;
 mod mailbox;
+mod meter;
 mod policy;
 mod router;
 mod stats;
@@ -16,6 +17,7 @@ mod stats;
 pub use auth::{AuthError, Authenticator, Credentials, Identity, StaticAuth, User};
 pub use cursor::JournalCursor;
 pub use mailbox::{Delivery, Mailbox, MailboxReceiver, SessionId};
+pub use meter::{LocalMeter, Meter, MeterEntry, Metered};
 pub use policy::{Denied, Policy};
 pub use router::{
     Broker, BrokerConfig, MeshHook, PublishError, PublishReport, Publisher, RemoteDest, SubOptions,

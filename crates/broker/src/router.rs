@@ -13,6 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 
 use crate::mailbox::{Delivery, Mailbox, Refused, SessionId};
+use crate::meter::{LocalMeter, Meter, Metered};
 use crate::now_ms;
 use crate::policy::{Denied, Policy};
 use crate::stats::{BrokerStats, LocalTally};
@@ -67,6 +68,11 @@ pub trait MeshHook: Send + Sync + 'static {
     fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) -> u64;
     /// Index of the nearest of `candidates` (remote node names), rotating among equals by `rr`.
     fn nearest(&self, candidates: &[&str], rr: usize) -> Option<usize>;
+    /// The peers of the links an event for `dests` leaves by, into `out` (for metering each
+    /// app's share of every link).
+    fn next_hops(&self, dests: &[RemoteDest], out: &mut Vec<Arc<str>>) {
+        let _ = (dests, out);
+    }
 }
 
 /// Limits and identity of the router.
@@ -152,6 +158,7 @@ struct Shared {
     /// The store of guaranteed events, when the node has a data directory.
     disk: std::sync::OnceLock<Disk>,
     policy: std::sync::OnceLock<Arc<dyn Policy>>,
+    meter: std::sync::OnceLock<Arc<dyn Meter>>,
 }
 
 /// Handle to the router; cheap to clone, shared by every front end.
@@ -180,6 +187,10 @@ pub struct Publisher {
     remote: Vec<RemoteDest>,
     /// Highest commit ticket of the event being routed.
     ticket: u64,
+    /// Chargeback tallies since the last flush (only when the node meters).
+    meter: LocalMeter,
+    /// Reused list of the links an event leaves by (metering).
+    peers: Vec<Arc<str>>,
 }
 
 impl Publisher {
@@ -187,6 +198,9 @@ impl Publisher {
     pub fn flush(&mut self, broker: &Broker) {
         self.tally
             .flush(&broker.shared.stats, &self.published, &self.published_bytes);
+        if let Some(m) = broker.shared.meter.get() {
+            self.meter.flush(&**m);
+        }
     }
 
     /// Sets the time stamped on the events published until the next call: a front end that
@@ -219,6 +233,7 @@ impl Broker {
                 mesh: std::sync::OnceLock::new(),
                 disk: std::sync::OnceLock::new(),
                 policy: std::sync::OnceLock::new(),
+                meter: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -254,6 +269,8 @@ impl Broker {
             order: Vec::new(),
             remote: Vec::new(),
             ticket: 0,
+            meter: LocalMeter::default(),
+            peers: Vec::new(),
         }
     }
 
@@ -271,6 +288,17 @@ impl Broker {
     /// subscriptions and every delivery to a local subscriber are checked by it.
     pub fn set_policy(&self, policy: Arc<dyn Policy>) {
         let _ = self.shared.policy.set(policy);
+    }
+
+    /// Meters every app's traffic into `meter` (set once, before clients connect): produced
+    /// and delivered copies per app and topic, handed over as publishers flush.
+    pub fn set_meter(&self, meter: Arc<dyn Meter>) {
+        let _ = self.shared.meter.set(meter);
+    }
+
+    /// The meter, when the node meters (the mesh adds what its links carry).
+    pub fn meter(&self) -> Option<&Arc<dyn Meter>> {
+        self.shared.meter.get()
     }
 
     /// Whether a policy governs this node.
@@ -406,6 +434,14 @@ impl Broker {
         p.tally.published += 1;
         p.tally.published_bytes += event.payload.len() as u64;
         p.ticket = 0;
+        if self.shared.meter.get().is_some() {
+            p.meter.add(
+                p.app_id.as_deref(),
+                &event.topic,
+                &Metered::Produced,
+                event.payload.len() as u64,
+            );
+        }
         let routed = self.route(p, &event, qos);
         if routed == 0 && p.remote.is_empty() {
             p.tally.unrouted += 1;
@@ -450,6 +486,7 @@ impl Broker {
         from_mesh: Option<&[(String, String)]>,
     ) -> usize {
         let policy = self.shared.policy.get();
+        let metering = self.shared.meter.get().is_some();
         let trie = self.shared.trie.read();
         let slots = self.shared.config.match_cache_slots;
         let cache = p.cache.get_or_insert_with(|| MatchCache::new(slots));
@@ -514,6 +551,14 @@ impl Broker {
                         &mut p.ticket,
                     ) {
                         routed += 1;
+                        if metering {
+                            p.meter.add(
+                                mailbox.app(),
+                                &event.topic,
+                                &Metered::Delivered,
+                                event.payload.len() as u64,
+                            );
+                        }
                     }
                 }
             }
@@ -588,6 +633,14 @@ impl Broker {
                 )
             {
                 routed += 1;
+                if metering {
+                    p.meter.add(
+                        mb.app(),
+                        &event.topic,
+                        &Metered::Delivered,
+                        event.payload.len() as u64,
+                    );
+                }
             }
         }
         drop(trie);
@@ -597,6 +650,18 @@ impl Broker {
             let ticket = mesh.forward(event, &p.remote);
             p.ticket = p.ticket.max(ticket);
             p.tally.forwarded += 1;
+            if metering {
+                let mut peers = std::mem::take(&mut p.peers);
+                peers.clear();
+                mesh.next_hops(&p.remote, &mut peers);
+                let app = Some(event.publisher_app.as_str()).filter(|a| !a.is_empty());
+                let bytes = prost::Message::encoded_len(&**event) as u64;
+                for peer in &peers {
+                    p.meter
+                        .add(app, &event.topic, &Metered::Link(peer.clone()), bytes);
+                }
+                p.peers = peers;
+            }
         }
         routed
     }

@@ -61,6 +61,28 @@ pub struct HttpState {
     pub tokens: Arc<std::collections::HashMap<String, Arc<str>>>,
     /// `GET /v1/catalog` and `POST /v1/catalog/reload`, when the node is governed by specs.
     pub catalog: Option<Arc<dyn CatalogApi>>,
+    /// `GET /v1/chargeback`, when the node meters its apps.
+    pub chargeback: Option<Arc<dyn ChargebackApi>>,
+}
+
+/// Metered traffic per app, as the admin API shows it.
+pub trait ChargebackApi: Send + Sync {
+    /// Rows of the minutes in `[from, to)` (unix seconds) as JSON `{"rows": [...]}`.
+    fn rows(&self, from: Option<u64>, to: Option<u64>) -> serde_json::Value;
+    /// The same rows as CSV.
+    fn csv(&self, rows: &serde_json::Value) -> String;
+}
+
+/// Query of `GET /v1/chargeback`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChargebackParams {
+    /// Unix seconds, inclusive (minute resolution).
+    from: Option<u64>,
+    /// Unix seconds, exclusive.
+    to: Option<u64>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
 }
 
 /// The governance catalog as the admin API shows and reloads it.
@@ -123,6 +145,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/bridges", get(bridges))
         .route("/v1/catalog", get(catalog))
         .route("/v1/catalog/reload", post(catalog_reload))
+        .route("/v1/chargeback", get(chargeback))
         .route("/v1/bridges/kafka/{cluster}/replay", post(replay))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -169,6 +192,38 @@ async fn catalog_reload(State(s): State<HttpState>) -> Response {
         None => error(
             StatusCode::NOT_FOUND,
             "no catalog: the node has no governance.specs_dir",
+        ),
+    }
+}
+
+async fn chargeback(
+    State(s): State<HttpState>,
+    params: Result<
+        axum::extract::Query<ChargebackParams>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    let axum::extract::Query(p) = match params {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(c) = &s.chargeback else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no chargeback: the node meters apps once it has identities or specs",
+        );
+    };
+    let rows = c.rows(p.from, p.to);
+    match p.format.as_deref() {
+        None | Some("json") => Json(rows).into_response(),
+        Some("csv") => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            c.csv(&rows),
+        )
+            .into_response(),
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            format!("format {other:?}: use json or csv"),
         ),
     }
 }

@@ -462,6 +462,17 @@ impl MeshHook for Hook {
         let pick = routes.nearest(candidates, rr)?;
         candidates.iter().position(|c| *c == pick)
     }
+
+    fn next_hops(&self, dests: &[RemoteDest], out: &mut Vec<Arc<str>>) {
+        let table = self.0.hops.load();
+        for d in dests {
+            if let Some(link) = table.get(&d.node)
+                && !out.iter().any(|p| *p == link.peer)
+            {
+                out.push(link.peer.clone());
+            }
+        }
+    }
 }
 
 /// The runtime the registry runs on: the clock and the control streams of the links.

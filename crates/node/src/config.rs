@@ -55,6 +55,24 @@ pub struct Config {
     pub amqp: Vec<AmqpConfig>,
     /// AsyncAPI specs that govern who may publish and read what.
     pub governance: GovernanceConfig,
+    /// Metering of every app's traffic.
+    pub chargeback: ChargebackConfig,
+}
+
+/// `[chargeback]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChargebackConfig {
+    /// Minutes of per-minute history `GET /v1/chargeback` can answer from.
+    pub retention_minutes: u64,
+}
+
+impl Default for ChargebackConfig {
+    fn default() -> Self {
+        Self {
+            retention_minutes: 24 * 60,
+        }
+    }
 }
 
 /// `[governance]`

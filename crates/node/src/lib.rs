@@ -1,6 +1,7 @@
 //! Wiring of a meshgate node: loads the configuration, binds the listeners, starts the tasks,
 //! and shuts them down. Holds no routing or protocol logic of its own.
 
+mod chargeback;
 mod config;
 mod governance;
 
@@ -121,6 +122,19 @@ impl Node {
             }
             None => None,
         };
+        // Apps exist once clients authenticate (users, tokens) or specs name them: from then on
+        // every app's traffic is metered. A node without either pays nothing for it.
+        let chargeback = (governance.is_some()
+            || !config.mqtt.users.is_empty()
+            || !config.http.tokens.is_empty())
+        .then(|| {
+            let c = Arc::new(chargeback::Chargeback::new(
+                governance.clone(),
+                config.chargeback.retention_minutes,
+            ));
+            broker.set_meter(c.clone());
+            c
+        });
         let mqtt_l = bind("MQTT", config.mqtt.listen).await?;
         let http_l = bind("HTTP", config.http.listen).await?;
         let mqtt_addr = mqtt_l.local_addr().unwrap_or(config.mqtt.listen);
@@ -247,6 +261,10 @@ impl Node {
                     .map(|t| (t.token.clone(), Arc::from(t.app_id.as_str())))
                     .collect(),
             ),
+            chargeback: chargeback.map(|c| {
+                let api: Arc<dyn meshgate_http::ChargebackApi> = Arc::new(ChargebackAdmin(c));
+                api
+            }),
             catalog: governance.clone().map(|g| {
                 let api: Arc<dyn meshgate_http::CatalogApi> = Arc::new(CatalogAdmin(g));
                 api
@@ -413,5 +431,18 @@ impl meshgate_http::CatalogApi for CatalogAdmin {
                 "problems": problems,
             })),
         }
+    }
+}
+
+/// The admin API's view of the chargeback store.
+struct ChargebackAdmin(Arc<chargeback::Chargeback>);
+
+impl meshgate_http::ChargebackApi for ChargebackAdmin {
+    fn rows(&self, from: Option<u64>, to: Option<u64>) -> serde_json::Value {
+        self.0.rows(from, to)
+    }
+
+    fn csv(&self, rows: &serde_json::Value) -> String {
+        chargeback::csv(rows)
     }
 }
