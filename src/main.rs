@@ -3,6 +3,7 @@
 //! `meshgate run` starts a node; `pub` and `sub` are small MQTT clients; `config check`
 //! validates a configuration file.
 
+mod catalog_cli;
 mod chargeback_cli;
 mod client;
 mod demo;
@@ -60,6 +61,15 @@ enum Command {
     Spec(SpecCommand),
     /// Every app's metered traffic (produced, delivered, per mesh link) from running nodes.
     Chargeback(chargeback_cli::ChargebackArgs),
+    /// The governance catalog of a running node.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Print an AsyncAPI document of the whole mesh (or one app) as it is now.
+    Export(catalog_cli::ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +152,7 @@ fn main() -> ExitCode {
         Command::Kafka(KafkaCommand::Replay(args)) => kafka_cli::replay(args),
         Command::Spec(SpecCommand::Validate(args)) => spec_cli::validate(args),
         Command::Chargeback(args) => chargeback_cli::chargeback(args),
+        Command::Catalog(CatalogCommand::Export(args)) => catalog_cli::export(args),
         Command::Cert(CertCommand::Init { dir }) => meshgate_mesh::tls::init_ca(&dir)
             .map(|p| println!("created {}", p.display()))
             .map_err(Into::into),

@@ -292,6 +292,27 @@ async fn wildcard_subscribers_receive_exactly_what_their_app_may_read() {
         let status = Sse::open(&node, OUTSIDER, filter).err().unwrap_or_default();
         assert!(status.contains(" 403 "), "SSE {filter}: {status}");
     }
+    // Shared-subscription groups carry the app's name: another app's group is refused.
+    c.subscribe(
+        format!("$share/{GRANTED}.workers/acme/lifestyle/onboarding/#"),
+        QoS::AtMostOnce,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        vec![SubscribeReasonCode::NotAuthorized]
+    );
+    c.subscribe(
+        format!("$share/{OUTSIDER}.workers/acme/lifestyle/onboarding/#"),
+        QoS::AtMostOnce,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
     // Segment-exact ownership: acme.user owns nothing of acme.userprops.
     let (c, mut rx) = client(&node, "acme.pos").await;
     c.subscribe("acme/userprops/_private/#", QoS::AtMostOnce)
@@ -416,6 +437,50 @@ async fn a_revoked_grant_stops_delivery_without_reconnecting() {
     assert_eq!(topics_until(&mut rx, SIGNED_UP).await, Vec::<String>::new());
     let catalog: serde_json::Value =
         serde_json::from_str(&http_get(node.http, "/v1/catalog").unwrap().1).unwrap();
+    // The live subscriber shows up on the channels its filter covers.
+    let purchased = catalog["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["topic"] == PURCHASED)
+        .unwrap();
+    assert!(
+        purchased["subscribers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["app"] == GRANTED),
+        "{purchased}"
+    );
+    assert!(
+        purchased["producers_last_hour"][0]["app"] == OWNER,
+        "{purchased}"
+    );
+    // An app's export is a spec that validates again, with its three channels.
+    let out = std::process::Command::new(common::bin())
+        .args(["catalog", "export", "--app", OWNER, "--http"])
+        .arg(node.http.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let exported = dir.path().join("exported");
+    std::fs::create_dir_all(&exported).unwrap();
+    std::fs::write(exported.join("onboarding.json"), &out.stdout).unwrap();
+    let check = std::process::Command::new(common::bin())
+        .args(["spec", "validate"])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        said.contains("1 data product(s), 3 channel(s): valid"),
+        "{said}"
+    );
     assert!(catalog["version"].as_u64().unwrap() >= 3, "{catalog}");
     assert!(
         catalog["channels"]

@@ -20,7 +20,8 @@ pub use mailbox::{Delivery, Mailbox, MailboxReceiver, SessionId};
 pub use meter::{LocalMeter, Meter, MeterEntry, Metered};
 pub use policy::{Denied, Policy};
 pub use router::{
-    Broker, BrokerConfig, MeshHook, PublishError, PublishReport, Publisher, RemoteDest, SubOptions,
+    Broker, BrokerConfig, Interest, MeshHook, PublishError, PublishReport, Publisher, RemoteDest,
+    SubOptions,
 };
 pub use stats::BrokerStats;
 

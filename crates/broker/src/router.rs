@@ -129,6 +129,19 @@ pub enum PublishError {
     },
 }
 
+/// One subscription as [`Broker::interest`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interest {
+    /// The filter (native syntax).
+    pub filter: String,
+    /// Its queue group, if any.
+    pub group: Option<String>,
+    /// The app id of a local subscriber.
+    pub app: Option<String>,
+    /// The node of a remote subscriber.
+    pub node: Option<String>,
+}
+
 /// What happened to an accepted publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PublishReport {
@@ -723,6 +736,24 @@ impl Broker {
             if matches!(t, Target::Local { .. }) {
                 out.push((f.to_string(), g.map(str::to_string), k))
             }
+        });
+        out
+    }
+
+    /// Every subscription, local and remote.
+    pub fn interest(&self) -> Vec<Interest> {
+        let mut out = Vec::new();
+        self.shared.trie.read().for_each(|f, g, _, t| {
+            let (app, node) = match t {
+                Target::Local { mailbox, .. } => (mailbox.app().map(str::to_string), None),
+                Target::Remote { node } => (None, Some(node.to_string())),
+            };
+            out.push(Interest {
+                filter: f.to_string(),
+                group: g.map(str::to_string),
+                app,
+                node,
+            });
         });
         out
     }

@@ -314,6 +314,13 @@ impl Catalog {
         }
     }
 
+    /// The channels whose topics `filter` can match (for listing who subscribes to what).
+    pub fn overlapping<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = &'a Channel> + 'a {
+        self.channels()
+            .iter()
+            .filter(move |c| filter_overlaps(filter, c))
+    }
+
     /// Can any app read anything through this filter? Interest for which this is false is not
     /// advertised to the mesh. Since an owner reads all its channels, this is "the filter
     /// matches some catalog channel".

@@ -96,6 +96,25 @@ impl Chargeback {
     }
 }
 
+impl Chargeback {
+    /// (app, topic, messages) produced since `from` (unix seconds).
+    pub fn produced_since(&self, from: u64) -> Vec<(String, String, u64)> {
+        let mut sum: HashMap<(String, Box<str>), u64> = HashMap::new();
+        let minutes = self.minutes.lock();
+        for (_, m) in minutes.range(from / 60..) {
+            for (k, c) in m {
+                if k.what == Metered::Produced {
+                    let app = k.app.as_deref().unwrap_or(ANONYMOUS).to_string();
+                    *sum.entry((app, k.topic.clone())).or_default() += c.messages;
+                }
+            }
+        }
+        sum.into_iter()
+            .map(|((a, t), n)| (a, t.into_string(), n))
+            .collect()
+    }
+}
+
 impl Meter for Chargeback {
     fn record(&self, entries: &mut Vec<MeterEntry>) {
         let minute = meshgate_broker::now_ms() / 60_000;

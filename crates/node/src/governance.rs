@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use meshgate_broker::{Denied, Policy};
+use meshgate_broker::{Denied, Interest, Policy};
 use meshgate_governance::{Catalog, Date, Problem, Refusal, load};
 use meshgate_topic::MqttFilter;
 use parking_lot::Mutex;
@@ -84,9 +84,40 @@ impl Governance {
         }
     }
 
-    /// `GET /v1/catalog`.
-    pub fn view(&self) -> Value {
+    /// `GET /v1/catalog`: the catalog, and per channel its live subscribers (`interest`: the
+    /// router's subscriptions, local and remote) and producers
+    /// (`produced`: (app, topic, messages) of the last hour).
+    pub fn view(&self, interest: &[Interest], produced: &[(String, String, u64)]) -> Value {
         let c = self.catalog();
+        let mut subscribers: Vec<Vec<Value>> = vec![Vec::new(); c.channels().len()];
+        for Interest {
+            filter,
+            group,
+            app,
+            node,
+        } in interest
+        {
+            let Ok(f) = meshgate_topic::Filter::parse(filter) else {
+                continue;
+            };
+            for ch in c.overlapping(&f) {
+                subscribers[ch.id.index()].push(json!({
+                    "filter": filter, "group": group, "app": app, "node": node,
+                }));
+            }
+        }
+        let mut producers: Vec<Vec<Value>> = vec![Vec::new(); c.channels().len()];
+        for (app, topic, messages) in produced {
+            if let Some(ch) = c.lookup(topic) {
+                let list = &mut producers[ch.id.index()];
+                match list.iter_mut().find(|p| p["app"] == app.as_str()) {
+                    Some(p) => {
+                        p["messages"] = json!(p["messages"].as_u64().unwrap_or(0) + messages)
+                    }
+                    None => list.push(json!({ "app": app, "messages": messages })),
+                }
+            }
+        }
         let products: Vec<Value> = c
             .products()
             .iter()
@@ -109,6 +140,8 @@ impl Governance {
                 json!({
                     "owner": ch.owner.as_str(),
                     "name": ch.name,
+                    "address": ch.address,
+                    "kind": format!("{:?}", ch.kind).to_lowercase(),
                     "topic": ch.mqtt_pattern(),
                     "kafka_topic": ch.kafka_topic,
                     "access": ch.access.as_str(),
@@ -117,6 +150,8 @@ impl Governance {
                     "eol": ch.eol.map(|d| d.to_string()),
                     "schema": ch.has_schema(),
                     "partitions": ch.kafka.partitions,
+                    "subscribers": subscribers[ch.id.index()],
+                    "producers_last_hour": producers[ch.id.index()],
                 })
             })
             .collect();
@@ -182,6 +217,21 @@ impl Policy for Governance {
             count(app, "subscribe", "anonymous");
             return Err(anonymous());
         };
+        // Shared-subscription groups are named after the app (Galapagos): `<app>` or
+        // `<app>.<anything>`, so one app cannot join another's group and take its events.
+        if let Some(g) = &filter.group
+            && !meshgate_governance::group_allowed(a, g)
+        {
+            count(app, "subscribe", "foreign_group");
+            return Err(Denied {
+                reason: "foreign_group",
+                message: format!(
+                    "shared subscription group {g:?} must be {a:?} or start with \"{a}.\""
+                ),
+                mqtt_code: 0x87,
+                http_status: 403,
+            });
+        }
         match self.catalog.load().check_subscribe_mqtt(a, filter) {
             Ok(_) => Ok(()),
             Err(r) => {

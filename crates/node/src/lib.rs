@@ -261,12 +261,16 @@ impl Node {
                     .map(|t| (t.token.clone(), Arc::from(t.app_id.as_str())))
                     .collect(),
             ),
-            chargeback: chargeback.map(|c| {
-                let api: Arc<dyn meshgate_http::ChargebackApi> = Arc::new(ChargebackAdmin(c));
+            catalog: governance.clone().map(|g| {
+                let api: Arc<dyn meshgate_http::CatalogApi> = Arc::new(CatalogAdmin {
+                    governance: g,
+                    broker: broker.clone(),
+                    chargeback: chargeback.clone(),
+                });
                 api
             }),
-            catalog: governance.clone().map(|g| {
-                let api: Arc<dyn meshgate_http::CatalogApi> = Arc::new(CatalogAdmin(g));
+            chargeback: chargeback.map(|c| {
+                let api: Arc<dyn meshgate_http::ChargebackApi> = Arc::new(ChargebackAdmin(c));
                 api
             }),
             backlog: broker.disk().cloned().map(|disk| {
@@ -415,16 +419,25 @@ async fn reload_on_sighup(g: Arc<Governance>, mut shutdown: watch::Receiver<bool
     }
 }
 
-/// The admin API's view of the governance catalog.
-struct CatalogAdmin(Arc<Governance>);
+/// The admin API's view of the governance catalog, with who subscribes and produces now.
+struct CatalogAdmin {
+    governance: Arc<Governance>,
+    broker: Broker,
+    chargeback: Option<Arc<chargeback::Chargeback>>,
+}
 
 impl meshgate_http::CatalogApi for CatalogAdmin {
     fn view(&self) -> serde_json::Value {
-        self.0.view()
+        let produced = self
+            .chargeback
+            .as_ref()
+            .map(|c| c.produced_since(meshgate_broker::now_ms() / 1000 - 3600))
+            .unwrap_or_default();
+        self.governance.view(&self.broker.interest(), &produced)
     }
 
     fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
-        match self.0.reload() {
+        match self.governance.reload() {
             Ok(version) => Ok(serde_json::json!({ "version": version })),
             Err(problems) => Err(serde_json::json!({
                 "error": "specs refused; the previous catalog stays in force",
