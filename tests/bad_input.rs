@@ -194,7 +194,11 @@ fn unknown_config_key_is_named_and_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_packet_sise"));
-    for good in ["config/meshgate.toml", "config/bridges.toml"] {
+    for good in [
+        "config/meshgate.toml",
+        "config/bridges.toml",
+        "config/governance.toml",
+    ] {
         let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(good);
         let out = Command::new(bin())
             .args(["config", "check"])

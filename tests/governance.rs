@@ -687,3 +687,48 @@ async fn chargeback_is_exact_across_two_nodes() {
         "{text}"
     );
 }
+
+#[test]
+fn spec_validate_names_file_and_line_and_fails() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ok = std::process::Command::new(common::bin())
+        .args(["spec", "validate"])
+        .arg(root.join("config/specs"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("2 data product(s), 7 channel(s): valid"));
+    // A grant to a malformed app id on line 6, and a channel of another app's namespace.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "asyncapi: '2.5.0'\nid: 'urn:acme.shop'\nchannels:\n  _protected.orders:\n    publish:\n      tags: [{name: 'grant-access:Not An App'}]\n",
+    )
+    .unwrap();
+    let bad = std::process::Command::new(common::bin())
+        .args(["spec", "validate"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert!(said.starts_with("bad.yaml:6: "), "{said}");
+    // A removed channel breaks the consumers of the previous specs.
+    let prev = tempfile::tempdir().unwrap();
+    specs(prev.path());
+    let next = tempfile::tempdir().unwrap();
+    specs(next.path());
+    std::fs::remove_file(next.path().join("acme.user.yaml")).unwrap();
+    let compat = std::process::Command::new(common::bin())
+        .args(["spec", "validate"])
+        .arg(next.path())
+        .arg("--previous")
+        .arg(prev.path())
+        .output()
+        .unwrap();
+    assert!(!compat.status.success());
+    assert!(
+        String::from_utf8_lossy(&compat.stdout).contains("acme.user"),
+        "{compat:?}"
+    );
+}
