@@ -64,6 +64,13 @@ enum Command {
     /// The governance catalog of a running node.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Hash a secret read from stdin for the configuration: an MQTT password
+    /// (`password_hash`, argon2id) or with --token a REST bearer token (`token_sha256`).
+    Passwd {
+        /// Hash a bearer token (SHA-256) instead of a password.
+        #[arg(long)]
+        token: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +160,7 @@ fn main() -> ExitCode {
         Command::Spec(SpecCommand::Validate(args)) => spec_cli::validate(args),
         Command::Chargeback(args) => chargeback_cli::chargeback(args),
         Command::Catalog(CatalogCommand::Export(args)) => catalog_cli::export(args),
+        Command::Passwd { token } => passwd(token),
         Command::Cert(CertCommand::Init { dir }) => meshgate_mesh::tls::init_ca(&dir)
             .map(|p| println!("created {}", p.display()))
             .map_err(Into::into),
@@ -167,6 +175,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the configuration line for the secret on stdin (one line; the newline is not part
+/// of it).
+fn passwd(token: bool) -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the secret from stdin")?;
+    let secret = line.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        anyhow::bail!("no secret on stdin: echo -n 'the secret' | meshgate passwd");
+    }
+    if token {
+        println!(
+            "token_sha256 = \"{}\"",
+            meshgate_broker::token_digest(secret.as_bytes())
+        );
+    } else {
+        println!(
+            "password_hash = \"{}\"",
+            meshgate_broker::hash_password(secret.as_bytes())
+        );
+    }
+    Ok(())
 }
 
 fn check(file: PathBuf) -> anyhow::Result<()> {

@@ -63,8 +63,20 @@ fn node_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
         "acme.old",
         "acme.sales",
     ] {
+        // The owner's password and the outsider's token are stored hashed, as `meshgate passwd`
+        // prints them; the others as written.
+        let password = if app == OWNER {
+            passwd(&format!("pw-{app}"), false)
+        } else {
+            format!("password = \"pw-{app}\"")
+        };
+        let token = if app == OUTSIDER {
+            passwd(&format!("tok-{app}"), true)
+        } else {
+            format!("token = \"tok-{app}\"")
+        };
         toml += &format!(
-            "[[mqtt.users]]\nusername = {app:?}\npassword = \"pw-{app}\"\napp_id = {app:?}\n[[http.tokens]]\ntoken = \"tok-{app}\"\napp_id = {app:?}\n"
+            "[[mqtt.users]]\nusername = {app:?}\n{password}\napp_id = {app:?}\n[[http.tokens]]\n{token}\napp_id = {app:?}\n"
         );
     }
     let file = dir.join("node.toml");
@@ -72,6 +84,37 @@ fn node_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
     let mut args = vec!["--config", file.to_str().unwrap()];
     args.extend(extra);
     NodeProc::start_env(&args, env)
+}
+
+/// `meshgate passwd [--token]` with `secret` on stdin: the configuration line it prints.
+fn passwd(secret: &str, token: bool) -> String {
+    use std::io::Write as _;
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("passwd");
+    if token {
+        cmd.arg("--token");
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{secret}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let want = if token {
+        "token_sha256 = "
+    } else {
+        "password_hash = \"$argon2id$"
+    };
+    assert!(line.starts_with(want), "{line}");
+    line
 }
 
 async fn client(node: &NodeProc, app: &str) -> (AsyncClient, UnboundedReceiver<Packet>) {
@@ -322,6 +365,22 @@ async fn wildcard_subscribers_receive_exactly_what_their_app_may_read() {
         suback(&mut rx).await,
         vec![SubscribeReasonCode::NotAuthorized]
     );
+    // A wrong password for a hashed one is refused at CONNECT.
+    let mut o = MqttOptions::new("c-wrong", "127.0.0.1", node.mqtt.port());
+    o.set_credentials(OWNER, "pw-wrong");
+    let (_c, mut ev) = AsyncClient::new(o, 10);
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => return format!("{:?}", a.code),
+                Ok(_) => continue,
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(refused.contains("BadUserNamePassword"), "{refused}");
     // Without credentials: nothing (closed by default); with an unknown token: 401.
     assert_eq!(rest_publish(&node, None, SIGNED_UP, SIGNED_UP_OK).0, 403);
     let (status, _) = http_request_with(

@@ -14,7 +14,10 @@ mod policy;
 mod router;
 mod stats;
 
-pub use auth::{AuthError, Authenticator, Credentials, Identity, StaticAuth, User};
+pub use auth::{
+    AuthError, Authenticator, Credentials, Identity, Secret, StaticAuth, User, hash_password,
+    token_digest,
+};
 pub use cursor::JournalCursor;
 pub use mailbox::{Delivery, Mailbox, MailboxReceiver, SessionId};
 pub use meter::{LocalMeter, Meter, MeterEntry, Metered};

@@ -90,10 +90,24 @@ pub struct GovernanceConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpToken {
-    /// The token clients send as `Authorization: Bearer <token>`.
-    pub token: String,
+    /// The token clients send as `Authorization: Bearer <token>`, as written (prefer
+    /// `token_sha256`).
+    pub token: Option<String>,
+    /// The token's SHA-256 in lowercase hex (`meshgate passwd --token`).
+    pub token_sha256: Option<String>,
     /// The app id.
     pub app_id: String,
+}
+
+impl HttpToken {
+    /// The digest the node looks presented tokens up by.
+    pub fn digest(&self) -> String {
+        match (&self.token_sha256, &self.token) {
+            (Some(d), _) => d.to_ascii_lowercase(),
+            (None, Some(t)) => meshgate_broker::token_digest(t.as_bytes()),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 #[cfg(feature = "amqp")]
@@ -177,10 +191,23 @@ impl Default for MqttConfig {
 pub struct MqttUser {
     /// User name the client presents.
     pub username: String,
-    /// Password the client presents.
-    pub password: String,
+    /// Password the client presents, as written (prefer `password_hash`).
+    pub password: Option<String>,
+    /// The password's argon2 hash (PHC format, from `meshgate passwd`).
+    pub password_hash: Option<String>,
     /// App id the user acts as; defaults to the user name.
     pub app_id: Option<String>,
+}
+
+impl MqttUser {
+    /// The password as the authenticator keeps it.
+    pub fn secret(&self) -> meshgate_broker::Secret {
+        match (&self.password_hash, &self.password) {
+            (Some(h), _) => meshgate_broker::Secret::Argon2(h.clone()),
+            (None, Some(p)) => meshgate_broker::Secret::Plain(p.clone()),
+            (None, None) => meshgate_broker::Secret::Plain(String::new()),
+        }
+    }
 }
 
 /// `[http]`
@@ -415,6 +442,38 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, msg: String| Err(ConfigError::Invalid { key, msg });
+        for (i, u) in self.mqtt.users.iter().enumerate() {
+            if u.password.is_some() == u.password_hash.is_some() {
+                return bad(
+                    "mqtt.users",
+                    format!(
+                        "[{i}] {:?}: give password or password_hash, not both or neither",
+                        u.username
+                    ),
+                );
+            }
+            if let Err(e) = u.secret().check() {
+                return bad(
+                    "mqtt.users",
+                    format!("[{i}] {:?}: password_hash: {e}", u.username),
+                );
+            }
+        }
+        for (i, t) in self.http.tokens.iter().enumerate() {
+            if t.token.is_some() == t.token_sha256.is_some() {
+                return bad(
+                    "http.tokens",
+                    format!("[{i}]: give token or token_sha256, not both or neither"),
+                );
+            }
+            let d = t.digest();
+            if d.len() != 64 || !d.chars().all(|c| c.is_ascii_hexdigit()) {
+                return bad(
+                    "http.tokens",
+                    format!("[{i}]: token_sha256 must be 64 hex digits"),
+                );
+            }
+        }
         let name = &self.node.name;
         if name.is_empty()
             || name.len() > 64
@@ -609,5 +668,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not found"), "{e}");
+        for (text, key) in [
+            (
+                "[[mqtt.users]]\nusername = \"a\"\npassword = \"x\"\npassword_hash = \"y\"\n",
+                "mqtt.users:",
+            ),
+            (
+                "[[mqtt.users]]\nusername = \"a\"\npassword_hash = \"$argon2id$nope\"\n",
+                "mqtt.users:",
+            ),
+            (
+                "[[http.tokens]]\ntoken_sha256 = \"abc\"\napp_id = \"a\"\n",
+                "http.tokens:",
+            ),
+        ] {
+            let e = Config::load(Some(file(text).path()), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
     }
 }

@@ -142,7 +142,7 @@ impl Node {
         let (shutdown, rx) = watch::channel(false);
         let users = config.mqtt.users.iter().map(|u| User {
             username: u.username.clone(),
-            password: u.password.clone(),
+            secret: u.secret(),
             app_id: u.app_id.clone().unwrap_or_else(|| u.username.clone()),
         });
         let auth = Arc::new(StaticAuth::new(config.mqtt.allow_anonymous, users));
@@ -258,7 +258,7 @@ impl Node {
                     .http
                     .tokens
                     .iter()
-                    .map(|t| (t.token.clone(), Arc::from(t.app_id.as_str())))
+                    .map(|t| (t.digest(), Arc::from(t.app_id.as_str())))
                     .collect(),
             ),
             catalog: governance.clone().map(|g| {
