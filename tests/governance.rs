@@ -791,3 +791,112 @@ fn spec_validate_names_file_and_line_and_fails() {
         "{compat:?}"
     );
 }
+
+fn link_tx_events(node: &NodeProc) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&http_get(node.http, "/v1/mesh").unwrap().1).unwrap();
+    v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["tx_events"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_nobody_may_read_stays_home_until_a_grant_makes_it_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    common::certs(dir.path(), &["a", "b"]);
+    let tls = dir.path().display().to_string();
+    let env = [
+        ("MESHGATE_MESH__GOSSIP_INTERVAL_SECS", "0.2"),
+        ("MESHGATE_MESH__MAX_BACKOFF_SECS", "0.5"),
+    ];
+    let a = node_with(
+        dir.path(),
+        &["--name", "a", "--mesh", "127.0.0.1:0", "--tls-dir", &tls],
+        &env,
+    );
+    let peer = a.mesh.unwrap().to_string();
+    let b = node_with(
+        dir.path(),
+        &[
+            "--name",
+            "b",
+            "--mesh",
+            "127.0.0.1:0",
+            "--tls-dir",
+            &tls,
+            "--peer",
+            &peer,
+        ],
+        &env,
+    );
+    // The outsider's filter is accepted (no literal level names a forbidden scope) but covers
+    // only channels it may not read: b keeps it to itself.
+    let (c, mut rx) = client(&b, OUTSIDER).await;
+    c.subscribe("acme/lifestyle/onboarding/+/purchased", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        suback(&mut rx).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    // A readable subscription of another app on b, as a yardstick that interest does travel.
+    let (g, mut grx) = client(&b, GRANTED).await;
+    g.subscribe(PURCHASED, QoS::AtLeastOnce).await.unwrap();
+    suback(&mut grx).await;
+    wait_until(
+        "b's readable interest at a",
+        Duration::from_secs(20),
+        || {
+            let before = link_tx_events(&a);
+            rest_publish(&a, Some(OWNER), PURCHASED, "probe");
+            link_tx_events(&a) > before
+        },
+    );
+    g.unsubscribe(PURCHASED).await.unwrap();
+    wait_until("the yardstick withdrawn", Duration::from_secs(20), || {
+        let before = link_tx_events(&a);
+        rest_publish(&a, Some(OWNER), PURCHASED, "probe");
+        rest_publish(&a, Some(OWNER), CHECKOUT, CHECKOUT_OK);
+        // Whatever was in flight has gone; nothing more leaves a.
+        std::thread::sleep(Duration::from_millis(300));
+        link_tx_events(&a) == before
+    });
+    while tokio::time::timeout(Duration::from_millis(200), rx.recv())
+        .await
+        .is_ok()
+    {}
+
+    // A grant to the outsider, reloaded on both nodes: b announces the interest, and the same
+    // subscription receives the newly readable channel without resubscribing.
+    let spec = dir.path().join("specs/acme.lifestyle.onboarding.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace(
+            "name: \"grant-access:some.other.domain.root\"",
+            "name: \"grant-access:some.other.domain.root\",\n        name: \"grant-access:acme.outsider\"",
+        ),
+    )
+    .unwrap();
+    for n in [&a, &b] {
+        let (status, body) =
+            http_request_with(n.http, "POST", "/v1/catalog/reload", &[], b"").unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            rest_publish(&a, Some(OWNER), PURCHASED, "now readable");
+            if let Ok(Some(Packet::Publish(p))) =
+                tokio::time::timeout(Duration::from_millis(300), rx.recv()).await
+            {
+                return String::from_utf8_lossy(&p.topic).to_string();
+            }
+        }
+    })
+    .await
+    .expect("the newly granted channel reached the outsider");
+    assert_eq!(got, PURCHASED);
+}

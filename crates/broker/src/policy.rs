@@ -5,7 +5,7 @@
 //! and wildcard subscriptions receive only what their app may read. Without a policy the node
 //! is open: everything is allowed.
 
-use meshgate_topic::MqttFilter;
+use meshgate_topic::{Filter, MqttFilter};
 use thiserror::Error;
 
 /// A refusal by the policy: what the client is told and how it is counted.
@@ -35,4 +35,12 @@ pub trait Policy: Send + Sync + 'static {
     /// May `app` read an event on `topic`? Runs per event per matched subscriber: keep it
     /// cheap and allocation-free.
     fn may_read(&self, app: Option<&str>, topic: &str) -> bool;
+
+    /// Is an accepted subscription of `app` to `filter` announced to the mesh? Interest the app
+    /// may read nothing through need not pull events across links. Asked at subscribe time and
+    /// again by [`crate::Broker::refresh_advertised`].
+    fn advertise(&self, app: Option<&str>, filter: &Filter) -> bool {
+        let _ = (app, filter);
+        true
+    }
 }

@@ -39,6 +39,9 @@ pub(crate) enum Target {
     Local {
         mailbox: Arc<Mailbox>,
         opts: SubOptions,
+        /// Whether this subscription's interest was announced to the mesh (a governed node
+        /// does not announce interest its app may read nothing through).
+        advertised: bool,
     },
     /// Another node of the mesh whose interest matches.
     Remote { node: Arc<str> },
@@ -343,7 +346,13 @@ impl Broker {
         }
         let trie = self.shared.trie.read();
         trie.for_each(|f, g, _, t| {
-            if let (Target::Local { .. }, Ok(filter)) = (t, Filter::parse(f)) {
+            if let (
+                Target::Local {
+                    advertised: true, ..
+                },
+                Ok(filter),
+            ) = (t, Filter::parse(f))
+            {
                 hook.interest(&filter, g, true);
             }
         });
@@ -538,7 +547,7 @@ impl Broker {
                         });
                     }
                 }
-                Target::Local { mailbox, opts } => {
+                Target::Local { mailbox, opts, .. } => {
                     let mut q = opts.qos;
                     while i < order.len() && order[i].0 == sid {
                         if let Target::Local { opts, .. } = &subs[order[i].1 as usize].1 {
@@ -596,7 +605,7 @@ impl Broker {
             let locals = (0..n)
                 .map(|k| &g.members[(start + k) % n])
                 .filter_map(|(_, t)| match t {
-                    Target::Local { mailbox, opts } => Some((mailbox, opts)),
+                    Target::Local { mailbox, opts, .. } => Some((mailbox, opts)),
                     Target::Remote { .. } => None,
                 })
                 // A member whose app may not read the event is no candidate.
@@ -688,30 +697,102 @@ impl Broker {
         group: Option<&str>,
         opts: SubOptions,
     ) -> bool {
+        let advertised = self
+            .shared
+            .policy
+            .get()
+            .is_none_or(|p| p.advertise(mailbox.app(), filter));
         let target = Target::Local {
             mailbox: mailbox.clone(),
             opts,
+            advertised,
         };
         let mut trie = self.shared.trie.write();
-        let new = trie.insert(filter, group, mailbox.id(), target);
+        let old = trie.remove(filter, group, mailbox.id());
+        trie.insert(filter, group, mailbox.id(), target);
         self.shared.stats.subscriptions.set(trie.len() as f64);
         drop(trie);
-        if new && let Some(mesh) = self.shared.mesh.get() {
-            mesh.interest(filter, group, true);
+        let was = matches!(
+            old,
+            Some(Target::Local {
+                advertised: true,
+                ..
+            })
+        );
+        if was != advertised
+            && let Some(mesh) = self.shared.mesh.get()
+        {
+            mesh.interest(filter, group, advertised);
         }
-        new
+        old.is_none()
     }
 
     /// Removes a subscription. Returns true if it existed.
     pub fn unsubscribe(&self, session: SessionId, filter: &Filter, group: Option<&str>) -> bool {
         let mut trie = self.shared.trie.write();
-        let removed = trie.remove(filter, group, session).is_some();
+        let removed = trie.remove(filter, group, session);
         self.shared.stats.subscriptions.set(trie.len() as f64);
         drop(trie);
-        if removed && let Some(mesh) = self.shared.mesh.get() {
+        if let Some(Target::Local {
+            advertised: true, ..
+        }) = &removed
+            && let Some(mesh) = self.shared.mesh.get()
+        {
             mesh.interest(filter, group, false);
         }
-        removed
+        removed.is_some()
+    }
+
+    /// Decides again, after the policy changed (a catalog reload), which local subscriptions
+    /// are announced to the mesh: interest an app may now read something through is announced,
+    /// interest it may no longer read anything through is withdrawn. Returns the number of
+    /// subscriptions whose announcement changed.
+    pub fn refresh_advertised(&self) -> usize {
+        let Some(policy) = self.shared.policy.get() else {
+            return 0;
+        };
+        let mut changes = Vec::new();
+        let mut trie = self.shared.trie.write();
+        trie.for_each(|f, g, key, t| {
+            if let Target::Local {
+                mailbox,
+                opts,
+                advertised,
+            } = t
+                && let Ok(filter) = Filter::parse(f)
+            {
+                let now = policy.advertise(mailbox.app(), &filter);
+                if now != *advertised {
+                    changes.push((
+                        filter,
+                        g.map(str::to_string),
+                        key,
+                        mailbox.clone(),
+                        *opts,
+                        now,
+                    ));
+                }
+            }
+        });
+        for (filter, group, key, mailbox, opts, advertised) in &changes {
+            trie.insert(
+                filter,
+                group.as_deref(),
+                *key,
+                Target::Local {
+                    mailbox: mailbox.clone(),
+                    opts: *opts,
+                    advertised: *advertised,
+                },
+            );
+        }
+        drop(trie);
+        if let Some(mesh) = self.shared.mesh.get() {
+            for (filter, group, _, _, _, advertised) in &changes {
+                mesh.interest(filter, group.as_deref(), *advertised);
+            }
+        }
+        changes.len()
     }
 
     /// Forgets a session's mailbox (its subscriptions must have been removed by its owner).

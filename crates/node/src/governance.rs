@@ -28,6 +28,8 @@ pub struct Governance {
     next_version: AtomicU64,
     /// The problems of the last refused reload, with its time (unix seconds).
     last_refused: Mutex<Option<(u64, Vec<String>)>>,
+    /// The router governed, told to re-announce interest after a reload.
+    broker: std::sync::OnceLock<meshgate_broker::Broker>,
 }
 
 /// Reads and builds the catalog of `dir`: the problems, if any, refuse it.
@@ -52,7 +54,14 @@ impl Governance {
             catalog: ArcSwap::from_pointee(catalog),
             next_version: AtomicU64::new(2),
             last_refused: Mutex::new(None),
+            broker: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes this the policy of `broker`.
+    pub fn govern(self: &Arc<Self>, broker: &meshgate_broker::Broker) {
+        broker.set_policy(self.clone());
+        let _ = self.broker.set(broker.clone());
     }
 
     /// The catalog in force.
@@ -72,6 +81,13 @@ impl Governance {
                 );
                 self.catalog.store(Arc::new(c));
                 *self.last_refused.lock() = None;
+                // Interest that became readable (or stopped being) is announced (withdrawn).
+                if let Some(b) = self.broker.get() {
+                    let changed = b.refresh_advertised();
+                    if changed > 0 {
+                        info!(changed, "mesh interest updated for the new catalog");
+                    }
+                }
                 Ok(version)
             }
             Err(problems) => {
@@ -243,5 +259,9 @@ impl Policy for Governance {
 
     fn may_read(&self, app: Option<&str>, topic: &str) -> bool {
         app.is_some_and(|a| self.catalog.load().may_read(a, topic))
+    }
+
+    fn advertise(&self, app: Option<&str>, filter: &meshgate_topic::Filter) -> bool {
+        app.is_some_and(|a| self.catalog.load().advertisable_for(a, filter))
     }
 }

@@ -117,7 +117,7 @@ impl Node {
         let governance = match &config.governance.specs_dir {
             Some(dir) => {
                 let g = Arc::new(Governance::load(dir).map_err(NodeError::Governance)?);
-                broker.set_policy(g.clone());
+                g.govern(&broker);
                 Some(g)
             }
             None => None,
