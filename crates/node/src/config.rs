@@ -536,21 +536,25 @@ impl Config {
                 format!("{}: use at least 1048576 (1 MiB)", self.store.quota_bytes),
             );
         }
+        #[cfg(feature = "kafka")]
         for k in &self.kafka {
-            #[cfg(feature = "kafka")]
             k.validate()
                 .map_err(|msg| ConfigError::Invalid { key: "kafka", msg })?;
-            #[cfg(not(feature = "kafka"))]
+        }
+        #[cfg(not(feature = "kafka"))]
+        if let Some(k) = self.kafka.first() {
             return bad(
                 "kafka",
                 format!("this build has no Kafka bridge (feature \"kafka\"): {k}"),
             );
         }
+        #[cfg(feature = "amqp")]
         for a in &self.amqp {
-            #[cfg(feature = "amqp")]
             a.validate()
                 .map_err(|msg| ConfigError::Invalid { key: "amqp", msg })?;
-            #[cfg(not(feature = "amqp"))]
+        }
+        #[cfg(not(feature = "amqp"))]
+        if let Some(a) = self.amqp.first() {
             return bad(
                 "amqp",
                 format!("this build has no AMQP bridge (feature \"amqp\"): {a}"),
