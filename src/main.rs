@@ -83,6 +83,12 @@ enum CatalogCommand {
 enum SpecCommand {
     /// Validate a specs directory: every problem with file and line, non-zero exit if any.
     Validate(spec_cli::ValidateArgs),
+    /// Show what `spec apply` would change on a Kafka cluster: topics to create, partition
+    /// counts to raise, configs to set, shrinks refused (text, or JSON with --json).
+    Plan(spec_cli::ClusterArgs),
+    /// Create and grow the Kafka topics the specs declare and set their configs; never
+    /// shrinks or deletes. Non-zero exit if a change was refused or failed.
+    Apply(spec_cli::ClusterArgs),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +164,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Kafka(KafkaCommand::Replay(args)) => kafka_cli::replay(args),
         Command::Spec(SpecCommand::Validate(args)) => spec_cli::validate(args),
+        Command::Spec(SpecCommand::Plan(args)) => spec_cli::plan(args),
+        Command::Spec(SpecCommand::Apply(args)) => spec_cli::apply(args),
         Command::Chargeback(args) => chargeback_cli::chargeback(args),
         Command::Catalog(CatalogCommand::Export(args)) => catalog_cli::export(args),
         Command::Passwd { token } => passwd(token),
