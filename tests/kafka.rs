@@ -725,3 +725,125 @@ fn a_bad_bridge_config_is_refused_naming_the_key() {
         "{err}"
     );
 }
+
+/// Governance holds for bridges as for clients: a Kafka source publishes as its cluster's app
+/// id (records on another owner's channel are refused and counted), and a Kafka sink reads as
+/// its cluster's app id (a wildcard sink writes only the channels that app may read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridges_publish_and_read_as_their_app_id_under_governance() {
+    let kafka = Tansu::start();
+    kafka.create_topic("acme.sales._public.orders", 1);
+    kafka.create_topic("acme.lifestyle.onboarding._public.user_signed_up", 1);
+    kafka.create_topic("mesh.out", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let specs = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/specs");
+    // Two cluster entries on one broker: events a sink takes from the mesh are never written
+    // back into the member they came from, and here the source's records should reach the sink.
+    let toml = format!(
+        r#"
+[governance]
+specs_dir = {specs:?}
+[[http.tokens]]
+token = "owner"
+app_id = "acme.lifestyle.onboarding"
+[[kafka]]
+name = "in"
+bootstrap = "{b}"
+app_id = "acme.sales"
+[[kafka.source]]
+name = "orders"
+topics = ["acme.sales._public.orders"]
+topic_template = "acme/sales/_public/orders/{{header.region}}/{{key}}"
+[[kafka.source]]
+name = "foreign"
+topics = ["acme.lifestyle.onboarding._public.user_signed_up"]
+topic_template = "{{topic}}"
+[[kafka]]
+name = "out"
+bootstrap = "{b}"
+app_id = "acme.sales"
+[[kafka.sink]]
+name = "everything"
+filter = "acme/>"
+topic_template = "mesh.out"
+"#,
+        b = kafka.bootstrap()
+    );
+    let n = node_with(dir.path(), "n1", &toml, &[]);
+    let orders: Vec<Record> = (0..20)
+        .map(|i| {
+            (
+                Some(format!("s{}", i % 4)),
+                format!(r#"{{"id": "o{i}", "total": {i}}}"#),
+                vec![("region", "eu")],
+            )
+        })
+        .collect();
+    produce(&kafka.bootstrap(), "acme.sales._public.orders", &orders).await;
+    let foreign: Vec<Record> = (0..10)
+        .map(|i| (None, format!(r#"{{"fullName": "x{i}"}}"#), vec![]))
+        .collect();
+    produce(
+        &kafka.bootstrap(),
+        "acme.lifestyle.onboarding._public.user_signed_up",
+        &foreign,
+    )
+    .await;
+    wait_until(
+        "the foreign records refused",
+        Duration::from_secs(30),
+        || count(&bridge(&n, "in", "foreign"), "refused") == 10,
+    );
+    // A client of the owner publishes on its public, private and protected channels: the sink
+    // (acme.sales) may read only the public one.
+    for (topic, body) in [
+        (
+            "acme/lifestyle/onboarding/_private/user_checkout",
+            r#"{"id": "c1", "amount": 1}"#,
+        ),
+        ("acme/lifestyle/onboarding/_protected/purchased", "food"),
+        (
+            "acme/lifestyle/onboarding/_public/user_signed_up",
+            r#"{"fullName": "Ada", "email": "a@example.com", "age": 36}"#,
+        ),
+    ] {
+        let (status, resp) = http_request_with(
+            n.http,
+            "POST",
+            &format!("/v1/publish/{topic}?delivery=guaranteed"),
+            &[("Authorization", "Bearer owner")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{topic}: {resp}");
+    }
+    let recs = read_all(
+        &kafka.bootstrap(),
+        "mesh.out",
+        1,
+        21,
+        Duration::from_secs(30),
+    );
+    let values: Vec<String> = recs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert_eq!(
+        recs.len(),
+        21,
+        "20 orders and the public sign-up: {values:?}"
+    );
+    assert_eq!(
+        values.iter().filter(|v| v.contains("\"total\"")).count(),
+        20
+    );
+    assert!(values.iter().any(|v| v.contains("Ada")));
+    assert!(
+        !values
+            .iter()
+            .any(|v| v.contains("food") || v.contains("c1"))
+    );
+    let src = bridge(&n, "in", "orders");
+    assert_eq!(count(&src, "refused"), 0, "{src}");
+    assert_eq!(count(&src, "forwarded"), 20, "{src}");
+}
