@@ -1,6 +1,7 @@
 //! A sink: a mesh subscription produced into Kafka by an idempotent producer.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +10,15 @@ use meshgate_bridge::{BridgeContext, BridgeStatus, SinkSpec, SinkTarget, origin,
 use meshgate_proto::Envelope;
 use meshgate_store::Journal;
 use meshgate_topic::Filter;
+use parking_lot::Mutex;
+use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::Ctx;
@@ -40,13 +46,19 @@ pub(crate) fn start(
     // sink's journal holds the rest. Order per partition is kept by idempotence.
     pc.set("message.timeout.ms", "0");
     pc.set("linger.ms", "2");
-    let producer: FutureProducer<Ctx> = pc
-        .create_with_context(kctx.clone())
+    let pctx = SinkCtx {
+        ctx: kctx,
+        acks: Arc::new(Acks::default()),
+    };
+    let producer: ThreadedProducer<SinkCtx> = pc
+        .create_with_context(pctx.clone())
         .map_err(|e| at(format!("cannot create the producer: {e}")))?;
     let target = KafkaTarget {
         producer,
         config: pc,
-        kctx,
+        pctx,
+        next_batch: 0,
+        per_topic: None,
         topic: Template::parse(&sink.topic_template, SINK_VARS).map_err(|e| at(e.to_string()))?,
         key: match &sink.key_template {
             Some(k) => Some(Template::parse(k, SINK_VARS).map_err(|e| at(e.to_string()))?),
@@ -74,12 +86,59 @@ pub(crate) fn start(
     )))
 }
 
+/// Batches whose records Kafka has not all acknowledged yet: records left and the first error,
+/// by batch number. Delivery reports (on librdkafka's polling thread) count down; the sink
+/// waits on `done`. Records carry their batch number as the delivery opaque: no allocation,
+/// channel or future per record.
+#[derive(Default)]
+struct Acks {
+    batches: Mutex<HashMap<usize, (usize, Option<String>)>>,
+    done: Notify,
+}
+
+/// librdkafka callbacks of a sink's producer: errors to the statuses, deliveries to [`Acks`].
+#[derive(Clone)]
+struct SinkCtx {
+    ctx: Ctx,
+    acks: Arc<Acks>,
+}
+
+impl ClientContext for SinkCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.ctx.error(error, reason);
+    }
+}
+
+impl ProducerContext for SinkCtx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
+        let mut batches = self.acks.batches.lock();
+        let Some((left, error)) = batches.get_mut(&batch) else {
+            return;
+        };
+        if let Err((e, _)) = result
+            && error.is_none()
+        {
+            *error = Some(format!("produce: {e}"));
+        }
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            drop(batches);
+            self.acks.done.notify_waiters();
+        }
+    }
+}
+
 struct KafkaTarget {
-    producer: FutureProducer<Ctx>,
+    producer: ThreadedProducer<SinkCtx>,
     /// To make a new producer after a fatal error (e.g. the cluster lost the idempotent
     /// producer's state).
     config: rdkafka::ClientConfig,
-    kctx: Ctx,
+    pctx: SinkCtx,
+    next_batch: usize,
+    /// For a topic template of literals and `{topic}`: the last mesh topic and its Kafka topic.
+    per_topic: Option<(String, String)>,
     topic: Template,
     key: Option<Template>,
     node: String,
@@ -91,6 +150,13 @@ impl KafkaTarget {
     /// Renders the Kafka topic (into `scratch`) and, if the event has no key, the key template
     /// (into `key_scratch`); returns whether a rendered key applies.
     fn names(&mut self, e: &Envelope) -> bool {
+        if self.key.is_none()
+            && let Some((from, to)) = &self.per_topic
+            && *from == e.topic
+        {
+            self.scratch.clone_from(to);
+            return false;
+        }
         let dotted = levels_to_dots(&e.topic);
         let headers: Vec<(&str, &[u8])> = e
             .headers
@@ -107,6 +173,11 @@ impl KafkaTarget {
         };
         self.topic
             .render(&vars, Output::KafkaTopic, &mut self.scratch);
+        if self.topic.only_names(&["topic"]) {
+            let cached = self.per_topic.get_or_insert_with(Default::default);
+            cached.0.clone_from(&e.topic);
+            cached.1.clone_from(&self.scratch);
+        }
         match (&self.key, &e.key) {
             (Some(k), None) => {
                 k.render(&vars, Output::RoutingKey, &mut self.key_scratch);
@@ -118,51 +189,77 @@ impl KafkaTarget {
 }
 
 impl SinkTarget for KafkaTarget {
-    type Pending = Vec<DeliveryFuture>;
+    type Pending = usize;
 
     async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, String> {
-        self.produce(events).await
+        let batch = self.next_batch;
+        self.next_batch = self.next_batch.wrapping_add(1);
+        self.pctx
+            .acks
+            .batches
+            .lock()
+            .insert(batch, (events.len(), None));
+        if let Err(e) = self.produce(batch, events).await {
+            self.pctx.acks.batches.lock().remove(&batch);
+            return Err(e);
+        }
+        Ok(batch)
     }
 
-    async fn wait(&mut self, pending: Self::Pending) -> Result<(), String> {
+    async fn wait(&mut self, batch: Self::Pending) -> Result<(), String> {
+        let acks = self.pctx.acks.clone();
         let all = async {
-            for f in pending {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(format!("produce: {e}")),
-                    Err(_) => return Err("producer went away".to_string()),
+            loop {
+                let done = acks.done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                {
+                    let mut batches = acks.batches.lock();
+                    match batches.get(&batch) {
+                        Some((0, _)) => {
+                            let (_, error) = batches.remove(&batch).unwrap_or_default();
+                            return error.map_or(Ok(()), Err);
+                        }
+                        Some(_) => {}
+                        // Never released on an unknown batch: it is written again.
+                        None => return Err("batch no longer tracked (producer replaced)".into()),
+                    }
                 }
+                done.await;
             }
-            Ok(())
         };
         match tokio::time::timeout(ACK_WAIT, all).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
-                "no acknowledgement from Kafka within {}s",
-                ACK_WAIT.as_secs()
-            )),
+            Err(_) => {
+                self.pctx.acks.batches.lock().remove(&batch);
+                Err(format!(
+                    "no acknowledgement from Kafka within {}s",
+                    ACK_WAIT.as_secs()
+                ))
+            }
         }
     }
 
     async fn reset(&mut self) {
         // A fatal error ends a producer for good, and an idempotent producer can wedge when
         // the cluster lost its state: the batches are written again by a new producer. What
-        // the old one still holds is purged, so dropping it does not wait.
+        // the old one still holds is purged (their reports end the batches in flight), so
+        // dropping it does not wait.
         let fatal = self.producer.client().fatal_error();
         tracing::warn!(?fatal, "Kafka producer replaced");
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
-        match self.config.create_with_context(self.kctx.clone()) {
+        match self.config.create_with_context(self.pctx.clone()) {
             Ok(p) => self.producer = p,
             Err(e) => tracing::warn!(error = %e, "cannot make a new producer; keeping the old one"),
         }
+        self.pctx.acks.batches.lock().clear();
     }
 }
 
 impl KafkaTarget {
-    /// Enqueues `events` in librdkafka (waiting while its queue is full).
-    async fn produce(&mut self, events: &[Arc<Envelope>]) -> Result<Vec<DeliveryFuture>, String> {
-        let mut pending = Vec::with_capacity(events.len());
+    /// Enqueues `events` in librdkafka as batch `batch` (waiting while its queue is full).
+    async fn produce(&mut self, batch: usize, events: &[Arc<Envelope>]) -> Result<(), String> {
         for e in events {
             let rendered_key = self.names(e);
             let mut headers = OwnedHeaders::new_with_capacity(e.headers.len() + 1);
@@ -182,7 +279,7 @@ impl KafkaTarget {
             } else {
                 e.key.as_deref().map(Cow::Borrowed)
             };
-            let mut record = FutureRecord::to(&self.scratch)
+            let mut record = BaseRecord::with_opaque_to(&self.scratch, batch)
                 .payload(&e.payload[..])
                 .headers(headers);
             if let Some(k) = &key {
@@ -192,11 +289,8 @@ impl KafkaTarget {
                 record = record.timestamp(e.timestamp_ms as i64);
             }
             loop {
-                match self.producer.send_result(record) {
-                    Ok(f) => {
-                        pending.push(f);
-                        break;
-                    }
+                match self.producer.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         // librdkafka's queue is full: let it drain, then try again.
                         record = r;
@@ -206,6 +300,6 @@ impl KafkaTarget {
                 }
             }
         }
-        Ok(pending)
+        Ok(())
     }
 }
