@@ -362,7 +362,7 @@ FAILED=0
 
 # Run a copy, so that a rebuild during the run cannot mix two versions.
 cp "$MESHGATE_BIN" "$WORK/meshgate"
-NOTES+=("meshgate $("$WORK/meshgate" --version | cut -d' ' -f2): copy of $MESHGATE_BIN built $(date -u -r "$MESHGATE_BIN" '+%Y-%m-%d %H:%M UTC'), default settings (store on, group commit 1 ms, a data directory) but mqtt.max_queued_messages $MAX_QUEUED")
+NOTES+=("meshgate $("$WORK/meshgate" --version | cut -d' ' -f2): copy of $MESHGATE_BIN built $(date -u -r "$MESHGATE_BIN" '+%Y-%m-%d %H:%M UTC'), default settings (store on, commit \"${MESHGATE_STORE__COMMIT:-group}\"${MESHGATE_STORE__COMMIT:+ from MESHGATE_STORE__COMMIT}, a data directory) but mqtt.max_queued_messages $MAX_QUEUED")
 MESHGATE_BIN=$WORK/meshgate
 MG_ENV=$(env | grep '^MESHGATE_[A-Z_]*__' | sort | tr '\n' ' ' || true)
 [[ -z $MG_ENV ]] || NOTES+=("meshgate environment: $MG_ENV")
