@@ -900,3 +900,88 @@ async fn interest_nobody_may_read_stays_home_until_a_grant_makes_it_readable() {
     .expect("the newly granted channel reached the outsider");
     assert_eq!(got, PURCHASED);
 }
+
+/// A mosquitto client over TLS with the client certificate of `app` (None: no certificate).
+fn tls_client(cmd: &str, port: u16, certs: &Path, app: Option<&str>) -> std::process::Command {
+    let mut c = std::process::Command::new(common::need(cmd));
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+        .arg("--cafile")
+        .arg(certs.join("ca.pem"))
+        // The node's certificate names the node, not 127.0.0.1: the chain is checked, the
+        // host name is not.
+        .arg("--insecure");
+    if let Some(app) = app {
+        c.arg("--cert")
+            .arg(certs.join(format!("{app}.pem")))
+            .arg("--key")
+            .arg(certs.join(format!("{app}.key")));
+    }
+    c
+}
+
+#[test]
+fn client_certificates_are_identities_over_mqtt_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    common::certs(&certs, &["node1", OWNER, OUTSIDER]);
+    let port = common::kafka::free_tcp();
+    let specs_dir = dir.path().join("specs");
+    specs(&specs_dir);
+    let toml = format!(
+        "[governance]\nspecs_dir = {specs_dir:?}\n[mqtt]\nallow_anonymous = false\ntls_listen = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\ntls_client_ca = {:?}\n",
+        certs.join("node1.pem"),
+        certs.join("node1.key"),
+        certs.join("ca.pem"),
+    );
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, toml).unwrap();
+    let node = NodeProc::start(&["--config", file.to_str().unwrap()]);
+
+    // The outsider (by its certificate) subscribes to the owner's whole tree over TLS.
+    let sub = tls_client("mosquitto_sub", port, &certs, Some(OUTSIDER))
+        .args([
+            "-t",
+            "acme/lifestyle/onboarding/#",
+            "-C",
+            "1",
+            "-v",
+            "-W",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the TLS subscription", Duration::from_secs(20), || {
+        subscriptions(&node) >= 2
+    });
+    // The owner (by its certificate, with no user name) publishes a private and a public event.
+    for (topic, body) in [(CHECKOUT, CHECKOUT_OK), (SIGNED_UP, SIGNED_UP_OK)] {
+        let out = tls_client("mosquitto_pub", port, &certs, Some(OWNER))
+            .args(["-q", "1", "-t", topic, "-m", body])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = sub.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        said.trim(),
+        format!("{SIGNED_UP} {SIGNED_UP_OK}"),
+        "only the public event"
+    );
+    // The certificate is the identity: the owner's events are metered to it.
+    let rows = charged(&node, "produced");
+    assert_eq!(
+        rows.get(&(OWNER.to_string(), SIGNED_UP.to_string(), String::new())),
+        Some(&(1, SIGNED_UP_OK.len() as u64)),
+        "{rows:?}"
+    );
+    // Without a client certificate the TLS handshake is refused.
+    let out = tls_client("mosquitto_pub", port, &certs, None)
+        .args(["-q", "1", "-t", SIGNED_UP, "-m", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+}

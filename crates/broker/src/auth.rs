@@ -19,6 +19,9 @@ pub struct Credentials<'a> {
     pub username: Option<&'a str>,
     /// Password or token bytes, if any.
     pub password: Option<&'a [u8]>,
+    /// The app id named by a client certificate the TLS layer verified against the configured
+    /// client CA: the client's identity, whatever else it presents.
+    pub certificate: Option<&'a str>,
 }
 
 /// Who a client is, once authenticated.
@@ -155,6 +158,11 @@ pub fn token_digest(token: &[u8]) -> String {
 
 impl Authenticator for StaticAuth {
     fn authenticate(&self, creds: &Credentials<'_>) -> Result<Identity, AuthError> {
+        if let Some(app) = creds.certificate {
+            return Ok(Identity {
+                app_id: Some(app.into()),
+            });
+        }
         let Some(name) = creds.username else {
             return if self.allow_anonymous {
                 Ok(Identity::default())
@@ -190,6 +198,7 @@ mod tests {
             client_id: "c",
             username: u,
             password: p,
+            certificate: None,
         }
     }
 

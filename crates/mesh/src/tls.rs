@@ -256,6 +256,62 @@ pub fn load(dir: &Path, name: &str) -> Result<MeshTls, TlsError> {
     })
 }
 
+/// The app id a client certificate names: its first DNS subject-alternative name, as
+/// `meshgate cert issue --name APP_ID` writes it.
+pub fn certificate_app(der: &[u8]) -> Option<String> {
+    let cert = CertificateDer::from(der);
+    let ee = webpki::EndEntityCert::try_from(&cert).ok()?;
+    ee.valid_dns_names().next().map(str::to_string)
+}
+
+/// TLS towards clients (MQTT over TLS): the node presents `cert` (PEM chain) with `key`; with
+/// `client_ca`, every client must present a certificate signed by it (its name is then the
+/// client's app id, see [`certificate_app`]). TLS 1.2 and 1.3.
+pub fn client_facing(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let invalid = |path: &Path, reason: String| TlsError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(read(cert)?.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(invalid(cert, "no certificate in the file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(read(key)?.as_bytes())
+        .map_err(|e| invalid(key, e.to_string()))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let config = match client_ca {
+        Some(ca_path) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(read(ca_path)?.as_bytes()) {
+                let c = c.map_err(|e| invalid(ca_path, e.to_string()))?;
+                roots.add(c).map_err(|e| invalid(ca_path, e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid(ca_path, "no certificate in the file".into()));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| invalid(ca_path, e.to_string()))?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key_der)?
+        }
+        None => builder
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)?,
+    };
+    Ok(Arc::new(config))
+}
+
 /// Checks the server's chain against the mesh CA, but not its name: the dialler knows only an
 /// address. The name is checked against the peer's Hello once the link is up.
 #[derive(Debug)]

@@ -16,8 +16,7 @@ use meshgate_store::Disk;
 use meshgate_topic::parse_mqtt_filter;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, field, info, info_span, warn};
@@ -63,24 +62,42 @@ enum End {
     Closed(&'static str),
 }
 
-pub(crate) async fn run(
+/// Writes `buf` and flushes (a no-op on TCP; TLS sends its records).
+async fn write_flush<S: Io>(stream: &mut S, buf: &[u8]) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await
+}
+
+/// What an MQTT connection runs over: TCP, or TLS over TCP.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Serves one connection. `certificate` is the app id a verified client certificate names (TLS
+/// with client authentication): it is the client's identity, whatever CONNECT says.
+pub(crate) async fn run<S: Io>(
     ctx: Arc<Context>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
+    certificate: Option<String>,
     shutdown: watch::Receiver<bool>,
 ) {
     let span = info_span!("mqtt", peer = %peer, client = field::Empty);
     async move {
         ctx.stats.connections.increment(1);
         ctx.stats.connected.increment(1.0);
-        handle(&ctx, stream, shutdown).await;
+        handle(&ctx, stream, certificate, shutdown).await;
         ctx.stats.connected.decrement(1.0);
     }
     .instrument(span)
     .await
 }
 
-async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Receiver<bool>) {
+async fn handle<S: Io>(
+    ctx: &Arc<Context>,
+    mut stream: S,
+    certificate: Option<String>,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let max = ctx.config.max_packet_size;
     let info = match timeout(
@@ -110,6 +127,7 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
         client_id: &info.client_id,
         username: info.username.as_deref(),
         password: info.password.as_deref().map(str::as_bytes),
+        certificate: certificate.as_deref(),
     };
     let identity = match ctx.auth.authenticate(&creds) {
         Ok(id) => id,
@@ -121,7 +139,7 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
                 meshgate_broker::AuthError::BadCredentials => 0x86,
             };
             encode_connack_refused(ver, code, &mut wbuf);
-            let _ = stream.write_all(&wbuf).await;
+            let _ = write_flush(&mut stream, &wbuf).await;
             return;
         }
     };
@@ -132,7 +150,7 @@ async fn handle(ctx: &Arc<Context>, mut stream: TcpStream, shutdown: watch::Rece
         if ver == Version::V4 && !info.clean {
             protocol_error("client_id");
             encode_connack_refused(ver, 0x85, &mut wbuf);
-            let _ = stream.write_all(&wbuf).await;
+            let _ = write_flush(&mut stream, &wbuf).await;
             return;
         }
         let id = format!("auto-{:016x}", rand::random::<u64>());
@@ -314,9 +332,9 @@ impl Conn {
         self.pump();
     }
 
-    async fn serve(
+    async fn serve<S: Io>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         mut rx: MailboxReceiver,
         gen_rx: &mut watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
@@ -328,7 +346,7 @@ impl Conn {
         // Packets that arrived in the same read as CONNECT.
         if let Some(end) = self.on_bytes() {
             self.save_meta().await;
-            let _ = stream.write_all(&self.wbuf).await;
+            let _ = write_flush(stream, &self.wbuf).await;
             self.keep_for_later(rx);
             return end;
         }
@@ -337,7 +355,12 @@ impl Conn {
         let end = loop {
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
-                match timeout(self.ctx.config.write_timeout, stream.write_all(&self.wbuf)).await {
+                match timeout(
+                    self.ctx.config.write_timeout,
+                    write_flush(stream, &self.wbuf),
+                )
+                .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break End::Lost,
                     Err(_) => break End::Closed("write timeout"),
@@ -370,12 +393,12 @@ impl Conn {
                 biased;
                 _ = gen_rx.changed() => {
                     codec::encode_disconnect(self.ver, 0x8E, "session taken over", &mut self.wbuf);
-                    let _ = stream.write_all(&self.wbuf).await;
+                    let _ = write_flush(stream, &self.wbuf).await;
                     break End::Closed("session taken over");
                 }
                 _ = shutdown.changed() => {
                     codec::encode_disconnect(self.ver, 0x8B, "server shutting down", &mut self.wbuf);
-                    let _ = stream.write_all(&self.wbuf).await;
+                    let _ = write_flush(stream, &self.wbuf).await;
                     break End::Closed("shutdown");
                 }
                 r = stream.read_buf(&mut self.rbuf) => {
@@ -390,7 +413,7 @@ impl Conn {
                     let end = self.on_bytes();
                     self.save_meta().await;
                     if let Some(end) = end {
-                        let _ = stream.write_all(&self.wbuf).await;
+                        let _ = write_flush(stream, &self.wbuf).await;
                         break end;
                     }
                     self.publisher.flush(&self.ctx.broker);
@@ -411,7 +434,7 @@ impl Conn {
                 _ = &mut deadline, if self.keep_alive > 0 => {
                     if last_read.elapsed() >= ka {
                         codec::encode_disconnect(self.ver, 0x8D, "keep alive timeout", &mut self.wbuf);
-                        let _ = stream.write_all(&self.wbuf).await;
+                        let _ = write_flush(stream, &self.wbuf).await;
                         protocol_error("keep_alive");
                         break End::Closed("keep alive timeout");
                     }
@@ -983,8 +1006,8 @@ fn publish_will_now(ctx: &Context, publisher: &mut Publisher, will: Will) {
 
 /// Reads until a whole CONNECT is there and decodes it. Refuses anything else with a reason
 /// label for the metrics (and, for an unsupported protocol level, a CONNACK saying so).
-async fn read_connect(
-    stream: &mut TcpStream,
+async fn read_connect<S: Io>(
+    stream: &mut S,
     buf: &mut BytesMut,
     max: u32,
 ) -> Result<ConnectInfo, &'static str> {
@@ -1011,14 +1034,14 @@ async fn read_connect(
                         // MQTT 5: CONNACK 0x95 before closing.
                         let mut out = BytesMut::new();
                         encode_connack_refused(Version::V5, 0x95, &mut out);
-                        let _ = stream.write_all(&out).await;
+                        let _ = write_flush(stream, &out).await;
                         return Err("packet_too_large");
                     }
                     Err(_) => return Err("malformed_connect"),
                 },
                 _ => {
                     // MQTT 3.1 (level 3) and unknown levels: CONNACK 0x01, the 3.1.1 way.
-                    let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+                    let _ = write_flush(stream, &[0x20, 0x02, 0x00, 0x01]).await;
                     return Err("protocol_version");
                 }
             }

@@ -254,7 +254,57 @@ impl MqttServer {
     ) {
         let _ = stream.set_nodelay(true);
         let ctx = self.ctx.clone();
-        tokio::spawn(conn::run(ctx, stream, peer, shutdown));
+        tokio::spawn(conn::run(ctx, stream, peer, None, shutdown));
+    }
+
+    /// Accepts MQTT over TLS until `shutdown` turns true. With client authentication in
+    /// `tls`, a client certificate's name (`app_of`, e.g. its DNS name) is the client's app id.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+        app_of: fn(&[u8]) -> Option<String>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let addr = listener.local_addr().ok();
+        info!(addr = ?addr, "mqtt over tls listening");
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let ctx = self.ctx.clone();
+                        let acceptor = acceptor.clone();
+                        let shutdown = shutdown.clone();
+                        let handshake = ctx.config.connect_timeout;
+                        tokio::spawn(async move {
+                            let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    protocol_error("tls_handshake");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            let certificate = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| app_of(c.as_ref()));
+                            conn::run(ctx, tls, peer, certificate, shutdown).await;
+                        });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "mqtt accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            }
+        }
     }
 }
 

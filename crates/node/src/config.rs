@@ -166,6 +166,17 @@ pub struct MqttConfig {
     pub allow_anonymous: bool,
     /// Users with passwords, each acting as an app id.
     pub users: Vec<MqttUser>,
+    /// TCP address of a second listener speaking MQTT over TLS (e.g. 127.0.0.1:8883); unset:
+    /// none. Needs `tls_cert` and `tls_key`.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain the TLS listener presents.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of client certificates. Set: every TLS client must present a certificate signed
+    /// by it, and the certificate's name (its first DNS name, as `meshgate cert issue --name
+    /// APP_ID` writes it) is the client's app id, whatever user name it sends.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -181,6 +192,10 @@ impl Default for MqttConfig {
             write_timeout_secs: 30,
             allow_anonymous: true,
             users: Vec::new(),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -442,6 +457,14 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, msg: String| Err(ConfigError::Invalid { key, msg });
+        if self.mqtt.tls_listen.is_some()
+            && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none())
+        {
+            return bad(
+                "mqtt.tls_listen",
+                "needs mqtt.tls_cert and mqtt.tls_key".into(),
+            );
+        }
         for (i, u) in self.mqtt.users.iter().enumerate() {
             if u.password.is_some() == u.password_hash.is_some() {
                 return bad(

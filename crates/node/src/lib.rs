@@ -136,6 +136,21 @@ impl Node {
             c
         });
         let mqtt_l = bind("MQTT", config.mqtt.listen).await?;
+        let mqtt_tls = match (
+            &config.mqtt.tls_listen,
+            &config.mqtt.tls_cert,
+            &config.mqtt.tls_key,
+        ) {
+            (Some(addr), Some(cert), Some(key)) => {
+                let tls = meshgate_mesh::tls::client_facing(
+                    cert,
+                    key,
+                    config.mqtt.tls_client_ca.as_deref(),
+                )?;
+                Some((bind("MQTT over TLS", *addr).await?, tls))
+            }
+            _ => None,
+        };
         let http_l = bind("HTTP", config.http.listen).await?;
         let mqtt_addr = mqtt_l.local_addr().unwrap_or(config.mqtt.listen);
         let http_addr = http_l.local_addr().unwrap_or(config.http.listen);
@@ -229,6 +244,17 @@ impl Node {
             let mqtt = mqtt.clone();
             let rx = rx.clone();
             tasks.push(tokio::spawn(async move { mqtt.serve(mqtt_l, rx).await }));
+        }
+        if let Some((l, tls)) = mqtt_tls {
+            if let Ok(a) = l.local_addr() {
+                info!(addr = %a, client_certificates = config.mqtt.tls_client_ca.is_some(), "serving MQTT over TLS");
+            }
+            let mqtt = mqtt.clone();
+            let rx = rx.clone();
+            tasks.push(tokio::spawn(async move {
+                mqtt.serve_tls(l, tls, meshgate_mesh::tls::certificate_app, rx)
+                    .await
+            }));
         }
         let state = HttpState {
             broker: broker.clone(),
