@@ -22,16 +22,7 @@ pub struct ExportArgs {
 /// Fetches the catalog and prints the document (JSON, which is also YAML).
 pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     let url = format!("http://{}/v1/catalog", a.http);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (status, text) = rt.block_on(async {
-        let r = reqwest::get(&url)
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        let status = r.status();
-        anyhow::Ok((status, r.text().await?))
-    })?;
+    let (status, text) = crate::http_client::request(reqwest::Method::GET, &url, None)?;
     if !status.is_success() {
         bail!("{status}: {text}");
     }

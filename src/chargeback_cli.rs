@@ -38,19 +38,10 @@ pub fn chargeback(a: ChargebackArgs) -> anyhow::Result<()> {
     if let Some(t) = a.to {
         query.push(format!("to={t}"));
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut rows: Vec<Value> = Vec::new();
     for node in &a.nodes {
         let url = format!("http://{node}/v1/chargeback?{}", query.join("&"));
-        let (status, text) = rt.block_on(async {
-            let r = reqwest::get(&url)
-                .await
-                .with_context(|| format!("cannot reach {url}"))?;
-            let status = r.status();
-            anyhow::Ok((status, r.text().await?))
-        })?;
+        let (status, text) = crate::http_client::request(reqwest::Method::GET, &url, None)?;
         if !status.is_success() {
             bail!("{node}: {status}: {text}");
         }

@@ -1,7 +1,7 @@
 //! `meshgate kafka replay`: asks a running node to republish a range of a Kafka topic into the
 //! mesh (`POST /v1/bridges/kafka/{cluster}/replay`) and prints its report.
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 use serde_json::json;
 
@@ -54,20 +54,8 @@ pub fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         body["filter"] = json!(f);
     }
     let url = format!("http://{}/v1/bridges/kafka/{}/replay", a.http, a.cluster);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (status, text) = rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        let status = r.status();
-        anyhow::Ok((status, r.text().await?))
-    })?;
+    let (status, text) =
+        crate::http_client::request(reqwest::Method::POST, &url, Some(body.to_string()))?;
     if !status.is_success() {
         bail!("{status}: {text}");
     }

@@ -7,6 +7,7 @@ mod catalog_cli;
 mod chargeback_cli;
 mod client;
 mod demo;
+mod http_client;
 mod kafka_cli;
 mod spec_cli;
 

@@ -576,23 +576,22 @@ fn charged(
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chargeback_is_exact_across_two_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    common::certs(dir.path(), &["a", "b"]);
-    let tls = dir.path().display().to_string();
+/// Governed nodes `a` and `b` (b dials a) sharing the specs and certificates in `dir`.
+fn two_nodes(dir: &Path) -> (NodeProc, NodeProc) {
+    common::certs(dir, &["a", "b"]);
+    let tls = dir.display().to_string();
     let env = [
         ("MESHGATE_MESH__GOSSIP_INTERVAL_SECS", "0.2"),
         ("MESHGATE_MESH__MAX_BACKOFF_SECS", "0.5"),
     ];
     let a = node_with(
-        dir.path(),
+        dir,
         &["--name", "a", "--mesh", "127.0.0.1:0", "--tls-dir", &tls],
         &env,
     );
     let peer = a.mesh.unwrap().to_string();
     let b = node_with(
-        dir.path(),
+        dir,
         &[
             "--name",
             "b",
@@ -605,6 +604,13 @@ async fn chargeback_is_exact_across_two_nodes() {
         ],
         &env,
     );
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chargeback_is_exact_across_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(dir.path());
     // The end marker: a public channel of another owner that both subscribers read.
     let end = "acme/sales/_public/legacy_orders";
     let mut subs = Vec::new();
@@ -806,32 +812,7 @@ fn link_tx_events(node: &NodeProc) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interest_nobody_may_read_stays_home_until_a_grant_makes_it_readable() {
     let dir = tempfile::tempdir().unwrap();
-    common::certs(dir.path(), &["a", "b"]);
-    let tls = dir.path().display().to_string();
-    let env = [
-        ("MESHGATE_MESH__GOSSIP_INTERVAL_SECS", "0.2"),
-        ("MESHGATE_MESH__MAX_BACKOFF_SECS", "0.5"),
-    ];
-    let a = node_with(
-        dir.path(),
-        &["--name", "a", "--mesh", "127.0.0.1:0", "--tls-dir", &tls],
-        &env,
-    );
-    let peer = a.mesh.unwrap().to_string();
-    let b = node_with(
-        dir.path(),
-        &[
-            "--name",
-            "b",
-            "--mesh",
-            "127.0.0.1:0",
-            "--tls-dir",
-            &tls,
-            "--peer",
-            &peer,
-        ],
-        &env,
-    );
+    let (a, b) = two_nodes(dir.path());
     // The outsider's filter is accepted (no literal level names a forbidden scope) but covers
     // only channels it may not read: b keeps it to itself.
     let (c, mut rx) = client(&b, OUTSIDER).await;

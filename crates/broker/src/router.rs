@@ -574,12 +574,7 @@ impl Broker {
                     ) {
                         routed += 1;
                         if metering {
-                            p.meter.add(
-                                mailbox.app(),
-                                &event.topic,
-                                &Metered::Delivered,
-                                event.payload.len() as u64,
-                            );
+                            delivered(&mut p.meter, mailbox, event);
                         }
                     }
                 }
@@ -656,12 +651,7 @@ impl Broker {
             {
                 routed += 1;
                 if metering {
-                    p.meter.add(
-                        mb.app(),
-                        &event.topic,
-                        &Metered::Delivered,
-                        event.payload.len() as u64,
-                    );
+                    delivered(&mut p.meter, mb, event);
                 }
             }
         }
@@ -859,6 +849,16 @@ impl Broker {
     pub fn node_name(&self) -> &str {
         &self.shared.config.node_name
     }
+}
+
+/// Meters a copy handed to `mailbox`, on its app's account.
+fn delivered(meter: &mut LocalMeter, mailbox: &Mailbox, event: &Envelope) {
+    meter.add(
+        mailbox.app(),
+        &event.topic,
+        &Metered::Delivered,
+        event.payload.len() as u64,
+    );
 }
 
 fn deliver(
