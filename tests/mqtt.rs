@@ -183,6 +183,12 @@ async fn persistent_session_keeps_subscriptions_and_queues_qos1() {
     suback4(&mut sr).await;
     s.disconnect().await.unwrap();
     drop(sr);
+    // Offline for real before anything is published: a connection still closing would take
+    // (and its client acknowledge) what this test expects to be queued.
+    common::wait_until("the keeper offline", WAIT, || {
+        common::http_get(node.http, "/metrics")
+            .is_some_and(|(_, m)| m.lines().any(|l| l.trim() == "meshgate_mqtt_connections 0"))
+    });
 
     let (p, mut pr) = v4(&node, "pub", true).await;
     for i in 0..5 {
