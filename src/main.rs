@@ -120,7 +120,8 @@ enum CertCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Load and validate a configuration file; print the effective configuration.
+    /// Load and validate a configuration file; print the effective configuration (as JSON,
+    /// passwords, tokens and URL passwords redacted).
     Check {
         /// The TOML file.
         file: PathBuf,
@@ -214,9 +215,51 @@ fn passwd(token: bool) -> anyhow::Result<()> {
 fn check(file: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(Some(&file), &Overrides::default())
         .with_context(|| format!("{} is not valid", file.display()))?;
-    println!("# {} is valid; effective configuration:", file.display());
-    println!("{config:#?}");
+    println!(
+        "# {} is valid; effective configuration (secrets redacted):",
+        file.display()
+    );
+    let mut v = serde_json::to_value(&config).context("cannot render the configuration")?;
+    redact(&mut v);
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
+}
+
+/// Replaces secrets in a rendered configuration: values of keys that name a password, token or
+/// secret (hashes and digests stay: they are what the file should hold), and the password in a
+/// URL's user info (`amqp://user:pass@host`).
+fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let secret = ["password", "token", "secret"]
+                    .iter()
+                    .any(|s| k.contains(s))
+                    && !k.ends_with("_hash")
+                    && !k.ends_with("_sha256");
+                match val {
+                    serde_json::Value::String(s) if secret => *s = "<redacted>".into(),
+                    serde_json::Value::String(s) => {
+                        if let Some(url) = redact_url(s) {
+                            *s = url;
+                        }
+                    }
+                    other => redact(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@rest` with the password replaced, if `s` has one.
+fn redact_url(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let (userinfo, host) = rest.split_once('@')?;
+    let (user, _) = userinfo.split_once(':')?;
+    Some(format!("{scheme}://{user}:<redacted>@{host}"))
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

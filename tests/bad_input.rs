@@ -211,6 +211,11 @@ fn unknown_config_key_is_named_and_refused() {
             good.display(),
             String::from_utf8_lossy(&out.stderr)
         );
+        // What it prints never shows a password, token or a URL's password.
+        let shown = String::from_utf8_lossy(&out.stdout);
+        for secret in ["change-me-2", "onboarding-token-change-me", "guest:guest@"] {
+            assert!(!shown.contains(secret), "{} shows {secret}", good.display());
+        }
     }
 }
 
