@@ -966,3 +966,61 @@ fn client_certificates_are_identities_over_mqtt_tls() {
         .unwrap();
     assert!(!out.status.success(), "{out:?}");
 }
+
+#[test]
+fn websocket_clients_are_governed_like_mqtt_and_sse() {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::{Message, connect};
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path());
+    let mut req = format!(
+        "ws://{}/v1/ws?filter=acme/lifestyle/onboarding/%3E",
+        node.http
+    )
+    .into_client_request()
+    .unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer tok-{OUTSIDER}").parse().unwrap(),
+    );
+    let (mut ws, _) = connect(req).expect("websocket handshake");
+    wait_until("ws subscription", Duration::from_secs(10), || {
+        subscriptions(&node) >= 1
+    });
+    // The outsider may not write the owner's channel: an error on the socket, which stays up.
+    ws.send(Message::text(format!(
+        r#"{{"topic": "{SIGNED_UP}", "payload": "x"}}"#
+    )))
+    .unwrap();
+    // The owner's private and public events: only the public one reaches the outsider.
+    for (topic, body) in [(CHECKOUT, CHECKOUT_OK), (SIGNED_UP, SIGNED_UP_OK)] {
+        assert_eq!(rest_publish(&node, Some(OWNER), topic, body).0, 200);
+    }
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        if let Message::Text(t) = ws.read().unwrap() {
+            texts.push(serde_json::from_str::<serde_json::Value>(&t).unwrap());
+        }
+    }
+    assert!(
+        texts.iter().any(|t| t["error"] == "not authorized"),
+        "{texts:?}"
+    );
+    let events: Vec<&str> = texts.iter().filter_map(|t| t["topic"].as_str()).collect();
+    assert_eq!(events, vec![SIGNED_UP], "{texts:?}");
+    // A filter naming the owner's private scope is refused before any upgrade: 403.
+    let mut req = format!(
+        "ws://{}/v1/ws?filter=acme/lifestyle/onboarding/_private/%3E",
+        node.http
+    )
+    .into_client_request()
+    .unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer tok-{OUTSIDER}").parse().unwrap(),
+    );
+    match connect(req) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected a 403 refusal, got {:?}", other.map(|_| ())),
+    }
+}
