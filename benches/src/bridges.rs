@@ -43,6 +43,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+
+use crate::table::{self, median, rate, spread};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -1014,41 +1016,6 @@ async fn send_mqtt(
 // ---------------------------------------------------------------------------------------------
 // bridge-table
 
-fn median(values: &[f64]) -> Option<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
-fn rate(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v >= 1e5 {
-        format!("{:.0}k", v / 1e3)
-    } else if v >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-/// Median with ± half the range.
-fn spread(values: &[f64]) -> String {
-    match median(values) {
-        None => "–".into(),
-        Some(m) if values.len() > 1 && m > 0.0 => {
-            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = values.iter().copied().fold(0.0, f64::max);
-            format!("{} ±{:.0}%", rate(m), (hi - lo) / 2.0 / m * 100.0)
-        }
-        Some(m) => rate(m),
-    }
-}
-
 /// The role whose rate is the scenario's measurement.
 fn measured_role(scenario: &str) -> &'static str {
     if scenario.ends_with("-to-mqtt") {
@@ -1206,13 +1173,8 @@ pub fn table(reports: &[BridgeReport], targets: &BTreeMap<String, f64>) -> Strin
         .filter(|r| r.error.is_none() && r.role == measured_role(&r.scenario))
         .map(|r| other_cores(r, reports))
         .collect();
-    if let Some(m) = median(&others) {
-        let max = others.iter().copied().fold(0.0, f64::max);
-        let busy = others.iter().filter(|v| **v > 0.25).count();
-        notes.push(format!(
-            "- other processes on the machine during the measured windows: median {m:.2} cores, at most {max:.2}; {busy} of {} runs shared more than 0.25 cores",
-            others.len()
-        ));
+    if let Some(note) = table::other_work_note(&others) {
+        notes.push(note);
         for r in reports
             .iter()
             .filter(|r| r.error.is_none() && r.role == measured_role(&r.scenario))

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use crate::report::Report;
+use crate::table::median;
 
 /// What a row measures, which decides its formatting and which way is better.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -138,16 +139,6 @@ fn rows_of(r: &Report, bytes: bool) -> Vec<(Row, Option<f64>)> {
             }
             rows
         }
-    }
-}
-
-fn median(values: &[f64]) -> Option<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
 }
 

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::report::Report;
 
-fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -19,7 +19,7 @@ fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-fn rate(v: f64) -> String {
+pub(crate) fn rate(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e5 {
@@ -87,17 +87,10 @@ pub fn render(reports: &[Report], order: &[String], ratio_to: &[String]) -> Stri
     for label in &labels {
         let c = &cells[label];
         let values: Vec<f64> = c.ok.iter().map(|r| r.delivered_per_s).collect();
-        let value = match median(&values) {
-            Some(m) => {
-                let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = values.iter().copied().fold(0.0, f64::max);
-                if values.len() > 1 && m > 0.0 {
-                    format!("{} ±{:.0}%", rate(m), (hi - lo) / 2.0 / m * 100.0)
-                } else {
-                    rate(m)
-                }
-            }
-            None => "failed".into(),
+        let value = if values.is_empty() {
+            "failed".into()
+        } else {
+            spread(&values)
         };
         let per_run = values
             .iter()
@@ -172,20 +165,37 @@ pub fn render(reports: &[Report], order: &[String], ratio_to: &[String]) -> Stri
         .filter(|r| r.error.is_none() && r.seconds > 0.0)
         .map(|r| r.other_cpu_s / r.seconds)
         .collect();
-    if let Some(m) = median(&others) {
-        let max = others.iter().copied().fold(0.0, f64::max);
-        let busy = others.iter().filter(|v| **v > 0.25).count();
-        notes.push(format!(
-            "- other processes on the machine during the measured windows: median {m:.2} cores, at most {max:.2}; {busy} of {} runs shared more than 0.25 cores",
-            others.len()
-        ));
-    }
+    notes.extend(other_work_note(&others));
     if !notes.is_empty() {
         out.push('\n');
         out.push_str(&notes.join("\n"));
         out.push('\n');
     }
     out
+}
+
+/// Median with ± half the range ("–" for no value).
+pub(crate) fn spread(values: &[f64]) -> String {
+    match median(values) {
+        None => "–".into(),
+        Some(m) if values.len() > 1 && m > 0.0 => {
+            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = values.iter().copied().fold(0.0, f64::max);
+            format!("{} ±{:.0}%", rate(m), (hi - lo) / 2.0 / m * 100.0)
+        }
+        Some(m) => rate(m),
+    }
+}
+
+/// The note on other processes' cores (per run) during the measured windows, if any run.
+pub(crate) fn other_work_note(others: &[f64]) -> Option<String> {
+    let m = median(others)?;
+    let max = others.iter().copied().fold(0.0, f64::max);
+    let busy = others.iter().filter(|v| **v > 0.25).count();
+    Some(format!(
+        "- other processes on the machine during the measured windows: median {m:.2} cores, at most {max:.2}; {busy} of {} runs shared more than 0.25 cores",
+        others.len()
+    ))
 }
 
 #[cfg(test)]
