@@ -13,7 +13,7 @@ use common::{NodeProc, http_get, http_request_with, wait_until};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 const OWNER: &str = "acme.lifestyle.onboarding";
 const GRANTED: &str = "some.other.domain.root";
@@ -118,21 +118,8 @@ fn passwd(secret: &str, token: bool) -> String {
 }
 
 async fn client(node: &NodeProc, app: &str) -> (AsyncClient, UnboundedReceiver<Packet>) {
-    let mut o = MqttOptions::new(format!("c-{app}"), "127.0.0.1", node.mqtt.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_credentials(app, format!("pw-{app}"));
-    let (c, mut ev) = AsyncClient::new(o, 1000);
-    let (tx, rx) = unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let Event::Incoming(p) = e
-                && tx.send(p).is_err()
-            {
-                break;
-            }
-        }
-    });
-    (c, rx)
+    let password = format!("pw-{app}");
+    common::mqtt_v5(node, &format!("c-{app}"), Some((app, &password))).await
 }
 
 async fn next<R>(rx: &mut UnboundedReceiver<Packet>, mut f: impl FnMut(Packet) -> Option<R>) -> R {
@@ -967,23 +954,26 @@ fn client_certificates_are_identities_over_mqtt_tls() {
     assert!(!out.status.success(), "{out:?}");
 }
 
+/// A WebSocket request for `filter` (URL-encoded) with `app`'s bearer token.
+fn ws_request(node: &NodeProc, app: &str, filter: &str) -> tungstenite::handshake::client::Request {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/v1/ws?filter={filter}", node.http)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer tok-{app}").parse().unwrap(),
+    );
+    req
+}
+
 #[test]
 fn websocket_clients_are_governed_like_mqtt_and_sse() {
-    use tungstenite::client::IntoClientRequest;
     use tungstenite::{Message, connect};
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path());
-    let mut req = format!(
-        "ws://{}/v1/ws?filter=acme/lifestyle/onboarding/%3E",
-        node.http
-    )
-    .into_client_request()
-    .unwrap();
-    req.headers_mut().insert(
-        "Authorization",
-        format!("Bearer tok-{OUTSIDER}").parse().unwrap(),
-    );
-    let (mut ws, _) = connect(req).expect("websocket handshake");
+    let (mut ws, _) = connect(ws_request(&node, OUTSIDER, "acme/lifestyle/onboarding/%3E"))
+        .expect("websocket handshake");
     wait_until("ws subscription", Duration::from_secs(10), || {
         subscriptions(&node) >= 1
     });
@@ -1009,17 +999,11 @@ fn websocket_clients_are_governed_like_mqtt_and_sse() {
     let events: Vec<&str> = texts.iter().filter_map(|t| t["topic"].as_str()).collect();
     assert_eq!(events, vec![SIGNED_UP], "{texts:?}");
     // A filter naming the owner's private scope is refused before any upgrade: 403.
-    let mut req = format!(
-        "ws://{}/v1/ws?filter=acme/lifestyle/onboarding/_private/%3E",
-        node.http
-    )
-    .into_client_request()
-    .unwrap();
-    req.headers_mut().insert(
-        "Authorization",
-        format!("Bearer tok-{OUTSIDER}").parse().unwrap(),
-    );
-    match connect(req) {
+    match connect(ws_request(
+        &node,
+        OUTSIDER,
+        "acme/lifestyle/onboarding/_private/%3E",
+    )) {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
         other => panic!("expected a 403 refusal, got {:?}", other.map(|_| ())),
     }

@@ -5,29 +5,16 @@ mod common;
 use std::time::Duration;
 
 use common::{NodeProc, mqtt_v4 as v4};
+use rumqttc::v5::AsyncClient as Client5;
 use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
-use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Opts5};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn v5(node: &NodeProc, id: &str) -> (Client5, UnboundedReceiver<P5>) {
-    let mut o = Opts5::new(id, "127.0.0.1", node.mqtt.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    let (c, mut ev) = Client5::new(o, 1000);
-    let (tx, rx) = unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let Event5::Incoming(p) = e
-                && tx.send(p).is_err()
-            {
-                break;
-            }
-        }
-    });
-    (c, rx)
+    common::mqtt_v5(node, id, None).await
 }
 
 /// Waits for the next packet accepted by `f`, skipping others.

@@ -283,6 +283,35 @@ pub async fn mqtt_v4(
     (c, rx)
 }
 
+/// An MQTT 5 client of `node` (rumqttc) with client id `id` and, if given, a user name and
+/// password; its incoming packets arrive on a channel.
+pub async fn mqtt_v5(
+    node: &NodeProc,
+    id: &str,
+    credentials: Option<(&str, &str)>,
+) -> (
+    rumqttc::v5::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
+) {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", node.mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    if let Some((user, password)) = credentials {
+        o.set_credentials(user, password);
+    }
+    let (c, mut ev) = rumqttc::v5::AsyncClient::new(o, 1000);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let rumqttc::v5::Event::Incoming(p) = e
+                && tx.send(p).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (c, rx)
+}
+
 /// `meshgate cert init` and `cert issue` for each name.
 pub fn certs(dir: &Path, names: &[&str]) {
     let out = Command::new(bin())
