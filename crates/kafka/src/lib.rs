@@ -16,6 +16,7 @@
 //!   with backoff; nothing is skipped while the cluster is away (sources resume from committed
 //!   offsets, sinks keep their journal).
 
+mod batch;
 mod config;
 mod replay;
 mod sink;

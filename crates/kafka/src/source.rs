@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -11,12 +12,14 @@ use meshgate_bridge::{
     Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin, retry_later,
 };
 use meshgate_proto::{Envelope, Header};
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
 use crate::Ctx;
+use crate::batch::BatchQueue;
 use crate::config::{KafkaConfig, KafkaSource, SOURCE_VARS};
 
 /// Maps Kafka records to envelopes: the topic template and what it needs.
@@ -54,7 +57,7 @@ impl Mapper {
     }
 
     /// The envelope of `m`, or `None` if a sink of the mesh wrote it (loop rule).
-    pub(crate) fn envelope(&mut self, m: &BorrowedMessage<'_>) -> Option<Envelope> {
+    pub(crate) fn envelope<M: Message>(&mut self, m: &M) -> Option<Envelope> {
         let mut headers: Vec<(&str, &[u8])> = Vec::new();
         if let Some(h) = m.headers() {
             for hd in h.iter() {
@@ -87,12 +90,7 @@ impl Mapper {
 
     /// Renders the mesh topic of `m` (and remembers it when it depends on topic and
     /// partition alone).
-    fn render(
-        &mut self,
-        m: &BorrowedMessage<'_>,
-        headers: &[(&str, &[u8])],
-        payload: &[u8],
-    ) -> &str {
+    fn render<M: Message>(&mut self, m: &M, headers: &[(&str, &[u8])], payload: &[u8]) -> &str {
         use std::fmt::Write;
         let json = if self.template.needs_payload() {
             serde_json::from_slice::<serde_json::Value>(payload).ok()
@@ -141,7 +139,7 @@ impl Mapper {
 struct Positions(Vec<(String, i32, i64)>);
 
 impl Positions {
-    fn note(&mut self, m: &BorrowedMessage<'_>) {
+    fn note<M: Message>(&mut self, m: &M) {
         let (t, p, next) = (m.topic(), m.partition(), m.offset() + 1);
         match self.0.iter_mut().find(|(tt, pp, _)| *pp == p && tt == t) {
             Some(e) => e.2 = next,
@@ -205,13 +203,16 @@ async fn consume(
     // Offsets are stored by hand, after the events are durable.
     cc.set("enable.auto.offset.store", "false");
     cc.set("auto.offset.reset", &src.start);
-    let consumer: StreamConsumer<Ctx> = cc
-        .create_with_context(kctx.clone())
-        .map_err(|e| format!("cannot create the consumer: {e}"))?;
+    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
+        cc.create_with_context(kctx.clone())
+            .map_err(|e| format!("cannot create the consumer: {e}"))?,
+    );
     let topics: Vec<&str> = src.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+    // Before the first poll, so that no record of these partitions is in the consumer's queue.
+    let parts = split_partitions(&consumer, &src.topics).await?;
     let mut mapper = Mapper::new(&src.topic_template)?;
     let mut ingress = Ingress::new(
         &ctx.broker,
@@ -223,45 +224,94 @@ async fn consume(
     let mut shutdown = ctx.shutdown.clone();
     let mut positions = Positions::default();
     // One stream for the life of the consumer: `recv()` registers and drops a waker per call.
+    // It serves the consumer's events and brings the records of partitions not split off.
     let mut stream = consumer.stream();
+    // The split partitions: the first record of a batch wakes the task through a stream, the
+    // rest is taken in one call.
+    let mut split = futures_util::stream::select_all(parts.iter().map(|p| p.queue.stream()));
+    let mut batches: Vec<(String, i32, BatchQueue)> = Vec::new();
+    for p in &parts {
+        if let Some(q) = BatchQueue::partition(&consumer, &p.topic, p.partition) {
+            batches.push((p.topic.clone(), p.partition, q));
+        }
+    }
+    let mut raw = Vec::new();
     let mut backoff = Backoff::default();
     let result = loop {
-        let first = tokio::select! {
+        let (first, from_split) = tokio::select! {
             biased;
             _ = shutdown.changed() => break Ok(()),
-            m = stream.next() => m.expect("a Kafka stream never ends"),
+            m = stream.next() => (m.expect("a Kafka stream never ends"), false),
+            Some(m) = split.next(), if !parts.is_empty() => (m, true),
         };
-        let mut next = Some(first);
         let mut n = 0;
         let mut stop = false;
-        while let Some(m) = next.take() {
-            match m {
-                Ok(m) => {
-                    n += 1;
-                    match publish(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await
-                    {
-                        Taken::Loop => {
-                            status.skipped_loop.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Taken::Yes => {}
-                        Taken::Stopped => {
-                            stop = true;
-                            break;
-                        }
-                    }
+        let mut batch = None;
+        let mut step = match first {
+            Ok(m) => {
+                n += 1;
+                if from_split {
+                    batch = batches
+                        .iter_mut()
+                        .find(|(t, p, _)| *p == m.partition() && t == m.topic())
+                        .map(|(_, _, q)| q);
+                }
+                let s = take(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await;
+                if !matches!(s, Step::Stopped) {
                     positions.note(&m);
                 }
-                Err(e) => {
-                    status.error(format!("consume: {e}"));
-                    break;
-                }
+                s
             }
-            if n >= src.batch {
+            Err(e) => Step::Failed(e.to_string()),
+        };
+        // Whatever librdkafka has fetched already joins the batch; never wait for more.
+        'batch: while matches!(step, Step::Next) && n < src.batch {
+            let Some(q) = batch.as_deref_mut() else {
+                // A partition not split off (a topic pattern, a partition added later): one
+                // record at a time from the consumer's stream.
+                let Some(m) = stream.next().now_or_never().flatten() else {
+                    break;
+                };
+                match m {
+                    Ok(m) => {
+                        n += 1;
+                        step =
+                            take(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await;
+                        if !matches!(step, Step::Stopped) {
+                            positions.note(&m);
+                        }
+                    }
+                    Err(e) => step = Step::Failed(e.to_string()),
+                }
+                continue;
+            };
+            q.take(src.batch - n, &mut raw);
+            if raw.is_empty() {
                 break;
             }
-            // Whatever librdkafka has fetched already joins the batch; never wait for more.
-            next = stream.next().now_or_never().flatten();
+            for m in raw.drain(..) {
+                if let Some(e) = m.error() {
+                    // Consumer errors (a broker gone, a partition's end) are reports, not
+                    // records; the records after one are taken as usual.
+                    status.error(format!("consume: {e}"));
+                    continue;
+                }
+                n += 1;
+                step = take(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await;
+                if matches!(step, Step::Stopped) {
+                    break 'batch;
+                }
+                positions.note(&m);
+            }
         }
+        match step {
+            Step::Next => {}
+            Step::Stopped => stop = true,
+            Step::Failed(e) => status.error(format!("consume: {e}")),
+        }
+        // Only when the node stops are records left here: dropped unpublished, their offsets
+        // not stored, so that they are read again after a restart.
+        raw.clear();
         status.consumed.fetch_add(n as u64, Ordering::Relaxed);
         if positions.is_empty() {
             if stop {
@@ -288,6 +338,87 @@ async fn consume(
     result
 }
 
+/// A partition whose records are read from a queue of their own.
+struct Part {
+    topic: String,
+    partition: i32,
+    queue: StreamPartitionQueue<Ctx>,
+}
+
+/// Splits the partitions of the named topics off the consumer's queue, so that their records
+/// can be taken in batches (see batch.rs). Topic patterns, and partitions the metadata does not
+/// list (a topic not created yet, partitions added later), stay on the consumer's queue. An
+/// error when the cluster cannot be reached (the source retries with backoff).
+async fn split_partitions(
+    consumer: &Arc<StreamConsumer<Ctx>>,
+    topics: &[String],
+) -> Result<Vec<Part>, String> {
+    let names: Vec<String> = topics
+        .iter()
+        .filter(|t| !t.starts_with('^'))
+        .cloned()
+        .collect();
+    let c = consumer.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let mut listed = Vec::new();
+        for t in names {
+            match c.fetch_metadata(Some(&t), Duration::from_secs(5)) {
+                Ok(md) => {
+                    for mt in md.topics().iter().filter(|mt| mt.error().is_none()) {
+                        listed.extend(mt.partitions().iter().map(|p| (t.clone(), p.id())));
+                    }
+                }
+                Err(e) => return Err(format!("cannot read the metadata of topic {t:?}: {e}")),
+            }
+        }
+        Ok(listed)
+    })
+    .await
+    .map_err(|e| format!("metadata: {e}"))??;
+    Ok(listed
+        .into_iter()
+        .filter_map(|(topic, partition)| {
+            let queue = consumer.split_partition_queue(&topic, partition)?;
+            Some(Part {
+                topic,
+                partition,
+                queue,
+            })
+        })
+        .collect())
+}
+
+/// What the batch does after a record.
+enum Step {
+    /// Go on with the next record.
+    Next,
+    /// The node stops before the record was taken.
+    Stopped,
+    /// The consumer reported an error: end the batch.
+    Failed(String),
+}
+
+/// Takes one record: publishes it, or counts it as a mesh sink's (loop rule).
+async fn take<M: Message>(
+    ingress: &mut Ingress,
+    mapper: &mut Mapper,
+    m: &M,
+    backoff: &mut Backoff,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Step {
+    match publish(ingress, mapper, m, backoff, shutdown).await {
+        Taken::Yes => Step::Next,
+        Taken::Loop => {
+            ingress
+                .status()
+                .skipped_loop
+                .fetch_add(1, Ordering::Relaxed);
+            Step::Next
+        }
+        Taken::Stopped => Step::Stopped,
+    }
+}
+
 /// What became of a record.
 enum Taken {
     /// Published (or refused by the mesh, logged and counted).
@@ -300,10 +431,10 @@ enum Taken {
 
 /// Publishes one record; waits out a full store (never skips a record for it). The envelope is
 /// built again on a retry (rare) rather than cloned for every record.
-async fn publish(
+async fn publish<M: Message>(
     ingress: &mut Ingress,
     mapper: &mut Mapper,
-    m: &BorrowedMessage<'_>,
+    m: &M,
     backoff: &mut Backoff,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Taken {
