@@ -22,7 +22,7 @@ pub mod template;
 
 pub use backoff::{Backoff, retry_later};
 pub use ingress::{Ingress, IngressError};
-pub use sink::{SinkSpec, SinkTarget, run_sink};
+pub use sink::{SinkSpec, SinkTarget, run_sink, spawn_sink};
 pub use status::{BridgeStatus, Bridges, State};
 pub use template::{Template, TemplateError, Vars};
 

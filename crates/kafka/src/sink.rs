@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshgate_bridge::template::{Output, RecordVars, Template, levels_to_dots};
-use meshgate_bridge::{BridgeContext, BridgeStatus, SinkSpec, SinkTarget, origin, run_sink};
+use meshgate_bridge::{BridgeContext, BridgeStatus, SinkSpec, SinkTarget, origin, spawn_sink};
 use meshgate_proto::Envelope;
 use meshgate_store::Journal;
 use meshgate_topic::Filter;
@@ -78,13 +78,13 @@ pub(crate) fn start(
         journal,
         app_id: cfg.app_id().to_string(),
     };
-    Ok(tokio::spawn(run_sink(
+    Ok(spawn_sink(
         ctx.broker.clone(),
         spec,
         status,
         target,
         ctx.shutdown.clone(),
-    )))
+    ))
 }
 
 /// Batches whose records Kafka has not all acknowledged yet: records left and the first error,
