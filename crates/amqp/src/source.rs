@@ -335,7 +335,10 @@ async fn consume(
             // (and a worker thread) for each one. Also lets the woken subscribers run.
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {}
+                _ = shutdown.changed() => {
+                    ack(held.take(), None).await?;
+                    return Ok(());
+                }
                 _ = tokio::time::sleep(COALESCE) => {}
             }
         } else {

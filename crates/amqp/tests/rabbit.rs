@@ -579,6 +579,63 @@ async fn connections_closed_by_the_broker_are_reopened_without_loss() {
 /// client_properties` output.
 /// Pids of the bridge's connections (named "meshgate ...") to `vhost` in a
 /// `list_connections vhost pid client_properties` listing.
+/// Acks wait for half the prefetch window to fill, but never for long: a few messages and then
+/// silence are acknowledged anyway, while the consumer stays open (nothing would be redelivered
+/// if it died now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_batch_is_acknowledged_without_waiting_for_more() {
+    ensure_rabbitmq();
+    let vhost = Vhost::new();
+    let node = Node::new();
+    let (conn, ch) = client(&vhost).await;
+    let mut rx = node.subscribe("few/>").await;
+    let cfg = config(json!({
+        "name": "rabbit",
+        "url": url(&vhost),
+        "source": [{"name": "few", "queue": "few", "declare": true, "prefetch": 1000,
+                    "bindings": [{"exchange": "amq.topic", "routing_key": "few.#"}]}],
+    }));
+    let tasks = meshgate_amqp::start(&node.ctx, &cfg).expect("started");
+    let status = node.status("few");
+    wait_until("the source to be up", 20, || status.state() == State::Up).await;
+    for i in 0..3 {
+        publish(
+            &ch,
+            "amq.topic",
+            &format!("few.{i}"),
+            b"x",
+            Default::default(),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        assert_eq!(
+            next_event(&mut rx, 20).await.event.topic,
+            format!("few/{i}")
+        );
+    }
+    let counts = || {
+        ctl(&[
+            "list_queues",
+            "-p",
+            &vhost,
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+    };
+    wait_until("the three acknowledged", 10, || {
+        counts()
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["few", "0", "0"])
+    })
+    .await;
+    assert_eq!(status.state(), State::Up, "acknowledged while consuming");
+    node.stop(tasks).await;
+    let _ = conn.close(200, "done".into()).await;
+}
+
 fn bridge_connections(list: &str, vhost: &str) -> Vec<String> {
     list.lines()
         .filter(|l| l.contains("meshgate "))
