@@ -256,11 +256,15 @@ async fn consume(
                         .find(|(t, p, _)| *p == m.partition() && t == m.topic())
                         .map(|(_, _, q)| q);
                 }
-                let s = take(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await;
-                if !matches!(s, Step::Stopped) {
-                    positions.note(&m);
-                }
-                s
+                take(
+                    &mut ingress,
+                    &mut mapper,
+                    &mut positions,
+                    &m,
+                    &mut backoff,
+                    &mut shutdown,
+                )
+                .await
             }
             Err(e) => Step::Failed(e.to_string()),
         };
@@ -275,11 +279,15 @@ async fn consume(
                 match m {
                     Ok(m) => {
                         n += 1;
-                        step =
-                            take(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await;
-                        if !matches!(step, Step::Stopped) {
-                            positions.note(&m);
-                        }
+                        step = take(
+                            &mut ingress,
+                            &mut mapper,
+                            &mut positions,
+                            &m,
+                            &mut backoff,
+                            &mut shutdown,
+                        )
+                        .await;
                     }
                     Err(e) => step = Step::Failed(e.to_string()),
                 }
@@ -297,11 +305,18 @@ async fn consume(
                     continue;
                 }
                 n += 1;
-                step = take(&mut ingress, &mut mapper, &m, &mut backoff, &mut shutdown).await;
+                step = take(
+                    &mut ingress,
+                    &mut mapper,
+                    &mut positions,
+                    &m,
+                    &mut backoff,
+                    &mut shutdown,
+                )
+                .await;
                 if matches!(step, Step::Stopped) {
                     break 'batch;
                 }
-                positions.note(&m);
             }
         }
         match step {
@@ -398,25 +413,28 @@ enum Step {
     Failed(String),
 }
 
-/// Takes one record: publishes it, or counts it as a mesh sink's (loop rule).
+/// Takes one record: publishes it, or counts it as a mesh sink's (loop rule); either way its
+/// offset is noted for storing once the batch is durable.
 async fn take<M: Message>(
     ingress: &mut Ingress,
     mapper: &mut Mapper,
+    positions: &mut Positions,
     m: &M,
     backoff: &mut Backoff,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Step {
     match publish(ingress, mapper, m, backoff, shutdown).await {
-        Taken::Yes => Step::Next,
+        Taken::Yes => {}
         Taken::Loop => {
             ingress
                 .status()
                 .skipped_loop
                 .fetch_add(1, Ordering::Relaxed);
-            Step::Next
         }
-        Taken::Stopped => Step::Stopped,
+        Taken::Stopped => return Step::Stopped,
     }
+    positions.note(m);
+    Step::Next
 }
 
 /// What became of a record.
