@@ -25,7 +25,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
 use rdkafka::types::RDKafkaErrorCode;
 
-/// A handle on a consumer's queue of fetched records.
+/// A handle on one partition's queue of fetched records.
 pub(crate) struct BatchQueue {
     queue: NonNull<rd::rd_kafka_queue_t>,
     /// Reused room for the message pointers of one call.
@@ -37,8 +37,9 @@ pub(crate) struct BatchQueue {
 unsafe impl Send for BatchQueue {}
 
 impl BatchQueue {
-    /// The queue of `partition` of `topic` (one rdkafka's `split_partition_queue` split off the
-    /// consumer's queue). It must not outlive the consumer: the source drops it first.
+    /// The queue of `partition` of `topic` (the one rdkafka's `split_partition_queue` split off
+    /// the consumer's queue). It must not outlive the consumer: the source declares it after
+    /// the consumer, so it is dropped first.
     pub(crate) fn partition<C: ConsumerContext>(
         consumer: &StreamConsumer<C>,
         topic: &str,
