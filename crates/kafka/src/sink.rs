@@ -67,7 +67,6 @@ pub(crate) fn start(
         node: ctx.node.clone(),
         scratch: String::new(),
         key_scratch: String::new(),
-        origin_scratch: String::new(),
     };
     let spec = SinkSpec {
         protocol: "kafka",
@@ -145,8 +144,6 @@ struct KafkaTarget {
     node: String,
     scratch: String,
     key_scratch: String,
-    /// The origin header's value of the record being produced.
-    origin_scratch: String,
 }
 
 impl KafkaTarget {
@@ -272,10 +269,10 @@ impl KafkaTarget {
                     value: Some(&h.value[..]),
                 });
             }
-            origin::write_origin(&self.node, e, &mut self.origin_scratch);
+            let origin = origin::origin_value(&self.node, e);
             headers = headers.insert(Header {
                 key: origin::ORIGIN_HEADER,
-                value: Some(self.origin_scratch.as_bytes()),
+                value: Some(origin.as_bytes()),
             });
             let key: Option<Cow<'_, [u8]>> = if rendered_key {
                 Some(Cow::Borrowed(self.key_scratch.as_bytes()))

@@ -102,13 +102,8 @@ impl Disk {
     ) -> Result<(Journal, RecoveryReport), StoreError> {
         let flush = match self.inner.commit {
             Commit::Always => FlushPolicy::EveryAppend,
-            // The commit thread writes and fsyncs each cycle's appends; nothing is acknowledged
-            // before its cycle ends, so an append costs no write syscall (measured: the writes
-            // were a sixth of a node's CPU taking QoS 1 publishes into a Kafka sink).
-            Commit::Group(_) => FlushPolicy::Deferred,
-            // Acknowledged once written: written at once; fsyncs come from the commit thread
-            // and the store's own interval never fires first.
-            Commit::Os(_) => FlushPolicy::Interval(Duration::from_secs(86_400 * 365)),
+            // Fsyncs come from the commit thread; the store's own interval never fires first.
+            _ => FlushPolicy::Interval(Duration::from_secs(86_400 * 365)),
         };
         let (store, report) = Store::open(
             dir,

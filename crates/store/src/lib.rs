@@ -34,9 +34,6 @@
 //!   kernel crash loses records appended since the last fsync even though their append returned `Ok`,
 //!   and their sequence numbers may be reused after restart. A killed *process* loses nothing, since
 //!   written data is in the OS page cache.
-//! - [`FlushPolicy::Deferred`]: appends stay in memory until the caller's group commit takes them
-//!   ([`Store::take_sync`]: one write, then the caller fsyncs); used by the node's group commit,
-//!   which acknowledges nothing before that cycle ends.
 //!
 //! # Quota
 //! [`StoreConfig::max_bytes`] bounds the size of the segment files. Release frees space only when a
@@ -73,11 +70,6 @@ pub enum FlushPolicy {
     /// Fsync at most once per interval, on an append, plus whenever [`Store::sync`] is called; a
     /// power loss may lose what was appended since the last fsync.
     Interval(Duration),
-    /// Appends are held in memory and written (one write for all of them) by the next
-    /// [`Store::take_sync`] or [`Store::sync`], whose caller fsyncs: a group commit that acknowledges
-    /// only after its cycle pays no write syscall per append. A crash loses what was appended since
-    /// (never acknowledged, so never promised); reads and segment rolls write them first.
-    Deferred,
 }
 
 /// How a [`Store`] is laid out and flushed.

@@ -13,8 +13,6 @@ const RELEASED: &str = "released";
 const RELEASED_TMP: &str = "released.tmp";
 const SEGMENT_EXT: &str = "log";
 const MAX_SEGMENT_BYTES: u64 = 1 << 30;
-/// [`FlushPolicy::Deferred`]: deferred appends beyond this are written at once (memory bound).
-const DEFERRED_MAX: usize = 1 << 20;
 
 /// An append-only log of payloads in segment files; see the crate documentation.
 #[derive(Debug)]
@@ -35,9 +33,6 @@ pub struct Store {
     dir_dirty: bool,
     last_sync: Instant,
     scratch: Vec<u8>,
-    /// [`FlushPolicy::Deferred`]: records appended to the last segment and not yet written (the
-    /// segment's `bytes` count them).
-    pending: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -152,7 +147,6 @@ impl Store {
             dir_dirty: false,
             last_sync: Instant::now(),
             scratch: Vec::new(),
-            pending: Vec::new(),
         };
         store.delete_released_segments()?;
         // An empty last segment that does not start at the next sequence number holds nothing.
@@ -225,27 +219,20 @@ impl Store {
         let (Some(file), Some(seg)) = (self.active.as_mut(), self.segments.last_mut()) else {
             unreachable!("roll opens an active segment");
         };
-        let deferred = self.config.flush == FlushPolicy::Deferred;
-        let buf = if deferred {
-            &mut self.pending
-        } else {
-            self.scratch.clear();
-            &mut self.scratch
-        };
-        let base = buf.len() as u64;
+        self.scratch.clear();
         let mut entries = Vec::with_capacity(payloads.len());
         for (i, p) in payloads.iter().enumerate() {
             let seq = start + i as u64;
             // Segments stay under 2 GiB (segment_bytes and batch limits), so offsets fit in u32.
-            let off = (seg.bytes + buf.len() as u64 - base) as u32;
+            let off = (seg.bytes + self.scratch.len() as u64) as u32;
             entries.push(Entry {
                 seq,
                 off,
                 len: p.len() as u32,
             });
-            format::encode(buf, seq, p);
+            format::encode(&mut self.scratch, seq, p);
         }
-        if !deferred && let Err(e) = file.write_all(&self.scratch) {
+        if let Err(e) = file.write_all(&self.scratch) {
             // Undo a partial write; if that fails too, stop appending to this file: recovery will
             // report its damaged tail, and no record is lost.
             if file.set_len(seg.bytes).is_err() {
@@ -264,43 +251,11 @@ impl Store {
         let due = match self.config.flush {
             FlushPolicy::EveryAppend => true,
             FlushPolicy::Interval(every) => self.last_sync.elapsed() >= every,
-            FlushPolicy::Deferred => {
-                if self.pending.len() >= DEFERRED_MAX {
-                    self.write_pending()?;
-                }
-                false
-            }
         };
         if due {
             self.sync()?;
         }
         Ok(start..self.next_seq)
-    }
-
-    /// Writes the deferred appends to the last segment. On an error they stay pending (and the
-    /// file is cut back to what was written before), so nothing is skipped: the caller retries.
-    fn write_pending(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let (Some(file), Some(seg)) = (self.active.as_mut(), self.segments.last()) else {
-            // Pending records always belong to an open last segment (a roll or a failed fsync
-            // writes them first); kept, never dropped, should that ever not hold.
-            return Err(StoreError::Io {
-                path: self.dir.clone(),
-                source: io::Error::other("deferred records without an open segment"),
-            });
-        };
-        if let Err(e) = file.write_all(&self.pending) {
-            let written = seg.bytes - self.pending.len() as u64;
-            let _ = file.set_len(written);
-            return Err(StoreError::Io {
-                path: seg.path.clone(),
-                source: e,
-            });
-        }
-        self.pending.clear();
-        Ok(())
     }
 
     /// Forces everything appended so far to stable storage.
@@ -309,7 +264,6 @@ impl Store {
     /// them as durable; later appends go to a new segment, because after a failed fsync the state
     /// of the old file's cached pages is unknown.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        self.write_pending()?;
         if self.dirty {
             if let (Some(file), Some(seg)) = (&self.active, self.segments.last())
                 && let Err(e) = file.sync_data()
@@ -335,7 +289,6 @@ impl Store {
     /// so far, since a new segment is started only after the previous one was fsynced), or `None`
     /// if nothing is pending. Fsyncs the directory first if a segment was created.
     pub fn take_sync(&mut self) -> Result<Option<File>, StoreError> {
-        self.write_pending()?;
         if self.dir_dirty {
             sync_dir(&self.dir)?;
             self.dir_dirty = false;
@@ -354,11 +307,10 @@ impl Store {
     /// Up to `max_records` records from sequence number `seq` on (or from [`Store::first_seq`] if
     /// `seq` is lower), in order. Sequence numbers lost to corruption are skipped.
     pub fn read_from(
-        &mut self,
+        &self,
         seq: u64,
         max_records: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.write_pending()?;
         let mut from = seq.max(self.first_seq);
         let mut out = Vec::new();
         let first_seg = self.segments.partition_point(|s| s.end() <= from);
@@ -484,8 +436,6 @@ impl Store {
         if done == self.segments.len() {
             self.active = None;
             self.dirty = false;
-            // Released records need no writing.
-            self.pending.clear();
         }
         for seg in self.segments.drain(..done) {
             fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;

@@ -32,7 +32,7 @@ fn payload(i: u64) -> Vec<u8> {
     format!("event-{i}").into_bytes()
 }
 
-fn all(store: &mut Store) -> Vec<(u64, Vec<u8>)> {
+fn all(store: &Store) -> Vec<(u64, Vec<u8>)> {
     store.read_from(0, usize::MAX).expect("read")
 }
 
@@ -52,7 +52,7 @@ fn append_read_in_order() {
     let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
     assert_eq!(store.append_batch(&refs).expect("batch"), 11..16);
     assert_eq!(store.append_batch(&[]).expect("empty batch"), 16..16);
-    let got = all(&mut store);
+    let got = all(&store);
     assert_eq!(got, (1..=15).map(|i| (i, payload(i))).collect::<Vec<_>>());
     assert_eq!(
         store.read_from(7, 3).expect("read"),
@@ -82,7 +82,7 @@ fn restart_keeps_data_and_sequence() {
     assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
     assert_eq!(store.next_seq(), 21);
     assert_eq!(store.append(b"after").expect("append"), 21);
-    let got = all(&mut store);
+    let got = all(&store);
     assert_eq!(got.len(), 21);
     assert!(got.iter().zip(1..).all(|((seq, _), want)| *seq == want));
 }
@@ -111,9 +111,9 @@ fn torn_last_write_is_truncated_and_appends_continue() {
     assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
     assert_eq!(store.append(b"five again").expect("append"), 5);
     drop(store);
-    let (mut store, report) = open(dir.path(), 1 << 20);
+    let (store, report) = open(dir.path(), 1 << 20);
     assert_eq!(report.truncated_bytes, 0);
-    assert_eq!(all(&mut store).last(), Some(&(5, b"five again".to_vec())));
+    assert_eq!(all(&store).last(), Some(&(5, b"five again".to_vec())));
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn garbage_after_last_record_is_truncated() {
     assert_eq!(report.truncated_bytes, 87);
     assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
     assert_eq!(store.append(b"four").expect("append"), 4);
-    assert_eq!(all(&mut store).len(), 4);
+    assert_eq!(all(&store).len(), 4);
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn flipped_byte_in_middle_segment_is_reported() {
     );
     assert_eq!(report.truncated_bytes, 0);
     assert_eq!(report.records, 29);
-    let got = all(&mut store);
+    let got = all(&store);
     assert_eq!(got.len(), 29);
     assert_eq!(got.last(), Some(&(30, payload(30))));
     assert_eq!(store.append(b"more").expect("append"), 31);
@@ -192,14 +192,14 @@ fn damaged_tail_of_middle_segment_reports_lost_records() {
         .expect("open")
         .set_len(len - 3)
         .expect("truncate");
-    let (mut store, report) = open(dir.path(), 100);
+    let (store, report) = open(dir.path(), 100);
     assert_eq!(report.corrupt.len(), 2, "{:?}", report.corrupt);
     assert!(
         report.corrupt[1].contains("1 records lost"),
         "{:?}",
         report.corrupt
     );
-    assert_eq!(all(&mut store).len(), 29);
+    assert_eq!(all(&store).len(), 29);
     assert_eq!(store.len(), 29);
 }
 
@@ -290,11 +290,11 @@ fn damaged_released_file_is_reported() {
         store.release_up_to(2).expect("release");
     }
     fs::write(dir.path().join("released"), b"junk").expect("write");
-    let (mut store, report) = open(dir.path(), 1 << 20);
+    let (store, report) = open(dir.path(), 1 << 20);
     assert_eq!(report.corrupt.len(), 1, "{:?}", report.corrupt);
     // Released records come back (at least once), nothing is lost.
     assert_eq!(store.first_seq(), 1);
-    assert_eq!(all(&mut store).len(), 4);
+    assert_eq!(all(&store).len(), 4);
 }
 
 #[test]
@@ -309,8 +309,8 @@ fn interval_policy_and_sync() {
     store.sync().expect("sync");
     store.append(b"b").expect("append");
     drop(store);
-    let (mut store, _) = Store::open(dir.path(), config).expect("open");
-    assert_eq!(all(&mut store).len(), 2);
+    let (store, _) = Store::open(dir.path(), config).expect("open");
+    assert_eq!(all(&store).len(), 2);
 }
 
 #[test]
@@ -331,42 +331,4 @@ fn invalid_config_and_oversized_payload() {
         Err(StoreError::TooLarge { .. })
     ));
     assert_eq!(store.next_seq(), 1);
-}
-
-#[test]
-fn deferred_appends_are_written_by_take_sync_and_lost_only_before_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = StoreConfig {
-        flush: FlushPolicy::Deferred,
-        ..config(1 << 20)
-    };
-    let (mut store, _) = Store::open(dir.path(), cfg.clone()).expect("open");
-    for i in 1..=5 {
-        store.append(&payload(i)).expect("append");
-    }
-    let seg = &segments(dir.path())[0];
-    assert_eq!(
-        fs::metadata(seg).expect("segment").len(),
-        0,
-        "nothing written before the commit takes it"
-    );
-    let file = store.take_sync().expect("take").expect("a file to fsync");
-    file.sync_data().expect("fsync");
-    let written = fs::metadata(seg).expect("segment").len();
-    assert!(written > 0, "one write for the five");
-    for i in 6..=8 {
-        store.append(&payload(i)).expect("append");
-    }
-    // A crash (no drop, nothing written since the commit): the committed five survive whole,
-    // the three after them were never written (and never acknowledged).
-    std::mem::forget(store);
-    assert_eq!(fs::metadata(seg).expect("segment").len(), written);
-    let (mut store, report) = Store::open(dir.path(), cfg).expect("reopen");
-    assert!(report.corrupt.is_empty(), "{report:?}");
-    let got = all(&mut store);
-    assert_eq!(got.len(), 5);
-    assert_eq!(got[4], (5, payload(5)));
-    // A read writes what is pending first: appended records are always readable.
-    store.append(&payload(6)).expect("append");
-    assert_eq!(all(&mut store).last(), Some(&(6, payload(6))));
 }
