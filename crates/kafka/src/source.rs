@@ -213,16 +213,20 @@ async fn consume(
         .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
     // Before the first poll, so that no record of these partitions is in the consumer's queue.
     let parts = split_partitions(&consumer, &src.topics).await?;
-    let mut mapper = Mapper::new(&src.topic_template)?;
-    let mut ingress = Ingress::new(
-        &ctx.broker,
-        "kafka",
-        &cfg.name,
-        cfg.app_id(),
-        status.clone(),
-    );
+    let mut intake = Intake {
+        ingress: Ingress::new(
+            &ctx.broker,
+            "kafka",
+            &cfg.name,
+            cfg.app_id(),
+            status.clone(),
+        ),
+        mapper: Mapper::new(&src.topic_template)?,
+        positions: Positions::default(),
+        backoff: Backoff::default(),
+        shutdown: ctx.shutdown.clone(),
+    };
     let mut shutdown = ctx.shutdown.clone();
-    let mut positions = Positions::default();
     // One stream for the life of the consumer: `recv()` registers and drops a waker per call.
     // It serves the consumer's events and brings the records of partitions not split off.
     let mut stream = consumer.stream();
@@ -236,7 +240,6 @@ async fn consume(
         }
     }
     let mut raw = Vec::new();
-    let mut backoff = Backoff::default();
     let result = loop {
         let (first, from_split) = tokio::select! {
             biased;
@@ -256,15 +259,7 @@ async fn consume(
                         .find(|(t, p, _)| *p == m.partition() && t == m.topic())
                         .map(|(_, _, q)| q);
                 }
-                take(
-                    &mut ingress,
-                    &mut mapper,
-                    &mut positions,
-                    &m,
-                    &mut backoff,
-                    &mut shutdown,
-                )
-                .await
+                intake.take(&m).await
             }
             Err(e) => Step::Failed(e.to_string()),
         };
@@ -279,15 +274,7 @@ async fn consume(
                 match m {
                     Ok(m) => {
                         n += 1;
-                        step = take(
-                            &mut ingress,
-                            &mut mapper,
-                            &mut positions,
-                            &m,
-                            &mut backoff,
-                            &mut shutdown,
-                        )
-                        .await;
+                        step = intake.take(&m).await;
                     }
                     Err(e) => step = Step::Failed(e.to_string()),
                 }
@@ -305,15 +292,7 @@ async fn consume(
                     continue;
                 }
                 n += 1;
-                step = take(
-                    &mut ingress,
-                    &mut mapper,
-                    &mut positions,
-                    &m,
-                    &mut backoff,
-                    &mut shutdown,
-                )
-                .await;
+                step = intake.take(&m).await;
                 if matches!(step, Step::Stopped) {
                     break 'batch;
                 }
@@ -328,14 +307,14 @@ async fn consume(
         // not stored, so that they are read again after a restart.
         raw.clear();
         status.consumed.fetch_add(n as u64, Ordering::Relaxed);
-        if positions.is_empty() {
+        if intake.positions.is_empty() {
             if stop {
                 break Ok(());
             }
             continue;
         }
-        ingress.durable().await;
-        let tpl = positions.take();
+        intake.ingress.durable().await;
+        let tpl = intake.positions.take();
         if let Err(e) = consumer.store_offsets(&tpl) {
             // A partition revoked meanwhile: its new owner starts from the last commit.
             status.error(format!("store offsets: {e}"));
@@ -413,68 +392,50 @@ enum Step {
     Failed(String),
 }
 
-/// Takes one record: publishes it, or counts it as a mesh sink's (loop rule); either way its
-/// offset is noted for storing once the batch is durable.
-async fn take<M: Message>(
-    ingress: &mut Ingress,
-    mapper: &mut Mapper,
-    positions: &mut Positions,
-    m: &M,
-    backoff: &mut Backoff,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) -> Step {
-    match publish(ingress, mapper, m, backoff, shutdown).await {
-        Taken::Yes => {}
-        Taken::Loop => {
-            ingress
-                .status()
-                .skipped_loop
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Taken::Stopped => return Step::Stopped,
-    }
-    positions.note(m);
-    Step::Next
+/// What a source needs to take records: its way into the mesh, the topic mapping, the offsets
+/// to store after the batch, and the wait for a full store.
+struct Intake {
+    ingress: Ingress,
+    mapper: Mapper,
+    positions: Positions,
+    backoff: Backoff,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// What became of a record.
-enum Taken {
-    /// Published (or refused by the mesh, logged and counted).
-    Yes,
-    /// Written by a meshgate sink: not taken back (loop rule).
-    Loop,
-    /// The node stops before the record was taken.
-    Stopped,
-}
-
-/// Publishes one record; waits out a full store (never skips a record for it). The envelope is
-/// built again on a retry (rare) rather than cloned for every record.
-async fn publish<M: Message>(
-    ingress: &mut Ingress,
-    mapper: &mut Mapper,
-    m: &M,
-    backoff: &mut Backoff,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) -> Taken {
-    loop {
-        let Some(env) = mapper.envelope(m) else {
-            return Taken::Loop;
-        };
-        match ingress.publish(env) {
-            Ok(()) => {
-                backoff.reset();
-                return Taken::Yes;
-            }
-            Err(IngressError::Refused(err)) => {
-                warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %err, "record refused by the mesh, skipped");
-                return Taken::Yes;
-            }
-            Err(IngressError::Full(err)) => {
-                warn!(error = %err, "store full: the source waits");
-                if !ingress.wait_for_room(backoff, shutdown).await {
-                    return Taken::Stopped;
+impl Intake {
+    /// Takes one record: publishes it, or counts it as a mesh sink's (loop rule); either way
+    /// its offset is noted for storing once the batch is durable. Waits out a full store (never
+    /// skips a record for it); the envelope is built again on a retry (rare) rather than
+    /// cloned for every record.
+    async fn take<M: Message>(&mut self, m: &M) -> Step {
+        loop {
+            let Some(env) = self.mapper.envelope(m) else {
+                let status = self.ingress.status();
+                status.skipped_loop.fetch_add(1, Ordering::Relaxed);
+                break;
+            };
+            match self.ingress.publish(env) {
+                Ok(()) => {
+                    self.backoff.reset();
+                    break;
+                }
+                Err(IngressError::Refused(err)) => {
+                    warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %err, "record refused by the mesh, skipped");
+                    break;
+                }
+                Err(IngressError::Full(err)) => {
+                    warn!(error = %err, "store full: the source waits");
+                    let room = self
+                        .ingress
+                        .wait_for_room(&mut self.backoff, &mut self.shutdown)
+                        .await;
+                    if !room {
+                        return Step::Stopped;
+                    }
                 }
             }
         }
+        self.positions.note(m);
+        Step::Next
     }
 }
