@@ -34,12 +34,18 @@ impl Delivery {
     /// envelope's protobuf encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(6 + self.event.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the journal record of [`Delivery::encode`] to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(6 + self.event.encoded_len());
         out.put_u8(self.qos);
         out.put_u8(u8::from(self.retain));
         out.put_u32_le(self.sub_id.unwrap_or(0));
         // Encoding into a Vec cannot fail for lack of room.
-        let _ = self.event.encode(&mut out);
-        out
+        let _ = self.event.encode(out);
     }
 
     /// Reads back what [`Delivery::encode`] wrote, with the record's sequence number.

@@ -207,11 +207,21 @@ pub struct Publisher {
     meter: LocalMeter,
     /// Reused list of the links an event leaves by (metering).
     peers: Vec<Arc<str>>,
+    /// Whether deliveries to journaled sessions are held until [`Broker::flush_held`].
+    batched: bool,
+    /// Deliveries held, in routing order.
+    held: Vec<(Arc<Mailbox>, Delivery)>,
+    /// Reused buffer of the journal records of held deliveries, and each record's span in it.
+    scratch: Vec<u8>,
+    spans: Vec<std::ops::Range<usize>>,
 }
 
 impl Publisher {
-    /// Flushes counters into the shared metrics.
+    /// Flushes counters into the shared metrics, after storing and queueing what is held
+    /// ([`Broker::flush_held`], whose ticket is dropped here: a caller that acknowledges
+    /// publishes calls that first).
     pub fn flush(&mut self, broker: &Broker) {
+        broker.flush_held(self);
         self.tally
             .flush(&broker.shared.stats, &self.published, &self.published_bytes);
         if let Some(m) = broker.shared.meter.get() {
@@ -228,6 +238,22 @@ impl Publisher {
     /// Sets the app id stamped on published events.
     pub fn set_app_id(&mut self, app_id: Option<Arc<str>>) {
         self.app_id = app_id;
+    }
+
+    /// Holds the deliveries to journaled sessions (persistent MQTT sessions, bridge sinks)
+    /// until [`Broker::flush_held`], which stores each session's share of a batch with one
+    /// write: a front end that publishes a batch read in one go then pays one write syscall
+    /// per batch, not per event. Such a front end must call `flush_held` after each batch and
+    /// take its ticket into account before acknowledging any publish of the batch (a publish's
+    /// own [`PublishReport::ticket`] does not cover what is held).
+    pub fn set_batched(&mut self, batched: bool) {
+        self.batched = batched;
+    }
+
+    /// Whether deliveries are held (so a publish routed now is not durable before the next
+    /// [`Broker::flush_held`]).
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
     }
 }
 
@@ -287,7 +313,42 @@ impl Broker {
             ticket: 0,
             meter: LocalMeter::default(),
             peers: Vec::new(),
+            batched: false,
+            held: Vec::new(),
+            scratch: Vec::new(),
+            spans: Vec::new(),
         }
+    }
+
+    /// Stores and queues the deliveries a batched publisher held (see
+    /// [`Publisher::set_batched`]): per session, the QoS 1 deliveries are appended to its journal
+    /// with one write, and all of its held deliveries are queued in order while the journal's
+    /// lock is held (so concurrent publishers queue in journal order). Returns the commit ticket
+    /// after which all of them are durable (0: nothing to wait for).
+    pub fn flush_held(&self, p: &mut Publisher) -> u64 {
+        if p.held.is_empty() {
+            return 0;
+        }
+        let mut held = std::mem::take(&mut p.held);
+        // One run per session, each in routing order (a stable sort; usually one session).
+        if held.windows(2).any(|w| w[0].0.id() != w[1].0.id()) {
+            held.sort_by_key(|(mb, _)| mb.id());
+        }
+        let mut ticket = 0;
+        let mut start = 0;
+        while start < held.len() {
+            let id = held[start].0.id();
+            let len = held[start..]
+                .iter()
+                .position(|(mb, _)| mb.id() != id)
+                .unwrap_or(held.len() - start);
+            let run = &mut held[start..start + len];
+            ticket = ticket.max(store_run(run, &mut p.scratch, &mut p.spans, &mut p.tally));
+            start += len;
+        }
+        held.clear();
+        p.held = held;
+        ticket
     }
 
     /// Gives the router the node's store: guaranteed events are refused once it is at quota.
@@ -571,6 +632,7 @@ impl Broker {
                         qos.min(q),
                         &mut p.tally,
                         &mut p.ticket,
+                        p.batched.then_some(&mut p.held),
                     ) {
                         routed += 1;
                         if metering {
@@ -647,6 +709,7 @@ impl Broker {
                     qos.min(opts.qos),
                     &mut p.tally,
                     &mut p.ticket,
+                    p.batched.then_some(&mut p.held),
                 )
             {
                 routed += 1;
@@ -861,13 +924,18 @@ fn delivered(meter: &mut LocalMeter, mailbox: &Mailbox, event: &Envelope) {
     );
 }
 
+/// Queues `event` for `mailbox`; true if it entered the mailbox or the session's journal. With
+/// `held` (a batched publisher), every delivery to a journaled session is held for
+/// [`Broker::flush_held`] instead (its QoS 0 ones too, so that the session's order holds), and
+/// counts as delivered.
 fn deliver(
-    mailbox: &Mailbox,
+    mailbox: &Arc<Mailbox>,
     opts: &SubOptions,
     event: &Arc<Envelope>,
     qos: u8,
     tally: &mut LocalTally,
     ticket: &mut u64,
+    held: Option<&mut Vec<(Arc<Mailbox>, Delivery)>>,
 ) -> bool {
     let mut d = Delivery {
         event: event.clone(),
@@ -876,6 +944,12 @@ fn deliver(
         sub_id: opts.sub_id,
         seq: 0,
     };
+    if let Some(held) = held
+        && mailbox.journal().is_some()
+    {
+        held.push((mailbox.clone(), d));
+        return true;
+    }
     // A persistent session's QoS 1 delivery is stored before the publisher hears back.
     if qos > 0
         && let Some(journal) = mailbox.journal()
@@ -898,6 +972,81 @@ fn deliver(
             false
         }
         Err(Refused::Offline | Refused::Closed) => journaled,
+    }
+}
+
+/// Most bytes of journal records appended with one write by [`Broker::flush_held`].
+const HELD_WRITE_BYTES: usize = 8 << 20;
+
+/// [`Broker::flush_held`] for the held deliveries of one session: appends the journal records of
+/// the QoS 1 ones (one write per [`HELD_WRITE_BYTES`]) and queues each part in order under the
+/// journal's lock. A delivery that cannot be stored is queued in memory only, as
+/// [`deliver`] does. Returns the highest ticket.
+fn store_run(
+    run: &mut [(Arc<Mailbox>, Delivery)],
+    scratch: &mut Vec<u8>,
+    spans: &mut Vec<std::ops::Range<usize>>,
+    tally: &mut LocalTally,
+) -> u64 {
+    let Some(journal) = run.first().and_then(|(mb, _)| mb.journal().cloned()) else {
+        return 0;
+    };
+    let mut ticket = 0;
+    let mut rest = run;
+    while !rest.is_empty() {
+        scratch.clear();
+        spans.clear();
+        let mut n = 0;
+        while n < rest.len() && scratch.len() < HELD_WRITE_BYTES {
+            let d = &rest[n].1;
+            if d.qos > 0 {
+                let from = scratch.len();
+                d.encode_into(scratch);
+                spans.push(from..scratch.len());
+            }
+            n += 1;
+        }
+        let (part, tail) = rest.split_at_mut(n);
+        rest = tail;
+        if spans.is_empty() {
+            // QoS 0 only: nothing to store.
+            for (mb, d) in part.iter() {
+                offer_held(mb, d.clone(), tally);
+            }
+            continue;
+        }
+        let records: Vec<&[u8]> = spans.iter().map(|r| &scratch[r.clone()]).collect();
+        let stored = journal.append_batch_then(&records, |seqs| {
+            let mut seq = seqs.start;
+            for (mb, d) in part.iter_mut() {
+                if d.qos > 0 {
+                    d.seq = seq;
+                    seq += 1;
+                }
+                offer_held(mb, d.clone(), tally);
+            }
+        });
+        match stored {
+            Ok(((), _, t)) => ticket = ticket.max(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store deliveries; kept in memory");
+                for (mb, d) in part.iter() {
+                    offer_held(mb, d.clone(), tally);
+                }
+            }
+        }
+    }
+    ticket
+}
+
+/// Queues a held delivery; only one that is neither in the mailbox nor in the journal counts as
+/// dropped (the rest is read back from the journal when the session has room).
+fn offer_held(mailbox: &Mailbox, d: Delivery, tally: &mut LocalTally) {
+    let journaled = d.seq != 0;
+    if let Err(Refused::Full) = mailbox.offer(d)
+        && !journaled
+    {
+        tally.dropped_full += 1;
     }
 }
 
@@ -945,6 +1094,75 @@ mod tests {
             b.publish(&mut p, env("orders/+/us", b"x"), 0),
             Err(PublishError::Topic(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_batched_publisher_stores_each_sessions_share_at_flush_in_order() {
+        use meshgate_store::{Commit, Disk};
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::new(Commit::Group(std::time::Duration::ZERO), u64::MAX);
+        let b = Broker::new(BrokerConfig::default());
+        b.set_disk(disk.clone());
+        let f = |s: &str| Filter::parse(s).unwrap();
+        let q1 = SubOptions {
+            qos: 1,
+            ..Default::default()
+        };
+        // Two persistent sessions with journals (one with a queue of 2, so it overflows) and a
+        // plain one.
+        let mut journaled = Vec::new();
+        for (i, cap) in [(0, 64), (1, 2)] {
+            let mb = b.new_mailbox(cap);
+            mb.set_persistent(true);
+            let (j, _) = disk.open(dir.path().join(format!("s{i}")), 1 << 20).unwrap();
+            mb.set_journal(j);
+            let rx = mb.attach().await;
+            b.subscribe(&mb, &f("a/>"), None, q1);
+            journaled.push((mb, rx));
+        }
+        let plain = b.new_mailbox(64);
+        let mut plain_rx = plain.attach().await;
+        b.subscribe(&plain, &f("a/>"), None, q1);
+        let mut p = b.publisher("test", None);
+        p.set_batched(true);
+        // QoS 1, 0, 1, 0, 1: the QoS 0 events are held too, so each session keeps the order.
+        for i in 0..5u8 {
+            let r = b
+                .publish(&mut p, env(&format!("a/{i}"), b"x"), (i + 1) % 2)
+                .unwrap();
+            assert_eq!(r.routed, 3);
+        }
+        assert!(p.holds());
+        assert_eq!(plain_rx.try_recv().unwrap().event.topic, "a/0", "not held");
+        for (mb, rx) in &mut journaled {
+            assert!(rx.try_recv().is_err(), "held until the flush");
+            assert_eq!(mb.journal().unwrap().bounds(), (1, 1), "nothing stored yet");
+        }
+        let ticket = b.flush_held(&mut p);
+        assert!(ticket > 0 && !p.holds());
+        tokio::time::timeout(std::time::Duration::from_secs(5), disk.wait(ticket))
+            .await
+            .expect("the batch's cycle completes");
+        // The roomy session got all five in order, QoS 1 ones numbered 1, 2, 3 in its journal.
+        let (mb, rx) = &mut journaled[0];
+        let got: Vec<(String, u8, u64)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|d| (d.event.topic.clone(), d.qos, d.seq))
+            .collect();
+        let want = [("a/0", 1, 1), ("a/1", 0, 0), ("a/2", 1, 2), ("a/3", 0, 0), ("a/4", 1, 3)];
+        let want: Vec<(String, u8, u64)> =
+            want.iter().map(|(t, q, s)| (t.to_string(), *q, *s)).collect();
+        assert_eq!(got, want);
+        let stored = mb.journal().unwrap().read_from(0, 10).unwrap();
+        let topics: Vec<String> = stored
+            .iter()
+            .map(|(seq, r)| Delivery::decode(*seq, r).unwrap().event.topic.clone())
+            .collect();
+        assert_eq!(topics, ["a/0", "a/2", "a/4"]);
+        // The small session took two; its QoS 1 overflow is in its journal, not dropped.
+        let (mb, rx) = &mut journaled[1];
+        assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
+        assert_eq!(mb.journal().unwrap().bounds(), (1, 4));
+        assert_eq!(b.flush_held(&mut p), 0, "nothing held any more");
     }
 
     #[tokio::test]

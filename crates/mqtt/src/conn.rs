@@ -220,7 +220,11 @@ async fn handle<S: Io>(
         connect_expiry: info.session_expiry,
         ctx: ctx.clone(),
         ver,
-        publisher: ctx.broker.publisher("mqtt", Some(session.mailbox.id())),
+        publisher: {
+            let mut p = ctx.broker.publisher("mqtt", Some(session.mailbox.id()));
+            p.set_batched(true);
+            p
+        },
         session: session.clone(),
         will: info.will,
         keep_alive: info.keep_alive,
@@ -475,7 +479,12 @@ impl Conn {
 
     /// Sends the acknowledgement of a publish once `ticket` is durable, after every earlier one.
     fn ack(&mut self, ticket: u64, pkid: u16, kind: Ack, reason: u8, text: Option<String>) {
-        if self.acks.is_empty() && self.disk.as_ref().is_none_or(|d| d.is_durable(ticket)) {
+        // While deliveries of this batch are held, no publish of it is durable yet: the
+        // acknowledgement waits for the batch's ticket (set in `on_bytes`).
+        if self.acks.is_empty()
+            && !self.publisher.holds()
+            && self.disk.as_ref().is_none_or(|d| d.is_durable(ticket))
+        {
             codec::encode_ack_reason(
                 self.ver,
                 kind,
@@ -497,9 +506,8 @@ impl Conn {
 
     /// Sends the waiting acknowledgements that became durable, in order.
     fn flush_acks(&mut self) {
-        let Some(disk) = &self.disk else { return };
         while let Some(a) = self.acks.front() {
-            if !disk.is_durable(a.ticket) {
+            if self.disk.as_ref().is_some_and(|d| !d.is_durable(a.ticket)) {
                 break;
             }
             codec::encode_ack_reason(
@@ -623,8 +631,24 @@ impl Conn {
         }
     }
 
-    /// Decodes and handles every complete packet in the read buffer. Returns why to close.
+    /// Decodes and handles every complete packet in the read buffer, then stores what the
+    /// batch delivered to journaled sessions with one write per session
+    /// ([`meshgate_broker::Broker::flush_held`]); the acknowledgements of the batch wait for
+    /// that ticket too. Returns why to close.
     fn on_bytes(&mut self) -> Option<End> {
+        let from = self.acks.len();
+        let end = self.read_packets();
+        let ticket = self.ctx.broker.flush_held(&mut self.publisher);
+        if ticket > 0 {
+            for a in self.acks.iter_mut().skip(from) {
+                a.ticket = a.ticket.max(ticket);
+            }
+        }
+        self.flush_acks();
+        end
+    }
+
+    fn read_packets(&mut self) -> Option<End> {
         let max = self.ctx.config.max_packet_size;
         loop {
             let packet = match codec::decode(self.ver, &mut self.rbuf, max) {

@@ -192,9 +192,24 @@ impl Journal {
         &self,
         payloads: &[&[u8]],
     ) -> Result<(std::ops::Range<u64>, u64), StoreError> {
+        self.append_batch_then(payloads, |_| ())
+            .map(|((), seqs, ticket)| (seqs, ticket))
+    }
+
+    /// Appends records with one write and, still holding the journal's lock, hands their
+    /// sequence numbers to `then`: what `then` does with them (queueing the records for the
+    /// journal's reader) happens in sequence order even when several writers append at once.
+    /// Returns what `then` returned, the sequence numbers and the ticket. `then` must not
+    /// block or touch this journal.
+    pub fn append_batch_then<R>(
+        &self,
+        payloads: &[&[u8]],
+        then: impl FnOnce(std::ops::Range<u64>) -> R,
+    ) -> Result<(R, std::ops::Range<u64>, u64), StoreError> {
         let mut store = self.inner.store.lock();
         let before = store.used_bytes();
         let seqs = store.append_batch(payloads)?;
+        let r = then(seqs.clone());
         let grown = store.used_bytes().saturating_sub(before);
         drop(store);
         self.disk.used.fetch_add(grown, Ordering::Relaxed);
@@ -206,7 +221,7 @@ impl Journal {
             }
             Commit::Group(_) => self.mark_dirty(),
         };
-        Ok((seqs, ticket))
+        Ok((r, seqs, ticket))
     }
 
     /// Marks the journal for the next cycle; returns that cycle.
