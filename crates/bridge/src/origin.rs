@@ -29,14 +29,27 @@ pub fn is_from(event: &Envelope, protocol: &str, member: &str) -> bool {
 
 /// The value of [`ORIGIN_HEADER`] for `event` leaving through a sink of node `node`.
 pub fn origin_value(node: &str, event: &Envelope) -> String {
-    let origin = if event.origin_node.is_empty() {
+    let mut out = String::new();
+    write_origin(node, event, &mut out);
+    out
+}
+
+/// [`origin_value`] into `out` (cleared first): a sink reuses one buffer for every record.
+pub fn write_origin(node: &str, event: &Envelope, out: &mut String) {
+    out.clear();
+    out.push_str(if event.origin_node.is_empty() {
         node
     } else {
         &event.origin_node
-    };
+    });
     match &event.provenance {
-        Some(p) => format!("{origin}/{}/{}", p.protocol, p.member),
-        None => format!("{origin}/client/"),
+        Some(p) => {
+            out.push('/');
+            out.push_str(&p.protocol);
+            out.push('/');
+            out.push_str(&p.member);
+        }
+        None => out.push_str("/client/"),
     }
 }
 

@@ -67,6 +67,7 @@ pub(crate) fn start(
         node: ctx.node.clone(),
         scratch: String::new(),
         key_scratch: String::new(),
+        origin_scratch: String::new(),
     };
     let spec = SinkSpec {
         protocol: "kafka",
@@ -144,6 +145,8 @@ struct KafkaTarget {
     node: String,
     scratch: String,
     key_scratch: String,
+    /// The origin header's value of the record being produced.
+    origin_scratch: String,
 }
 
 impl KafkaTarget {
@@ -269,10 +272,10 @@ impl KafkaTarget {
                     value: Some(&h.value[..]),
                 });
             }
-            let origin = origin::origin_value(&self.node, e);
+            origin::write_origin(&self.node, e, &mut self.origin_scratch);
             headers = headers.insert(Header {
                 key: origin::ORIGIN_HEADER,
-                value: Some(origin.as_bytes()),
+                value: Some(self.origin_scratch.as_bytes()),
             });
             let key: Option<Cow<'_, [u8]>> = if rendered_key {
                 Some(Cow::Borrowed(self.key_scratch.as_bytes()))
