@@ -1114,7 +1114,9 @@ mod tests {
         for (i, cap) in [(0, 64), (1, 2)] {
             let mb = b.new_mailbox(cap);
             mb.set_persistent(true);
-            let (j, _) = disk.open(dir.path().join(format!("s{i}")), 1 << 20).unwrap();
+            let (j, _) = disk
+                .open(dir.path().join(format!("s{i}")), 1 << 20)
+                .unwrap();
             mb.set_journal(j);
             let rx = mb.attach().await;
             b.subscribe(&mb, &f("a/>"), None, q1);
@@ -1148,9 +1150,17 @@ mod tests {
         let got: Vec<(String, u8, u64)> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|d| (d.event.topic.clone(), d.qos, d.seq))
             .collect();
-        let want = [("a/0", 1, 1), ("a/1", 0, 0), ("a/2", 1, 2), ("a/3", 0, 0), ("a/4", 1, 3)];
-        let want: Vec<(String, u8, u64)> =
-            want.iter().map(|(t, q, s)| (t.to_string(), *q, *s)).collect();
+        let want = [
+            ("a/0", 1, 1),
+            ("a/1", 0, 0),
+            ("a/2", 1, 2),
+            ("a/3", 0, 0),
+            ("a/4", 1, 3),
+        ];
+        let want: Vec<(String, u8, u64)> = want
+            .iter()
+            .map(|(t, q, s)| (t.to_string(), *q, *s))
+            .collect();
         assert_eq!(got, want);
         let stored = mb.journal().unwrap().read_from(0, 10).unwrap();
         let topics: Vec<String> = stored
