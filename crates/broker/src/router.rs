@@ -926,8 +926,8 @@ fn delivered(meter: &mut LocalMeter, mailbox: &Mailbox, event: &Envelope) {
 
 /// Queues `event` for `mailbox`; true if it entered the mailbox or the session's journal. With
 /// `held` (a batched publisher), every delivery to a journaled session is held for
-/// [`Broker::flush_held`] instead (its QoS 0 ones too, so that the session's order holds), and
-/// counts as delivered.
+/// [`Broker::flush_held`] instead (its QoS 0 ones too while it is online, so that the session's
+/// order holds), and counts as delivered.
 fn deliver(
     mailbox: &Arc<Mailbox>,
     opts: &SubOptions,
@@ -944,8 +944,11 @@ fn deliver(
         sub_id: opts.sub_id,
         seq: 0,
     };
+    // QoS 0 to an offline session is refused below as before (and so not counted): nothing of
+    // it can be out of order.
     if let Some(held) = held
         && mailbox.journal().is_some()
+        && (qos > 0 || mailbox.is_online())
     {
         held.push((mailbox.clone(), d));
         return true;
@@ -1125,14 +1128,22 @@ mod tests {
         let plain = b.new_mailbox(64);
         let mut plain_rx = plain.attach().await;
         b.subscribe(&plain, &f("a/>"), None, q1);
+        // An offline persistent session: QoS 1 is held and stored, QoS 0 is refused (and not
+        // counted) as without batching.
+        let away = b.new_mailbox(64);
+        away.set_persistent(true);
+        let (j, _) = disk.open(dir.path().join("away"), 1 << 20).unwrap();
+        away.set_journal(j);
+        b.subscribe(&away, &f("a/>"), None, q1);
         let mut p = b.publisher("test", None);
         p.set_batched(true);
         // QoS 1, 0, 1, 0, 1: the QoS 0 events are held too, so each session keeps the order.
         for i in 0..5u8 {
+            let qos = (i + 1) % 2;
             let r = b
-                .publish(&mut p, env(&format!("a/{i}"), b"x"), (i + 1) % 2)
+                .publish(&mut p, env(&format!("a/{i}"), b"x"), qos)
                 .unwrap();
-            assert_eq!(r.routed, 3);
+            assert_eq!(r.routed, if qos == 1 { 4 } else { 3 });
         }
         assert!(p.holds());
         assert_eq!(plain_rx.try_recv().unwrap().event.topic, "a/0", "not held");
@@ -1172,6 +1183,7 @@ mod tests {
         let (mb, rx) = &mut journaled[1];
         assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
         assert_eq!(mb.journal().unwrap().bounds(), (1, 4));
+        assert_eq!(away.journal().unwrap().bounds(), (1, 4));
         assert_eq!(b.flush_held(&mut p), 0, "nothing held any more");
     }
 
