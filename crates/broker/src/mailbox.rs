@@ -40,7 +40,7 @@ impl Delivery {
 
     /// Appends the journal record of [`Delivery::encode`] to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.reserve(6 + self.event.encoded_len());
+        // No reserve: a reused buffer has room, and prost sizes the message once more anyway.
         out.put_u8(self.qos);
         out.put_u8(u8::from(self.retain));
         out.put_u32_le(self.sub_id.unwrap_or(0));

@@ -342,7 +342,7 @@ impl Broker {
                 .iter()
                 .position(|(mb, _)| mb.id() != id)
                 .unwrap_or(held.len() - start);
-            let run = &mut held[start..start + len];
+            let run = &held[start..start + len];
             ticket = ticket.max(store_run(run, &mut p.scratch, &mut p.spans, &mut p.tally));
             start += len;
         }
@@ -965,10 +965,16 @@ fn deliver(
             Err(e) => tracing::warn!(error = %e, "cannot store a delivery; kept in memory"),
         }
     }
+    queue(mailbox, d, tally)
+}
+
+/// Queues `d` in `mailbox`; true if it entered the mailbox or, journaled (`seq` set), is read
+/// back from the session's journal when the session has room. Only a delivery that is in
+/// neither counts as dropped.
+fn queue(mailbox: &Mailbox, d: Delivery, tally: &mut LocalTally) -> bool {
     let journaled = d.seq != 0;
     match mailbox.offer(d) {
         Ok(()) => true,
-        // Journaled: the session reads it back from its journal when it has room.
         Err(Refused::Full) if journaled => true,
         Err(Refused::Full) => {
             tally.dropped_full += 1;
@@ -986,7 +992,7 @@ const HELD_WRITE_BYTES: usize = 8 << 20;
 /// journal's lock. A delivery that cannot be stored is queued in memory only, as
 /// [`deliver`] does. Returns the highest ticket.
 fn store_run(
-    run: &mut [(Arc<Mailbox>, Delivery)],
+    run: &[(Arc<Mailbox>, Delivery)],
     scratch: &mut Vec<u8>,
     spans: &mut Vec<std::ops::Range<usize>>,
     tally: &mut LocalTally,
@@ -1009,47 +1015,39 @@ fn store_run(
             }
             n += 1;
         }
-        let (part, tail) = rest.split_at_mut(n);
+        let (part, tail) = rest.split_at(n);
         rest = tail;
         if spans.is_empty() {
             // QoS 0 only: nothing to store.
-            for (mb, d) in part.iter() {
-                offer_held(mb, d.clone(), tally);
-            }
+            queue_part(part, None, tally);
             continue;
         }
         let records: Vec<&[u8]> = spans.iter().map(|r| &scratch[r.clone()]).collect();
-        let stored = journal.append_batch_then(&records, |seqs| {
-            let mut seq = seqs.start;
-            for (mb, d) in part.iter_mut() {
-                if d.qos > 0 {
-                    d.seq = seq;
-                    seq += 1;
-                }
-                offer_held(mb, d.clone(), tally);
-            }
-        });
-        match stored {
+        match journal.append_batch_then(&records, |seqs| {
+            queue_part(part, Some(seqs.start), tally);
+        }) {
             Ok(((), _, t)) => ticket = ticket.max(t),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot store deliveries; kept in memory");
-                for (mb, d) in part.iter() {
-                    offer_held(mb, d.clone(), tally);
-                }
+                queue_part(part, None, tally);
             }
         }
     }
     ticket
 }
 
-/// Queues a held delivery; only one that is neither in the mailbox nor in the journal counts as
-/// dropped (the rest is read back from the journal when the session has room).
-fn offer_held(mailbox: &Mailbox, d: Delivery, tally: &mut LocalTally) {
-    let journaled = d.seq != 0;
-    if let Err(Refused::Full) = mailbox.offer(d)
-        && !journaled
-    {
-        tally.dropped_full += 1;
+/// Queues the held deliveries of `part` in order, the QoS 1 ones numbered from `first` (their
+/// journal sequence numbers; `None`: not stored).
+fn queue_part(part: &[(Arc<Mailbox>, Delivery)], mut first: Option<u64>, tally: &mut LocalTally) {
+    for (mb, d) in part {
+        let mut d = d.clone();
+        if d.qos > 0
+            && let Some(seq) = first.as_mut()
+        {
+            d.seq = *seq;
+            *seq += 1;
+        }
+        queue(mb, d, tally);
     }
 }
 
