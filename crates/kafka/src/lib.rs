@@ -18,6 +18,7 @@
 
 mod batch;
 mod config;
+mod produce;
 mod replay;
 mod sink;
 mod source;

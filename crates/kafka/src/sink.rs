@@ -1,6 +1,5 @@
 //! A sink: a mesh subscription produced into Kafka by an idempotent producer.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +12,14 @@ use meshgate_topic::Filter;
 use parking_lot::Mutex;
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
-};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::Ctx;
 use crate::config::{KafkaConfig, KafkaSink, SINK_VARS};
+use crate::produce::{self, Record, SinkProducer};
 
 /// Longest wait for Kafka to acknowledge a batch before the producer is replaced and the batch
 /// written again (it stays in the journal meanwhile).
@@ -53,8 +50,9 @@ pub(crate) fn start(
     let producer: ThreadedProducer<SinkCtx> = pc
         .create_with_context(pctx.clone())
         .map_err(|e| at(format!("cannot create the producer: {e}")))?;
+    let partitioner = produce::partitioner(pc.get("partitioner"));
     let target = KafkaTarget {
-        producer,
+        producer: SinkProducer::new(producer, partitioner),
         config: pc,
         pctx,
         next_batch: 0,
@@ -99,7 +97,7 @@ struct Acks {
 
 /// librdkafka callbacks of a sink's producer: errors to the statuses, deliveries to [`Acks`].
 #[derive(Clone)]
-struct SinkCtx {
+pub(crate) struct SinkCtx {
     ctx: Ctx,
     acks: Arc<Acks>,
 }
@@ -132,7 +130,7 @@ impl ProducerContext for SinkCtx {
 }
 
 struct KafkaTarget {
-    producer: ThreadedProducer<SinkCtx>,
+    producer: SinkProducer,
     /// To make a new producer after a fatal error (e.g. the cluster lost the idempotent
     /// producer's state).
     config: rdkafka::ClientConfig,
@@ -248,12 +246,13 @@ impl SinkTarget for KafkaTarget {
         // the cluster lost its state: the batches are written again by a new producer. What
         // the old one still holds is purged (their reports end the batches in flight), so
         // dropping it does not wait.
-        let fatal = self.producer.client().fatal_error();
+        let old = self.producer.producer();
+        let fatal = old.client().fatal_error();
         tracing::warn!(?fatal, "Kafka producer replaced");
-        self.producer
-            .purge(PurgeConfig::default().queue().inflight());
+        old.purge(PurgeConfig::default().queue().inflight());
+        let partitioner = produce::partitioner(self.config.get("partitioner"));
         match self.config.create_with_context(self.pctx.clone()) {
-            Ok(p) => self.producer = p,
+            Ok(p) => self.producer = SinkProducer::new(p, partitioner),
             Err(e) => tracing::warn!(error = %e, "cannot make a new producer; keeping the old one"),
         }
         self.pctx.acks.batches.lock().clear();
@@ -263,43 +262,31 @@ impl SinkTarget for KafkaTarget {
 impl KafkaTarget {
     /// Enqueues `events` in librdkafka as batch `batch` (waiting while its queue is full).
     async fn produce(&mut self, batch: usize, events: &[Arc<Envelope>]) -> Result<(), String> {
+        self.producer.next_batch();
         for e in events {
             let rendered_key = self.names(e);
-            let mut headers = OwnedHeaders::new_with_capacity(e.headers.len() + 1);
-            for h in &e.headers {
-                headers = headers.insert(Header {
-                    key: &h.name,
-                    value: Some(&h.value[..]),
-                });
-            }
             origin::write_origin(&self.node, e, &mut self.origin_scratch);
-            headers = headers.insert(Header {
-                key: origin::ORIGIN_HEADER,
-                value: Some(self.origin_scratch.as_bytes()),
-            });
-            let key: Option<Cow<'_, [u8]>> = if rendered_key {
-                Some(Cow::Borrowed(self.key_scratch.as_bytes()))
-            } else {
-                e.key.as_deref().map(Cow::Borrowed)
+            let record = Record {
+                topic: &self.scratch,
+                payload: &e.payload,
+                key: if rendered_key {
+                    Some(self.key_scratch.as_bytes())
+                } else {
+                    e.key.as_deref()
+                },
+                timestamp_ms: e.timestamp_ms as i64,
+                headers: &e.headers,
+                extra_header: (origin::ORIGIN_HEADER, self.origin_scratch.as_bytes()),
+                opaque: batch,
             };
-            let mut record = BaseRecord::with_opaque_to(&self.scratch, batch)
-                .payload(&e.payload[..])
-                .headers(headers);
-            if let Some(k) = &key {
-                record = record.key(&k[..]);
-            }
-            if e.timestamp_ms > 0 {
-                record = record.timestamp(e.timestamp_ms as i64);
-            }
             loop {
-                match self.producer.send(record) {
+                match self.producer.send(&record) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    Err(RDKafkaErrorCode::QueueFull) => {
                         // librdkafka's queue is full: let it drain, then try again.
-                        record = r;
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    Err((e, _)) => return Err(format!("produce: {e}")),
+                    Err(e) => return Err(format!("produce: {}", KafkaError::MessageProduction(e))),
                 }
             }
         }
