@@ -14,7 +14,11 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
-use crate::{FlushPolicy, RecoveryReport, Store, StoreConfig, StoreError};
+use crate::{FlushPolicy, RecoveryReport, Spares, Store, StoreConfig, StoreError};
+
+/// Most bytes of spare segment files (released segments kept for reuse, see [`Spares`]) the
+/// journals of one disk hold together: a sixteenth of the quota, at most this.
+const MAX_SPARE_BYTES: u64 = 64 << 20;
 
 /// When appends become durable, and so when publishers are acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +52,7 @@ struct DiskInner {
     wake: Condvar,
     done: watch::Sender<u64>,
     sync_errors: AtomicU64,
+    spares: Arc<Spares>,
 }
 
 /// The stores of one node: group commit and one quota. Cheap to clone.
@@ -83,6 +88,7 @@ impl Disk {
             wake: Condvar::new(),
             done: watch::Sender::new(0),
             sync_errors: AtomicU64::new(0),
+            spares: Spares::new((max_bytes / 16).min(MAX_SPARE_BYTES)),
         });
         if commit != Commit::Always {
             let weak = Arc::downgrade(&inner);
@@ -105,13 +111,14 @@ impl Disk {
             // Fsyncs come from the commit thread; the store's own interval never fires first.
             _ => FlushPolicy::Interval(Duration::from_secs(86_400 * 365)),
         };
-        let (store, report) = Store::open(
+        let (store, report) = Store::open_with_spares(
             dir,
             StoreConfig {
                 segment_bytes,
                 flush,
                 max_bytes: u64::MAX / 4,
             },
+            Some(self.inner.spares.clone()),
         )?;
         self.inner
             .used

@@ -80,6 +80,18 @@ pub(crate) struct Scan {
     pub issues: Vec<Issue>,
     /// Damage that runs to the end of the file: offset of the first bad byte and why.
     pub tail: Option<(usize, Bad)>,
+    /// Offset of an end marker ([`END`]): the segment's records end there, and what follows
+    /// is not damage (the previous use of a recycled file, or zeros).
+    pub end: Option<usize>,
+}
+
+/// The end marker: a header of zeros (length 0, the checksum of nothing, sequence number 0,
+/// which no record has). A store writes it behind its records when the file goes on with
+/// bytes of an earlier use.
+pub(crate) const END: [u8; HEADER_BYTES] = [0; HEADER_BYTES];
+
+fn is_end(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_BYTES && bytes[..HEADER_BYTES] == END
 }
 
 /// Appends one framed record to `out`. The caller has checked `payload.len() <= MAX_PAYLOAD_BYTES`.
@@ -116,7 +128,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(u64, u32), Bad> {
 /// A record is accepted when it parses and its sequence number is at least the next expected one
 /// (a jump is reported as lost records) and not implausibly far ahead. After a bad record the scan
 /// looks, byte by byte, for the next record that satisfies the same rule; if there is one the damage
-/// becomes an [`Issue`] and the scan goes on, otherwise it is the segment's tail.
+/// becomes an [`Issue`] and the scan goes on, otherwise it is the segment's tail. An [`END`]
+/// marker where a record should start ends the scan.
 pub(crate) fn scan(bytes: &[u8], first_seq: u64) -> Scan {
     // A segment cannot hold more records than it has headers' worth of bytes, which bounds how far a
     // genuine sequence number may jump; a garbage header with a random sequence number is refused.
@@ -130,6 +143,10 @@ pub(crate) fn scan(bytes: &[u8], first_seq: u64) -> Scan {
     while off < bytes.len() {
         if off > u32::MAX as usize {
             out.tail = Some((off, Bad::TooFar));
+            break;
+        }
+        if skipped.is_none() && is_end(&bytes[off..]) {
+            out.end = Some(off);
             break;
         }
         let parsed = parse(&bytes[off..]).and_then(|(seq, len)| {
@@ -234,13 +251,46 @@ mod tests {
     }
 
     #[test]
-    fn zeroed_tail_is_tail() {
+    fn zeros_end_the_records() {
         let mut bytes = records(1, &[b"hello"]);
         bytes.extend_from_slice(&[0; 100]);
-        let scan = scan(&bytes, 1);
+        let zeros = scan(&bytes, 1);
+        assert_eq!(zeros.entries.len(), 1);
+        assert!(zeros.issues.is_empty());
+        assert_eq!((zeros.end, zeros.tail), (Some(21), None));
+        // Fewer zeros than a header: a torn record.
+        let mut bytes = records(1, &[b"hello"]);
+        bytes.extend_from_slice(&[0; 10]);
+        let torn = scan(&bytes, 1);
+        assert_eq!((torn.end, torn.tail), (None, Some((21, Bad::Torn))));
+    }
+
+    #[test]
+    fn an_end_marker_hides_the_previous_use_of_a_file() {
+        // A recycled file: records 100.. of its previous use, overwritten from the start by
+        // records 500.. and an end marker.
+        let old = records(100, &[b"old-one", b"old-two", b"old-three", b"old-four"]);
+        for new in [records(500, &[b"new"]), records(500, &[b"new-one-", b"n2"])] {
+            let mut bytes = old.clone();
+            let mut head = new.clone();
+            head.extend_from_slice(&END);
+            bytes[..head.len()].copy_from_slice(&head);
+            let scan = scan(&bytes, 500);
+            let seqs: Vec<u64> = scan.entries.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs.len(), if new.len() < 30 { 1 } else { 2 });
+            assert_eq!(seqs[0], 500);
+            assert!(scan.issues.is_empty(), "{:?}", scan.issues);
+            assert_eq!((scan.end, scan.tail), (Some(new.len()), None));
+        }
+        // A torn write over the previous use (no marker yet): the old records are never taken
+        // (numbered below the new ones); the torn part and what follows is the tail.
+        let mut bytes = old.clone();
+        let new = records(500, &[b"new-one-", b"n2"]);
+        bytes[..new.len() - 3].copy_from_slice(&new[..new.len() - 3]);
+        let scan = scan(&bytes, 500);
         assert_eq!(scan.entries.len(), 1);
-        assert!(scan.issues.is_empty());
-        assert_eq!(scan.tail.map(|t| t.0), Some(21));
+        assert_eq!(scan.end, None);
+        assert_eq!(scan.tail.map(|t| t.0), Some(24));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::format::{self, Entry, HEADER_BYTES, MAX_PAYLOAD_BYTES};
@@ -12,6 +15,8 @@ use crate::{FlushPolicy, MAX_BATCH_BYTES, RecoveryReport, StoreConfig, StoreErro
 const RELEASED: &str = "released";
 const RELEASED_TMP: &str = "released.tmp";
 const SEGMENT_EXT: &str = "log";
+/// A released segment file kept for the next segment (see [`Spares`]).
+const SPARE: &str = "spare";
 const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
 /// An append-only log of payloads in segment files; see the crate documentation.
@@ -33,6 +38,54 @@ pub struct Store {
     dir_dirty: bool,
     last_sync: Instant,
     scratch: Vec<u8>,
+    /// The budget this store's spare file counts against (none: released segments are
+    /// deleted).
+    spares: Option<Arc<Spares>>,
+    /// Bytes of `dir/spare` while this store holds one.
+    spare: Option<u64>,
+}
+
+/// A budget, shared by the stores of one disk, for spare segment files.
+///
+/// An fsync after appending to a file also commits the file's new size and blocks through
+/// the filesystem's journal; an fsync after overwriting blocks the file already has does
+/// not, and costs half as much (ext4 here: 144 us against 264-297 us, with a third less CPU).
+/// So a store renames a released segment to `spare` instead of deleting it (one per store,
+/// while the budget has room) and overwrites it as its next segment, as databases recycle
+/// their write-ahead log files. What is left of the file's previous use ends the segment at
+/// recovery (its records are numbered below the new ones, see `format::scan`). Spare files
+/// are not counted in a store's `used_bytes`.
+#[derive(Debug)]
+pub struct Spares {
+    held: AtomicU64,
+    max: u64,
+}
+
+impl Spares {
+    /// A budget of `max_bytes` of spare files.
+    pub fn new(max_bytes: u64) -> Arc<Self> {
+        Arc::new(Self {
+            held: AtomicU64::new(0),
+            max: max_bytes,
+        })
+    }
+
+    /// Bytes of spare files held now.
+    pub fn held_bytes(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h + bytes <= self.max).then_some(h + bytes)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug)]
@@ -41,6 +94,9 @@ struct Segment {
     path: PathBuf,
     bytes: u64,
     entries: Vec<Entry>,
+    /// A spare file reused: bytes of its previous use follow the records, so every write
+    /// ends with an end marker.
+    recycled: bool,
 }
 
 impl Segment {
@@ -53,10 +109,20 @@ impl Segment {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`, recovering what is on disk.
+    /// Opens (creating if needed) the store in `dir`, recovering what is on disk. Released
+    /// segments are deleted.
     pub fn open(
         dir: impl AsRef<Path>,
         config: StoreConfig,
+    ) -> Result<(Self, RecoveryReport), StoreError> {
+        Self::open_with_spares(dir, config, None)
+    }
+
+    /// [`Store::open`], keeping a released segment for reuse while `spares` has room.
+    pub fn open_with_spares(
+        dir: impl AsRef<Path>,
+        config: StoreConfig,
+        spares: Option<Arc<Spares>>,
     ) -> Result<(Self, RecoveryReport), StoreError> {
         if config.segment_bytes == 0 || config.segment_bytes > MAX_SEGMENT_BYTES {
             return Err(StoreError::InvalidConfig(format!(
@@ -102,17 +168,20 @@ impl Store {
                 ));
             }
             let mut size = bytes.len() as u64;
-            if let Some((off, reason)) = scan.tail {
+            // The records end at damage (`tail`) or at an end marker (`end`, not damage).
+            if let Some(end) = scan.tail.map(|t| t.0).or(scan.end) {
                 if i + 1 == count {
                     let file = OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .map_err(io_err(&path))?;
-                    file.set_len(off as u64).map_err(io_err(&path))?;
+                    file.set_len(end as u64).map_err(io_err(&path))?;
                     file.sync_all().map_err(io_err(&path))?;
-                    report.truncated_bytes += size - off as u64;
-                    size = off as u64;
-                } else {
+                    if scan.end.is_none() {
+                        report.truncated_bytes += size - end as u64;
+                    }
+                    size = end as u64;
+                } else if let Some((off, reason)) = scan.tail {
                     report.corrupt.push(format!(
                         "segment {name}: offset {off}: {reason}; the remaining {} bytes are unreadable",
                         size - off as u64
@@ -125,6 +194,7 @@ impl Store {
                 path,
                 bytes: size,
                 entries: scan.entries,
+                recycled: false,
             });
         }
 
@@ -147,7 +217,18 @@ impl Store {
             dir_dirty: false,
             last_sync: Instant::now(),
             scratch: Vec::new(),
+            spares,
+            spare: None,
         };
+        let spare = store.dir.join(SPARE);
+        match fs::metadata(&spare) {
+            Ok(m) if store.spares.as_ref().is_some_and(|b| b.take(m.len())) => {
+                store.spare = Some(m.len());
+            }
+            Ok(_) => fs::remove_file(&spare).map_err(io_err(&spare))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&spare)(e)),
+        }
         store.delete_released_segments()?;
         // An empty last segment that does not start at the next sequence number holds nothing.
         if let Some(last) = store.segments.last()
@@ -162,7 +243,7 @@ impl Store {
             && last.end() == next_seq
         {
             let file = OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(&last.path)
                 .map_err(io_err(&last.path))?;
             store.active = Some(file);
@@ -232,7 +313,12 @@ impl Store {
             });
             format::encode(&mut self.scratch, seq, p);
         }
-        if let Err(e) = file.write_all(&self.scratch) {
+        if seg.recycled {
+            // Overwritten by the next write; ends the records at recovery until then.
+            self.scratch.extend_from_slice(&format::END);
+        }
+        // At the segment's end, not the file's: a recycled file is longer.
+        if let Err(e) = file.write_all_at(&self.scratch, seg.bytes) {
             // Undo a partial write; if that fails too, stop appending to this file: recovery will
             // report its damaged tail, and no record is lost.
             if file.set_len(seg.bytes).is_err() {
@@ -411,16 +497,23 @@ impl Store {
         let path = self
             .dir
             .join(format!("{:020}.{SEGMENT_EXT}", self.next_seq));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let (file, recycled) = match self.reuse_spare(&path) {
+            Some(file) => (file, true),
+            None => {
+                let file = OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                (file, false)
+            }
+        };
         self.segments.push(Segment {
             base: self.next_seq,
             path,
             bytes: 0,
             entries: Vec::new(),
+            recycled,
         });
         self.active = Some(file);
         self.dir_dirty = true;
@@ -438,10 +531,47 @@ impl Store {
             self.dirty = false;
         }
         for seg in self.segments.drain(..done) {
-            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
             self.used_bytes = self.used_bytes.saturating_sub(seg.bytes);
+            if self.spare.is_none()
+                && let Some(budget) = &self.spares
+                && let Ok(m) = fs::metadata(&seg.path)
+                && budget.take(m.len())
+            {
+                let spare = self.dir.join(SPARE);
+                if fs::rename(&seg.path, &spare).is_ok() {
+                    self.spare = Some(m.len());
+                    continue;
+                }
+                budget.give_back(m.len());
+            }
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
         }
         Ok(())
+    }
+
+    /// The spare file renamed to `path` and opened for writing, if this store holds one.
+    fn reuse_spare(&mut self, path: &Path) -> Option<File> {
+        let bytes = self.spare.take()?;
+        if let Some(budget) = &self.spares {
+            budget.give_back(bytes);
+        }
+        let spare = self.dir.join(SPARE);
+        if fs::rename(&spare, path).is_err() {
+            let _ = fs::remove_file(&spare);
+            return None;
+        }
+        // An end marker first: a crash before the first write leaves an empty segment.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.write_all_at(&format::END, 0).map(|()| f));
+        match file {
+            Ok(file) => Some(file),
+            Err(_) => {
+                let _ = fs::remove_file(path);
+                None
+            }
+        }
     }
 }
 
@@ -449,6 +579,10 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort for `FlushPolicy::Interval`; a caller that needs to know calls `sync` first.
         let _ = self.sync();
+        // The spare file stays for the next open of this store, which counts it again.
+        if let (Some(bytes), Some(budget)) = (self.spare, &self.spares) {
+            budget.give_back(bytes);
+        }
     }
 }
 
