@@ -98,6 +98,8 @@ pub(crate) struct SinkProducer {
     partitioner: Option<(PartitionFn, bool)>,
     /// The sticky partition of records without a key: this counter modulo the count.
     sticky: u32,
+    /// When the current batch began (the clock is read once per batch).
+    batch_start: Instant,
 }
 
 /// A record for [`SinkProducer::send`].
@@ -125,6 +127,7 @@ impl SinkProducer {
             partitioner,
             // Start somewhere else than every other sink.
             sticky: std::process::id().wrapping_mul(0x9E37_79B9),
+            batch_start: Instant::now(),
         }
     }
 
@@ -132,9 +135,10 @@ impl SinkProducer {
         &self.producer
     }
 
-    /// Moves the sticky partition on (once per batch).
+    /// Moves the sticky partition on and reads the clock (once per batch).
     pub(crate) fn next_batch(&mut self) {
         self.sticky = self.sticky.wrapping_add(1);
+        self.batch_start = Instant::now();
     }
 
     /// Hands one record to librdkafka (copied). On an error the record was not taken.
@@ -144,9 +148,9 @@ impl SinkProducer {
             self.topics.insert(r.topic.to_string(), topic);
             return self.send(r);
         };
-        if topic.next_fetch <= Instant::now() && !topic.fetching.swap(true, Ordering::AcqRel) {
+        if topic.next_fetch <= self.batch_start && !topic.fetching.swap(true, Ordering::AcqRel) {
             let count = topic.partitions.load(Ordering::Relaxed);
-            topic.next_fetch = Instant::now() + if count > 0 { REFRESH } else { RETRY };
+            topic.next_fetch = self.batch_start + if count > 0 { REFRESH } else { RETRY };
             fetch_partitions(
                 self.producer.clone(),
                 r.topic.to_string(),
@@ -186,7 +190,7 @@ impl SinkProducer {
                 // Fewer partitions than last fetched (the topic was made again): let
                 // librdkafka choose until the count is fetched again.
                 topic.partitions.store(0, Ordering::Relaxed);
-                topic.next_fetch = Instant::now();
+                topic.next_fetch = self.batch_start;
                 self.send(r)
             }
             e => Err(e),
@@ -209,7 +213,7 @@ impl SinkProducer {
             rkt,
             partitions: Arc::new(AtomicI32::new(0)),
             fetching: Arc::new(AtomicBool::new(false)),
-            next_fetch: Instant::now(),
+            next_fetch: self.batch_start,
         })
     }
 }

@@ -51,6 +51,9 @@ struct DiskInner {
     state: Mutex<CommitState>,
     wake: Condvar,
     done: watch::Sender<u64>,
+    /// `done`'s value, for [`Disk::is_durable`] without the watch's lock (it is asked once
+    /// per acknowledgement).
+    durable: AtomicU64,
     sync_errors: AtomicU64,
     spares: Arc<Spares>,
 }
@@ -87,6 +90,7 @@ impl Disk {
             }),
             wake: Condvar::new(),
             done: watch::Sender::new(0),
+            durable: AtomicU64::new(0),
             sync_errors: AtomicU64::new(0),
             spares: Spares::new((max_bytes / 16).min(MAX_SPARE_BYTES)),
         });
@@ -140,7 +144,7 @@ impl Disk {
 
     /// Whether `ticket` is durable now.
     pub fn is_durable(&self, ticket: u64) -> bool {
-        ticket <= *self.inner.done.borrow()
+        ticket <= self.inner.durable.load(Ordering::Acquire)
     }
 
     /// Waits until `ticket` is durable.
@@ -345,6 +349,7 @@ fn commit_loop(disk: Weak<DiskInner>) {
             }
         }
         if ok {
+            d.durable.store(cycle, Ordering::Release);
             d.done.send_replace(cycle);
         }
     }
