@@ -358,11 +358,17 @@ topic_template = "orders.us"
         assert_eq!(r.key.as_deref(), Some(key.as_bytes()), "key kept");
         assert_eq!(r.header("region"), Some(&b"us"[..]), "headers kept");
     }
-    // Per key, in order (a key lands in one partition of B).
+    // Per key, in order: a key lands in one partition of B (the sink partitions by key as
+    // librdkafka does), and in it in the order of A.
     let mut by_part: BTreeMap<i32, Vec<&Rec>> = BTreeMap::new();
+    let mut part_of_key: BTreeMap<&[u8], i32> = BTreeMap::new();
     for r in &got {
         by_part.entry(r.partition).or_default().push(r);
+        let key = r.key.as_deref().expect("keyed");
+        let first = *part_of_key.entry(key).or_insert(r.partition);
+        assert_eq!(first, r.partition, "key {key:?} in two partitions");
     }
+    assert_eq!(by_part.len(), 2, "the keys spread over both partitions");
     let mut n = 0;
     for recs in by_part.values_mut() {
         recs.sort_by_key(|r| r.offset);
