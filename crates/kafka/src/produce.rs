@@ -316,7 +316,10 @@ mod tests {
     #[test]
     fn known_partitioners_are_applied_and_others_left_to_librdkafka() {
         let (f, empty_sticky) = partitioner(None).expect("the default");
-        assert!(empty_sticky, "consistent_random sends empty keys to the sticky partition");
+        assert!(
+            empty_sticky,
+            "consistent_random sends empty keys to the sticky partition"
+        );
         for (name, sticky) in [("consistent", false), ("murmur2_random", false)] {
             assert_eq!(partitioner(Some(name)).map(|p| p.1), Some(sticky), "{name}");
         }
@@ -340,7 +343,11 @@ mod tests {
             for b in key {
                 c ^= u32::from(*b);
                 for _ in 0..8 {
-                    c = if c & 1 == 1 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+                    c = if c & 1 == 1 {
+                        (c >> 1) ^ 0xEDB8_8320
+                    } else {
+                        c >> 1
+                    };
                 }
             }
             !c

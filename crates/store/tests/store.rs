@@ -359,7 +359,10 @@ fn released_segments_are_reused_and_their_old_records_never_come_back() {
     assert_eq!(spares.held_bytes(), 0);
     let seg = segments(dir.path());
     assert_eq!(seg.len(), 1);
-    assert!(fs::metadata(&seg[0]).unwrap().len() >= spare_len, "overwritten, not cut");
+    assert!(
+        fs::metadata(&seg[0]).unwrap().len() >= spare_len,
+        "overwritten, not cut"
+    );
     let want = vec![(21, b"a".to_vec()), (22, b"b".to_vec())];
     assert_eq!(all(&store), want);
 
@@ -394,7 +397,10 @@ fn released_segments_are_reused_and_their_old_records_never_come_back() {
     drop(store);
     let (store, report) = open().expect("reopen");
     assert!(report.corrupt.is_empty() && report.truncated_bytes == 0);
-    assert_eq!(all(&store), vec![(41, b"first".to_vec()), (42, b"again".to_vec())]);
+    assert_eq!(
+        all(&store),
+        vec![(41, b"first".to_vec()), (42, b"again".to_vec())]
+    );
 }
 
 #[test]
