@@ -3,8 +3,8 @@
 //! rdkafka's stream polls librdkafka once per record, and each poll reads the clock several
 //! times and takes the queue's lock (measured: a fifth of a Kafka source's CPU while draining a
 //! backlog). librdkafka's batch call, `rd_kafka_consume_batch_queue`, takes up to N records
-//! under one lock; rdkafka 0.39 does not wrap it, so this module does, and is the crate's only
-//! unsafe code.
+//! under one lock; rdkafka 0.39 does not wrap it, so this module does (with `produce.rs`, the
+//! crate's unsafe code).
 //!
 //! The batch call serves every other event it meets with librdkafka's defaults (a rebalance
 //! becomes an unassign, an offset commit's report aborts): it must never read the consumer's
