@@ -226,6 +226,7 @@ fn fetch_partitions(
     partitions: Arc<AtomicI32>,
     fetching: Arc<AtomicBool>,
 ) {
+    let flag = fetching.clone();
     let fetch = move || {
         if let Ok(md) = producer
             .client()
@@ -238,9 +239,14 @@ fn fetch_partitions(
         }
         fetching.store(false, Ordering::Release);
     };
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) => drop(h.spawn_blocking(fetch)),
-        Err(_) => drop(std::thread::spawn(fetch)),
+    // A thread of its own, not the runtime's blocking pool: a fetch waiting on a cluster that
+    // is away must not hold up the sink's runtime when the node stops.
+    let spawned = std::thread::Builder::new()
+        .name("meshgate-kafka-md".into())
+        .spawn(fetch);
+    if spawned.is_err() {
+        // Without the count librdkafka keeps partitioning; the next batch tries again.
+        flag.store(false, Ordering::Release);
     }
 }
 
