@@ -457,6 +457,7 @@ fn puback_waits_until_the_event_is_durable() {
         // A lone event is committed at once; the next cycle may start only a window (200 ms)
         // after that one, so the second PUBACK cannot come before it.
         let t = Instant::now();
+        let first = t;
         p.publish("d/0", QoS::AtLeastOnce, false, b"first".to_vec())
             .await
             .unwrap();
@@ -507,16 +508,19 @@ fn puback_waits_until_the_event_is_durable() {
             t.elapsed()
         );
 
-        // QoS 2: the PUBREC waits the same way.
-        let t = Instant::now();
+        // QoS 2: the PUBREC waits the same way, for a third cycle. The window runs from the
+        // start of the second cycle, which is at least 200 ms after the first publish (not
+        // after this one: the second PUBACK and the publish above came in between).
+        let before_third = *durable.borrow();
         p.publish("d/2", QoS::ExactlyOnce, false, b"two".to_vec())
             .await
             .unwrap();
         next(&mut prx, |pk| matches!(pk, Packet::PubRec(_)).then_some(())).await;
+        assert!(*durable.borrow() > before_third, "a third cycle completed first");
         assert!(
-            t.elapsed() >= Duration::from_millis(190),
+            first.elapsed() >= Duration::from_millis(390),
             "{:?}",
-            t.elapsed()
+            first.elapsed()
         );
         next(&mut prx, |pk| {
             matches!(pk, Packet::PubComp(_)).then_some(())
