@@ -516,7 +516,10 @@ fn puback_waits_until_the_event_is_durable() {
             .await
             .unwrap();
         next(&mut prx, |pk| matches!(pk, Packet::PubRec(_)).then_some(())).await;
-        assert!(*durable.borrow() > before_third, "a third cycle completed first");
+        assert!(
+            *durable.borrow() > before_third,
+            "a third cycle completed first"
+        );
         assert!(
             first.elapsed() >= Duration::from_millis(390),
             "{:?}",
