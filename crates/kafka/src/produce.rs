@@ -160,14 +160,10 @@ impl SinkProducer {
         }
         let count = topic.partitions.load(Ordering::Relaxed);
         let partition = match (self.partitioner, r.key) {
-            _ if count <= 0 => PARTITION_UA,
+            (Some(_), _) if count <= 0 => PARTITION_UA,
             (None, _) => PARTITION_UA,
-            (Some((_, empty_sticky)), k)
-                if k.is_none() || (empty_sticky && k.is_some_and(<[u8]>::is_empty)) =>
-            {
-                (self.sticky % count as u32) as i32
-            }
-            (Some((f, _)), Some(k)) => {
+            // librdkafka's condition for its sticky partitioner.
+            (Some((f, empty_sticky)), Some(k)) if !(empty_sticky && k.is_empty()) => {
                 // SAFETY: librdkafka's partitioner functions read the key and, for an empty
                 // key of the `_random` ones, the topic handle (valid while `topic` lives).
                 unsafe {
@@ -181,7 +177,7 @@ impl SinkProducer {
                     )
                 }
             }
-            (Some(_), None) => unreachable!("matched above"),
+            (Some(_), _) => (self.sticky % count as u32) as i32,
         };
         let err = produce(self.producer.client().native_ptr(), topic.rkt, partition, r);
         match err {

@@ -52,9 +52,9 @@ pub struct Store {
 /// not, and costs half as much (ext4 here: 144 us against 264-297 us, with a third less CPU).
 /// So a store renames a released segment to `spare` instead of deleting it (one per store,
 /// while the budget has room) and overwrites it as its next segment, as databases recycle
-/// their write-ahead log files. What is left of the file's previous use ends the segment at
-/// recovery (its records are numbered below the new ones, see `format::scan`). Spare files
-/// are not counted in a store's `used_bytes`.
+/// their write-ahead log files. Every write to such a file ends with an end marker
+/// (`format::END`), so what is left of its previous use is never read back. Spare files are
+/// not counted in a store's `used_bytes`.
 #[derive(Debug)]
 pub struct Spares {
     held: AtomicU64,
