@@ -66,6 +66,8 @@ pub struct Disk {
 
 struct JournalInner {
     store: Mutex<Store>,
+    /// Held while a release mark is written, so marks of one journal are written in turn.
+    releasing: Mutex<()>,
     /// Written since the last cycle took it.
     dirty: AtomicBool,
 }
@@ -130,6 +132,7 @@ impl Disk {
         let journal = Journal {
             inner: Arc::new(JournalInner {
                 store: Mutex::new(store),
+                releasing: Mutex::new(()),
                 dirty: AtomicBool::new(false),
             }),
             disk: self.inner.clone(),
@@ -251,10 +254,22 @@ impl Journal {
     }
 
     /// Releases every record up to and including `seq` (see [`Store::release_up_to`]).
+    ///
+    /// The mark is written without the journal's lock (it costs two fsyncs), so appends to the
+    /// journal go on meanwhile; releases of one journal take turns.
     pub fn release_up_to(&self, seq: u64) -> Result<(), StoreError> {
+        let _turn = self.inner.releasing.lock();
+        let (dir, mark) = {
+            let store = self.inner.store.lock();
+            (store.dir().to_path_buf(), store.release_mark(seq))
+        };
+        let Some(mark) = mark else {
+            return Ok(());
+        };
+        crate::store::persist_release(&dir, mark)?;
         let mut store = self.inner.store.lock();
         let before = store.used_bytes();
-        let r = store.release_up_to(seq);
+        let r = store.apply_release(mark);
         let freed = before.saturating_sub(store.used_bytes());
         drop(store);
         self.disk.used.fetch_sub(freed, Ordering::Relaxed);
@@ -382,6 +397,57 @@ mod tests {
         let (a, report) = disk.open(dir.path().join("a"), 1 << 20).unwrap();
         assert_eq!(report.records, 0);
         assert_eq!(a.bounds(), (2, 2), "numbers are not reused after release");
+    }
+
+    #[test]
+    fn releases_while_others_append_keep_every_unreleased_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::new(Commit::Group(Duration::ZERO), u64::MAX);
+        // Small segments: releases delete (and keep as spare) segments while appends roll.
+        let (j, _) = disk.open(dir.path().join("j"), 4096).unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000u32 {
+                        j.append(&[w; 100]).unwrap();
+                        if i % 100 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let releasers: Vec<_> = (0..2)
+            .map(|_| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let (_, next) = j.bounds();
+                        j.release_up_to(next.saturating_sub(50).min(2_999)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in writers.into_iter().chain(releasers) {
+            t.join().unwrap();
+        }
+        j.release_up_to(3_000).unwrap();
+        let (first, next) = j.bounds();
+        assert_eq!((first, next), (3_001, 4_001));
+        assert_eq!(j.len(), 1_000);
+        let kept = j.read_from(0, 2_000).unwrap();
+        let seqs: Vec<u64> = kept.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (3_001..4_001).collect::<Vec<_>>());
+        drop(j);
+        let (j, report) = disk.open(dir.path().join("j"), 4096).unwrap();
+        assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+        assert_eq!(
+            j.bounds(),
+            (3_001, 4_001),
+            "the last mark holds after a reopen"
+        );
+        assert_eq!(j.read_from(0, 2_000).unwrap(), kept);
     }
 
     #[test]

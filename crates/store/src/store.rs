@@ -26,8 +26,9 @@ pub struct Store {
     config: StoreConfig,
     /// Ordered by base sequence number; the last one receives appends when `active` is open.
     segments: Vec<Segment>,
-    /// Append handle on the last segment, if appends may continue in it.
-    active: Option<File>,
+    /// Append handle on the last segment, if appends may continue in it. Shared with the
+    /// group commit, which fsyncs it outside the store's lock (see [`Store::take_sync`]).
+    active: Option<Arc<File>>,
     /// First sequence number not released.
     first_seq: u64,
     next_seq: u64,
@@ -246,7 +247,7 @@ impl Store {
                 .write(true)
                 .open(&last.path)
                 .map_err(io_err(&last.path))?;
-            store.active = Some(file);
+            store.active = Some(Arc::new(file));
         }
         store.used_bytes = store.segments.iter().map(|s| s.bytes).sum();
         report.segments = store.segments.len();
@@ -297,7 +298,7 @@ impl Store {
             self.roll()?;
         }
         // Invariant: `roll` leaves an active last segment.
-        let (Some(file), Some(seg)) = (self.active.as_mut(), self.segments.last_mut()) else {
+        let (Some(file), Some(seg)) = (self.active.as_ref(), self.segments.last_mut()) else {
             unreachable!("roll opens an active segment");
         };
         self.scratch.clear();
@@ -374,7 +375,7 @@ impl Store {
     /// returns a handle on the active segment for the caller to `sync_data` (covering every append
     /// so far, since a new segment is started only after the previous one was fsynced), or `None`
     /// if nothing is pending. Fsyncs the directory first if a segment was created.
-    pub fn take_sync(&mut self) -> Result<Option<File>, StoreError> {
+    pub fn take_sync(&mut self) -> Result<Option<Arc<File>>, StoreError> {
         if self.dir_dirty {
             sync_dir(&self.dir)?;
             self.dir_dirty = false;
@@ -384,10 +385,7 @@ impl Store {
         }
         self.dirty = false;
         self.last_sync = Instant::now();
-        match (&self.active, self.segments.last()) {
-            (Some(f), Some(seg)) => f.try_clone().map(Some).map_err(io_err(&seg.path)),
-            _ => Ok(None),
-        }
+        Ok(self.active.clone())
     }
 
     /// Up to `max_records` records from sequence number `seq` on (or from [`Store::first_seq`] if
@@ -442,13 +440,37 @@ impl Store {
     /// ignored. Each call that moves the mark costs a file write, an fsync and a rename: release in
     /// batches (for example on the acknowledgement timer), not per record.
     pub fn release_up_to(&mut self, seq: u64) -> Result<(), StoreError> {
+        let Some(mark) = self.release_mark(seq) else {
+            return Ok(());
+        };
+        persist_release(&self.dir, mark)?;
+        self.apply_release(mark)
+    }
+
+    /// The mark [`Store::release_up_to`]`(seq)` persists: the first sequence number it leaves
+    /// unreleased, or `None` if it releases nothing new.
+    ///
+    /// With [`persist_release`] and [`Store::apply_release`], a caller that shares the store
+    /// behind a lock writes the mark (two fsyncs) without holding that lock, as the disk's
+    /// journals do.
+    pub(crate) fn release_mark(&self, seq: u64) -> Option<u64> {
         let mark = seq.saturating_add(1).min(self.next_seq);
+        (mark > self.first_seq).then_some(mark)
+    }
+
+    /// Releases up to `mark` once [`persist_release`] wrote it: deletes (or keeps as the spare)
+    /// the segments below it. A mark at or below the current one changes nothing.
+    pub(crate) fn apply_release(&mut self, mark: u64) -> Result<(), StoreError> {
         if mark <= self.first_seq {
             return Ok(());
         }
-        write_released(&self.dir, mark)?;
-        self.first_seq = mark;
+        self.first_seq = mark.min(self.next_seq);
         self.delete_released_segments()
+    }
+
+    /// The directory of this store.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The first sequence number not released (equal to [`Store::next_seq`] when nothing is held).
@@ -515,7 +537,7 @@ impl Store {
             entries: Vec::new(),
             recycled,
         });
-        self.active = Some(file);
+        self.active = Some(Arc::new(file));
         self.dir_dirty = true;
         Ok(())
     }
@@ -638,7 +660,10 @@ fn read_released(dir: &Path, report: &mut RecoveryReport) -> Result<Option<u64>,
     Ok(None)
 }
 
-fn write_released(dir: &Path, mark: u64) -> Result<(), StoreError> {
+/// Persists the release mark of the store in `dir` (a file written, fsynced and renamed into
+/// place, then the directory fsynced). Callers writing marks for one store concurrently must
+/// take turns; see [`Store::release_mark`].
+pub(crate) fn persist_release(dir: &Path, mark: u64) -> Result<(), StoreError> {
     let tmp = dir.join(RELEASED_TMP);
     let mut bytes = mark.to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
