@@ -125,6 +125,7 @@ pub async fn run_sink<T: SinkTarget>(
 
     let batch_max = spec.batch.max(1);
     let mut out: VecDeque<Delivery> = VecDeque::new();
+    let mut received: Vec<Delivery> = Vec::new();
     let mut flight: VecDeque<Batch<T::Pending>> = VecDeque::new();
     let mut released = cursor.as_ref().map_or(0, |c| c.next().saturating_sub(1));
     let mut upto = released;
@@ -145,10 +146,11 @@ pub async fn run_sink<T: SinkTarget>(
         {
             c.read(batch_max, &mut out);
         }
-        while out.len() < batch_max {
-            match rx.try_recv() {
-                Ok(d) => take(d, &mut cursor, &mut out),
-                Err(_) => break,
+        if out.len() < batch_max {
+            received.clear();
+            rx.try_recv_many(&mut received, batch_max - out.len());
+            for d in received.drain(..) {
+                take(d, &mut cursor, &mut out);
             }
         }
         if out.is_empty() && flight.is_empty() {

@@ -19,7 +19,7 @@ pub use auth::{
     token_digest,
 };
 pub use cursor::JournalCursor;
-pub use mailbox::{Delivery, Mailbox, MailboxReceiver, SessionId};
+pub use mailbox::{Delivery, Mailbox, MailboxReceiver, Receiver, SessionId, TryRecvError};
 pub use meter::{LocalMeter, Meter, MeterEntry, Metered};
 pub use policy::{Denied, Policy};
 pub use router::{

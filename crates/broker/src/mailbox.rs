@@ -1,5 +1,6 @@
 //! Mailboxes: the per-session queue between the router and a connection.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -7,7 +8,7 @@ use bytes::{Buf, BufMut, Bytes};
 use meshgate_proto::Envelope;
 use meshgate_store::Journal;
 use prost::Message;
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 /// Identifies a session (an MQTT session, an SSE stream) inside one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,8 +74,8 @@ impl Delivery {
 #[derive(Debug)]
 pub struct Mailbox {
     id: SessionId,
-    tx: mpsc::Sender<Delivery>,
-    rx: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+    queue: Arc<Queue>,
+    rx: Arc<Mutex<Receiver>>,
     online: AtomicBool,
     /// Persistent sessions queue QoS 1 events while offline; others drop everything then.
     persistent: AtomicBool,
@@ -86,8 +87,97 @@ pub struct Mailbox {
     app: std::sync::OnceLock<Arc<str>>,
 }
 
+/// The deliveries of a mailbox. A plain deque under a lock rather than a channel: a batched
+/// publisher queues its share of a batch with one lock and one wake-up
+/// ([`Mailbox::offer_all`]), and a receiver takes many with one lock
+/// ([`Receiver::try_recv_many`]), where a channel costs a permit and a wake per delivery.
+#[derive(Debug)]
+struct Queue {
+    items: parking_lot::Mutex<VecDeque<Delivery>>,
+    capacity: usize,
+    /// Wakes the receiver: deliveries arrived, or the mailbox ended.
+    ready: Notify,
+    /// The mailbox was dropped: the receiver gets what is left, then the end.
+    ended: AtomicBool,
+}
+
+/// The receiving end of a mailbox (see [`MailboxReceiver`]).
+#[derive(Debug)]
+pub struct Receiver {
+    queue: Arc<Queue>,
+}
+
+/// Why [`Receiver::try_recv`] returned nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing queued now.
+    Empty,
+    /// Nothing queued, and the mailbox ended.
+    Ended,
+}
+
+impl Receiver {
+    /// The next delivery; `None` once the mailbox ended and everything queued was taken.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        let mut one = Vec::with_capacity(1);
+        self.recv_many(&mut one, 1).await;
+        one.pop()
+    }
+
+    /// Waits for deliveries and appends up to `limit` of them to `out`; returns how many (0 only
+    /// once the mailbox ended and everything queued was taken). Cancel safe.
+    pub async fn recv_many(&mut self, out: &mut Vec<Delivery>, limit: usize) -> usize {
+        loop {
+            let ready = self.queue.ready.notified();
+            tokio::pin!(ready);
+            // Registered before looking, so a delivery queued after the look wakes it.
+            ready.as_mut().enable();
+            let n = self.queue.take(out, limit);
+            if n > 0 || limit == 0 || self.queue.ended.load(Ordering::Acquire) {
+                return n;
+            }
+            ready.await;
+        }
+    }
+
+    /// The next delivery, without waiting.
+    pub fn try_recv(&mut self) -> Result<Delivery, TryRecvError> {
+        match self.queue.items.lock().pop_front() {
+            Some(d) => Ok(d),
+            None if self.queue.ended.load(Ordering::Acquire) => Err(TryRecvError::Ended),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Moves up to `limit` queued deliveries to `out` without waiting; returns how many.
+    pub fn try_recv_many(&mut self, out: &mut impl Extend<Delivery>, limit: usize) -> usize {
+        self.queue.take(out, limit)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.items.lock().is_empty()
+    }
+}
+
+impl Queue {
+    fn take(&self, out: &mut impl Extend<Delivery>, limit: usize) -> usize {
+        let mut items = self.items.lock();
+        let n = items.len().min(limit);
+        out.extend(items.drain(..n));
+        if items.is_empty() && items.capacity() > SHRINK_ABOVE {
+            // A burst is over: give its memory back.
+            items.shrink_to(SHRINK_ABOVE);
+        }
+        n
+    }
+}
+
+/// Slots an empty mailbox keeps after a burst.
+const SHRINK_ABOVE: usize = 16 * 1024;
+
 /// Exclusive right to drain a mailbox, held by the one connection attached to the session.
-pub type MailboxReceiver = OwnedMutexGuard<mpsc::Receiver<Delivery>>;
+pub type MailboxReceiver = OwnedMutexGuard<Receiver>;
 
 /// Why a delivery did not enter a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,18 +186,23 @@ pub(crate) enum Refused {
     Full,
     /// Session offline and the event is not queued for offline sessions.
     Offline,
-    /// Session ended.
-    Closed,
 }
 
 impl Mailbox {
     /// A mailbox holding at most `capacity` undelivered events.
     pub fn new(id: SessionId, capacity: usize) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let queue = Arc::new(Queue {
+            items: parking_lot::Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            ended: AtomicBool::new(false),
+        });
         Arc::new(Self {
             id,
-            tx,
-            rx: Arc::new(Mutex::new(rx)),
+            rx: Arc::new(Mutex::new(Receiver {
+                queue: queue.clone(),
+            })),
+            queue,
             online: AtomicBool::new(false),
             persistent: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -173,34 +268,187 @@ impl Mailbox {
 
     /// Queues a delivery without waiting.
     pub(crate) fn offer(&self, d: Delivery) -> Result<(), Refused> {
-        if !self.online.load(Ordering::Acquire)
-            && (d.qos == 0 || !self.persistent.load(Ordering::Acquire))
-        {
+        if !self.takes(&d) {
             return Err(Refused::Offline);
         }
-        let journaled = d.seq != 0;
-        match self.tx.try_send(d) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // A journaled delivery is not lost: the session reads it back from its journal.
-                if !journaled {
+        let mut items = self.queue.items.lock();
+        if items.len() >= self.queue.capacity {
+            drop(items);
+            // A journaled delivery is not lost: the session reads it back from its journal.
+            if d.seq == 0 {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(Refused::Full);
+        }
+        items.push_back(d);
+        drop(items);
+        self.queue.ready.notify_one();
+        Ok(())
+    }
+
+    /// [`Mailbox::offer`] for each delivery of `ds` in order, with one lock and one wake-up;
+    /// calls `refused` for each one that did not enter.
+    pub(crate) fn offer_all(
+        &self,
+        ds: impl IntoIterator<Item = Delivery>,
+        mut refused: impl FnMut(Delivery, Refused),
+    ) {
+        let mut queued = false;
+        let mut items = self.queue.items.lock();
+        for d in ds {
+            if !self.takes(&d) {
+                refused(d, Refused::Offline);
+            } else if items.len() >= self.queue.capacity {
+                if d.seq == 0 {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(Refused::Full)
+                refused(d, Refused::Full);
+            } else {
+                items.push_back(d);
+                queued = true;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Refused::Closed),
         }
+        drop(items);
+        if queued {
+            self.queue.ready.notify_one();
+        }
+    }
+
+    /// Whether `d` may queue now: the session is online, or it is persistent and `d` is QoS 1
+    /// or 2.
+    fn takes(&self, d: &Delivery) -> bool {
+        self.online.load(Ordering::Acquire)
+            || (d.qos > 0 && self.persistent.load(Ordering::Acquire))
     }
 
     /// Queues a delivery that must not be refused for being offline (retained messages sent on
     /// subscribe, the session's own redelivery).
     pub fn push(&self, d: Delivery) -> bool {
-        match self.tx.try_send(d) {
-            Ok(()) => true,
-            Err(_) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+        let mut items = self.queue.items.lock();
+        if items.len() >= self.queue.capacity {
+            drop(items);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        items.push_back(d);
+        drop(items);
+        self.queue.ready.notify_one();
+        true
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        // The receiver (a connection still attached) takes what is left, then learns the end.
+        self.queue.ended.store(true, Ordering::Release);
+        self.queue.ready.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn delivery(n: u8, qos: u8, seq: u64) -> Delivery {
+        Delivery {
+            event: Arc::new(Envelope {
+                topic: format!("t/{n}"),
+                ..Default::default()
+            }),
+            qos,
+            retain: false,
+            sub_id: None,
+            seq,
+        }
+    }
+
+    fn topics(ds: &[Delivery]) -> Vec<&str> {
+        ds.iter().map(|d| d.event.topic.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_queues_in_order_up_to_capacity_and_reports_the_rest() {
+        let mb = Mailbox::new(SessionId(1), 3);
+        let mut rx = mb.attach().await;
+        let mut refused = Vec::new();
+        let batch = (0..5).map(|n| delivery(n, 1, if n == 4 { 9 } else { 0 }));
+        mb.offer_all(batch, |d, why| refused.push((d.event.topic.clone(), why)));
+        assert_eq!(
+            refused,
+            vec![("t/3".into(), Refused::Full), ("t/4".into(), Refused::Full)]
+        );
+        // Only the delivery that is in no journal counts as dropped.
+        assert_eq!(mb.dropped(), 1);
+        let mut got = Vec::new();
+        assert_eq!(rx.try_recv_many(&mut got, 2), 2);
+        assert_eq!(rx.try_recv_many(&mut got, 10), 1);
+        assert_eq!(topics(&got), ["t/0", "t/1", "t/2"]);
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        assert!(mb.offer(delivery(5, 0, 0)).is_ok(), "room again");
+    }
+
+    #[tokio::test]
+    async fn offline_sessions_take_only_what_they_keep() {
+        let mb = Mailbox::new(SessionId(1), 10);
+        assert_eq!(mb.offer(delivery(0, 1, 0)), Err(Refused::Offline));
+        mb.set_persistent(true);
+        assert_eq!(mb.offer(delivery(1, 0, 0)), Err(Refused::Offline), "QoS 0");
+        let mut refused = Vec::new();
+        mb.offer_all([delivery(2, 0, 0), delivery(3, 1, 0)], |d, why| {
+            refused.push((d.event.topic.clone(), why))
+        });
+        assert_eq!(refused, vec![("t/2".into(), Refused::Offline)]);
+        assert!(
+            mb.push(delivery(4, 0, 0)),
+            "a push is not refused for being offline"
+        );
+        let mut rx = mb.attach().await;
+        let mut got = Vec::new();
+        rx.try_recv_many(&mut got, 10);
+        assert_eq!(topics(&got), ["t/3", "t/4"]);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_for_a_batch_and_learns_the_end() {
+        let mb = Mailbox::new(SessionId(1), 100);
+        let mut rx = mb.attach().await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while rx.recv_many(&mut got, 2).await > 0 {}
+            got.iter()
+                .map(|d| d.event.topic.clone())
+                .collect::<Vec<_>>()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        mb.offer_all((0..3).map(|n| delivery(n, 0, 0)), |_, _| panic!("refused"));
+        assert!(mb.offer(delivery(3, 0, 0)).is_ok());
+        // The receiver takes what is queued, then the end when the mailbox is dropped.
+        drop(mb);
+        let got = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the receiver ends")
+            .unwrap();
+        assert_eq!(got, ["t/0", "t/1", "t/2", "t/3"]);
+    }
+
+    #[tokio::test]
+    async fn recv_is_cancel_safe() {
+        let mb = Mailbox::new(SessionId(1), 100);
+        let mut rx = mb.attach().await;
+        // A recv given up before anything came takes nothing away.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), rx.recv())
+                .await
+                .is_err()
+        );
+        assert!(mb.offer(delivery(0, 0, 0)).is_ok());
+        let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("woken")
+            .expect("a delivery");
+        assert_eq!(d.event.topic, "t/0");
+        assert!(rx.is_empty());
     }
 }

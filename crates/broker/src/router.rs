@@ -980,7 +980,7 @@ fn queue(mailbox: &Mailbox, d: Delivery, tally: &mut LocalTally) -> bool {
             tally.dropped_full += 1;
             false
         }
-        Err(Refused::Offline | Refused::Closed) => journaled,
+        Err(Refused::Offline) => journaled,
     }
 }
 
@@ -1039,7 +1039,8 @@ fn store_run(
 /// Queues the held deliveries of `part` in order, the QoS 1 ones numbered from `first` (their
 /// journal sequence numbers; `None`: not stored).
 fn queue_part(part: &[(Arc<Mailbox>, Delivery)], mut first: Option<u64>, tally: &mut LocalTally) {
-    for (mb, d) in part {
+    let Some((mb, _)) = part.first() else { return };
+    let numbered = part.iter().map(|(_, d)| {
         let mut d = d.clone();
         if d.qos > 0
             && let Some(seq) = first.as_mut()
@@ -1047,8 +1048,14 @@ fn queue_part(part: &[(Arc<Mailbox>, Delivery)], mut first: Option<u64>, tally: 
             d.seq = *seq;
             *seq += 1;
         }
-        queue(mb, d, tally);
-    }
+        d
+    });
+    // As `queue` for each: only what is in neither the mailbox nor the journal is dropped.
+    mb.offer_all(numbered, |d, why| {
+        if why == Refused::Full && d.seq == 0 {
+            tally.dropped_full += 1;
+        }
+    });
 }
 
 #[cfg(test)]
