@@ -13,8 +13,8 @@
 //! segment has been deleted, so numbers are never reused after a restart.
 //!
 //! A store opened with a [`Spares`] budget ([`Store::open_with_spares`]; every journal of a
-//! [`Disk`] is) renames one released segment to `spare` instead of deleting it and overwrites it
-//! as its next segment: an fsync after overwriting costs about half of one after appending. Each
+//! [`Disk`] is) renames released segments to spare files (`spare-<base>`, up to four) instead
+//! of deleting them and overwrites them as its next segments: an fsync after overwriting costs about half of one after appending. Each
 //! write to such a file ends with an end marker (a header of zeros), so the records of the file's
 //! previous use, numbered below the new ones, are never read back.
 //!

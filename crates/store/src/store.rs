@@ -15,8 +15,12 @@ use crate::{FlushPolicy, MAX_BATCH_BYTES, RecoveryReport, StoreConfig, StoreErro
 const RELEASED: &str = "released";
 const RELEASED_TMP: &str = "released.tmp";
 const SEGMENT_EXT: &str = "log";
-/// A released segment file kept for the next segment (see [`Spares`]).
+/// Released segment files kept for the next segments (see [`Spares`]) are named
+/// `spare-<base>` (the base of the segment they were); older versions kept one, `spare`.
 const SPARE: &str = "spare";
+/// Most spare files one store keeps: a sink releases about ten times a second, and each
+/// release may free several segments for the rolls until the next one.
+const SPARES_PER_STORE: usize = 4;
 const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
 /// An append-only log of payloads in segment files; see the crate documentation.
@@ -42,8 +46,8 @@ pub struct Store {
     /// The budget this store's spare file counts against (none: released segments are
     /// deleted).
     spares: Option<Arc<Spares>>,
-    /// Bytes of `dir/spare` while this store holds one.
-    spare: Option<u64>,
+    /// The spare files this store holds and their sizes, the next to reuse last.
+    spare: Vec<(PathBuf, u64)>,
 }
 
 /// A budget, shared by the stores of one disk, for spare segment files.
@@ -51,8 +55,8 @@ pub struct Store {
 /// An fsync after appending to a file also commits the file's new size and blocks through
 /// the filesystem's journal; an fsync after overwriting blocks the file already has does
 /// not, and costs half as much (ext4 here: 144 us against 264-297 us, with a third less CPU).
-/// So a store renames a released segment to `spare` instead of deleting it (one per store,
-/// while the budget has room) and overwrites it as its next segment, as databases recycle
+/// So a store renames a released segment to a spare file instead of deleting it (a few per
+/// store, while the budget has room) and overwrites it as its next segment, as databases recycle
 /// their write-ahead log files. Every write to such a file ends with an end marker
 /// (`format::END`), so what is left of its previous use is never read back. Spare files are
 /// not counted in a store's `used_bytes`.
@@ -219,16 +223,16 @@ impl Store {
             last_sync: Instant::now(),
             scratch: Vec::new(),
             spares,
-            spare: None,
+            spare: Vec::new(),
         };
-        let spare = store.dir.join(SPARE);
-        match fs::metadata(&spare) {
-            Ok(m) if store.spares.as_ref().is_some_and(|b| b.take(m.len())) => {
-                store.spare = Some(m.len());
+        for (path, bytes) in list_spares(&store.dir)? {
+            if store.spare.len() < SPARES_PER_STORE
+                && store.spares.as_ref().is_some_and(|b| b.take(bytes))
+            {
+                store.spare.push((path, bytes));
+            } else {
+                fs::remove_file(&path).map_err(io_err(&path))?;
             }
-            Ok(_) => fs::remove_file(&spare).map_err(io_err(&spare))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&spare)(e)),
         }
         store.delete_released_segments()?;
         // An empty last segment that does not start at the next sequence number holds nothing.
@@ -554,14 +558,14 @@ impl Store {
         }
         for seg in self.segments.drain(..done) {
             self.used_bytes = self.used_bytes.saturating_sub(seg.bytes);
-            if self.spare.is_none()
+            if self.spare.len() < SPARES_PER_STORE
                 && let Some(budget) = &self.spares
                 && let Ok(m) = fs::metadata(&seg.path)
                 && budget.take(m.len())
             {
-                let spare = self.dir.join(SPARE);
+                let spare = self.dir.join(format!("{SPARE}-{}", seg.base));
                 if fs::rename(&seg.path, &spare).is_ok() {
-                    self.spare = Some(m.len());
+                    self.spare.push((spare, m.len()));
                     continue;
                 }
                 budget.give_back(m.len());
@@ -571,13 +575,12 @@ impl Store {
         Ok(())
     }
 
-    /// The spare file renamed to `path` and opened for writing, if this store holds one.
+    /// A spare file renamed to `path` and opened for writing, if this store holds one.
     fn reuse_spare(&mut self, path: &Path) -> Option<File> {
-        let bytes = self.spare.take()?;
+        let (spare, bytes) = self.spare.pop()?;
         if let Some(budget) = &self.spares {
             budget.give_back(bytes);
         }
-        let spare = self.dir.join(SPARE);
         if fs::rename(&spare, path).is_err() {
             let _ = fs::remove_file(&spare);
             return None;
@@ -601,9 +604,11 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort for `FlushPolicy::Interval`; a caller that needs to know calls `sync` first.
         let _ = self.sync();
-        // The spare file stays for the next open of this store, which counts it again.
-        if let (Some(bytes), Some(budget)) = (self.spare, &self.spares) {
-            budget.give_back(bytes);
+        // The spare files stay for the next open of this store, which counts them again.
+        if let Some(budget) = &self.spares {
+            for (_, bytes) in &self.spare {
+                budget.give_back(*bytes);
+            }
         }
     }
 }
@@ -638,6 +643,24 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
         }
     }
     out.sort_unstable_by_key(|(base, _)| *base);
+    Ok(out)
+}
+
+/// The spare files in `dir` and their sizes.
+fn list_spares(dir: &Path) -> Result<Vec<(PathBuf, u64)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == SPARE || name.strip_prefix(SPARE).is_some_and(|r| r.starts_with('-')) {
+            let path = entry.path();
+            let m = entry.metadata().map_err(io_err(&path))?;
+            if m.is_file() {
+                out.push((path, m.len()));
+            }
+        }
+    }
     Ok(out)
 }
 

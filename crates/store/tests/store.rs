@@ -28,6 +28,25 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The spare segment files in `dir` and their sizes, by name.
+fn spare_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out: Vec<(PathBuf, u64)> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("spare"))
+        })
+        .map(|p| {
+            let len = fs::metadata(&p).expect("metadata").len();
+            (p, len)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 fn payload(i: u64) -> Vec<u8> {
     format!("event-{i}").into_bytes()
 }
@@ -337,26 +356,33 @@ fn invalid_config_and_oversized_payload() {
 fn released_segments_are_reused_and_their_old_records_never_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let spares = meshgate_store::Spares::new(1 << 20);
-    let open = || Store::open_with_spares(dir.path(), config(200), Some(spares.clone()));
+    let open = || Store::open_with_spares(dir.path(), config(100), Some(spares.clone()));
     let (mut store, _) = open().expect("open");
     // Records 1..=20 over several segments; release them all.
     for i in 1..=20 {
         store.append(&payload(i)).unwrap();
     }
-    assert!(segments(dir.path()).len() > 2);
+    let released = segments(dir.path()).len();
+    assert!(released > 4);
     store.release_up_to(20).unwrap();
-    let spare = dir.path().join("spare");
-    assert!(spare.exists(), "a released segment is kept as the spare");
+    let kept = spare_files(dir.path());
+    assert_eq!(
+        kept.len(),
+        4,
+        "up to four released segments are kept as spares"
+    );
     assert!(segments(dir.path()).is_empty(), "and the others deleted");
-    let spare_len = fs::metadata(&spare).unwrap().len();
-    assert_eq!(spares.held_bytes(), spare_len);
+    let held: u64 = kept.iter().map(|(_, len)| len).sum();
+    assert_eq!(spares.held_bytes(), held);
 
-    // The next segment is the spare, overwritten: shorter records than the old ones leave
+    // The next segment is a spare, overwritten: shorter records than the old ones leave
     // old bytes behind them.
     store.append(b"a").unwrap();
     store.append(b"b").unwrap();
-    assert!(!spare.exists());
-    assert_eq!(spares.held_bytes(), 0);
+    let left = spare_files(dir.path());
+    assert_eq!(left.len(), 3);
+    let (_, spare_len) = kept.iter().find(|s| !left.contains(s)).unwrap().clone();
+    assert_eq!(spares.held_bytes(), held - spare_len);
     let seg = segments(dir.path());
     assert_eq!(seg.len(), 1);
     assert!(
@@ -413,12 +439,40 @@ fn without_a_budget_released_segments_are_deleted() {
         store.append(&payload(i)).unwrap();
     }
     store.release_up_to(20).unwrap();
-    assert!(!dir.path().join("spare").exists());
+    assert!(spare_files(dir.path()).is_empty());
     assert_eq!(spares.held_bytes(), 0);
-    // A spare left by an earlier run is deleted by a store without a budget.
+    // Spares left by an earlier run (and by older versions, `spare`) are deleted by a store
+    // without a budget.
     fs::write(dir.path().join("spare"), [1u8; 100]).unwrap();
+    fs::write(dir.path().join("spare-7"), [1u8; 100]).unwrap();
     drop(store);
     let (_store, report) = open(dir.path(), 200);
     assert!(report.corrupt.is_empty());
-    assert!(!dir.path().join("spare").exists());
+    assert!(spare_files(dir.path()).is_empty());
+}
+
+#[test]
+fn spares_left_by_an_earlier_run_are_kept_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["spare", "spare-3", "spare-9"] {
+        fs::write(dir.path().join(name), [1u8; 100]).unwrap();
+    }
+    let spares = meshgate_store::Spares::new(250);
+    let (mut store, report) =
+        Store::open_with_spares(dir.path(), config(200), Some(spares.clone())).expect("open");
+    assert!(report.corrupt.is_empty());
+    assert_eq!(
+        spare_files(dir.path()).len(),
+        2,
+        "as many as the budget holds"
+    );
+    assert_eq!(spares.held_bytes(), 200);
+    // Reused: the first segment is one of them, its old bytes never read back.
+    store.append(b"x").unwrap();
+    assert_eq!(spare_files(dir.path()).len(), 1);
+    drop(store);
+    let (store, report) =
+        Store::open_with_spares(dir.path(), config(200), Some(spares.clone())).expect("reopen");
+    assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+    assert_eq!(all(&store), vec![(1, b"x".to_vec())]);
 }
