@@ -91,7 +91,11 @@ impl Ingress {
                 }
                 Ok(())
             }
-            Err(e @ PublishError::QuotaExceeded { .. }) => Err(IngressError::Full(e)),
+            // Not refused for good: the record is published again once the store takes it (a
+            // failed store: after a restart), and its offset is not committed meanwhile.
+            Err(e @ (PublishError::QuotaExceeded { .. } | PublishError::StoreFailed(_))) => {
+                Err(IngressError::Full(e))
+            }
             Err(e) => {
                 self.status.refused.fetch_add(1, Ordering::Relaxed);
                 Err(IngressError::Refused(e))

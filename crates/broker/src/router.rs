@@ -122,6 +122,10 @@ pub enum PublishError {
     /// The governance policy refused the publish (not a writer, unknown topic, schema, ...).
     #[error("{0}")]
     Denied(#[from] crate::policy::Denied),
+    /// A guaranteed event cannot be stored: an fsync of the node's store failed, and it
+    /// acknowledges nothing until the node restarts (see `meshgate_store::Disk::failure`).
+    #[error("the store failed: {0}")]
+    StoreFailed(String),
     /// A guaranteed event cannot be stored: the node's store is at its disk quota.
     #[error("quota exceeded: the store holds {used} of {max} bytes")]
     QuotaExceeded {
@@ -483,12 +487,16 @@ impl Broker {
         }
         if qos > 0
             && let Some(disk) = self.shared.disk.get()
-            && !disk.has_room(env.payload.len() as u64 + env.topic.len() as u64 + 256)
         {
-            return Err(PublishError::QuotaExceeded {
-                used: disk.used_bytes(),
-                max: disk.max_bytes(),
-            });
+            if let Some(why) = disk.failure() {
+                return Err(PublishError::StoreFailed(why.to_string()));
+            }
+            if !disk.has_room(env.payload.len() as u64 + env.topic.len() as u64 + 256) {
+                return Err(PublishError::QuotaExceeded {
+                    used: disk.used_bytes(),
+                    max: disk.max_bytes(),
+                });
+            }
         }
         let now = if p.clock_ms != 0 {
             p.clock_ms

@@ -95,8 +95,13 @@ pub(crate) async fn publish(
     match r {
         Ok(r) => {
             // A guaranteed event is answered once stored durably.
-            if let Some(disk) = s.broker.disk() {
-                disk.wait(r.ticket).await;
+            if let Some(disk) = s.broker.disk()
+                && let Err(why) = disk.wait_or_fail(r.ticket).await
+            {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the store failed: {why}; the event is not stored durably"),
+                );
             }
             let delivery = if guaranteed { "guaranteed" } else { "direct" };
             (
@@ -106,6 +111,7 @@ pub(crate) async fn publish(
                 .into_response()
         }
         Err(e @ PublishError::QuotaExceeded { .. }) => error(StatusCode::INSUFFICIENT_STORAGE, e),
+        Err(e @ PublishError::StoreFailed(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e @ PublishError::Topic(_)) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ PublishError::PayloadTooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
         Err(e @ PublishError::RetainedFull(_)) => error(StatusCode::INSUFFICIENT_STORAGE, e),

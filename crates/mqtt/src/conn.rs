@@ -431,6 +431,16 @@ impl Conn {
                 }
                 () = wait_durable(&mut self.durable), if !self.acks.is_empty() => {
                     self.flush_acks();
+                    if !self.acks.is_empty()
+                        && let Some(why) = self.disk.as_ref().and_then(|d| d.failure())
+                    {
+                        // What waits will never be acknowledged, and acknowledgements go in
+                        // order: end the connection so the client sends it again later.
+                        warn!(error = why, "closing an MQTT connection: the store failed");
+                        codec::encode_disconnect(self.ver, 0x80, "the store failed", &mut self.wbuf);
+                        let _ = write_flush(stream, &self.wbuf).await;
+                        break End::Closed("store failed");
+                    }
                 }
                 () = &mut self.release_timer, if self.release_at.is_some() => {
                     self.release();
@@ -827,16 +837,24 @@ impl Conn {
                 self.refuse(qos, pkid, 0x97, None);
                 return None;
             }
-            Err(e @ PublishError::QuotaExceeded { .. }) => {
-                protocol_error("quota_exceeded");
+            Err(e @ (PublishError::QuotaExceeded { .. } | PublishError::StoreFailed(_))) => {
+                let (what, code) = match e {
+                    PublishError::StoreFailed(_) => ("store_failed", 0x80),
+                    _ => ("quota_exceeded", 0x97),
+                };
+                protocol_error(what);
                 if self.ver == Version::V4 && qos > 0 {
                     // MQTT 3.1.1 has no negative PUBACK: acknowledging would claim an event the
                     // node did not store, so close instead; the client sends it again later.
                     info!(error = %e, "closing an MQTT 3.1.1 connection whose publish cannot be stored");
-                    return Some(End::Closed("quota exceeded"));
+                    return Some(End::Closed(if code == 0x80 {
+                        "store failed"
+                    } else {
+                        "quota exceeded"
+                    }));
                 }
                 debug!(error = %e, "publish refused");
-                self.refuse(qos, pkid, 0x97, Some(e.to_string()));
+                self.refuse(qos, pkid, code, Some(e.to_string()));
                 return None;
             }
         };

@@ -374,6 +374,66 @@ fn quota_refuses_guaranteed_publishes_until_the_subscriber_drains() {
 }
 
 #[test]
+fn a_failed_fsync_stops_acknowledgements_and_refuses_guaranteed_publishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rt = runtime();
+    rt.block_on(async {
+        let node = start(dir, Commit::Group(Duration::ZERO), 1 << 30, 1000).await;
+        park_subscriber(&node, dir, "keep", "f/#").await;
+        let (p, mut prx) = v5(node.addr, "pf", true, None).await;
+        connack(&mut prx).await;
+        p.publish("f/1", QoS::AtLeastOnce, false, b"one".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(puback(&mut prx).await.0, PubAckReason::Success);
+
+        // The next fsync fails: the publish it covers is never acknowledged, and since
+        // acknowledgements go in order, the connection is closed for the client to retry.
+        node.disk.inject_sync_failure();
+        p.publish("f/2", QoS::AtLeastOnce, false, b"two".to_vec())
+            .await
+            .unwrap();
+        // (rumqttc reports the server's DISCONNECT as the end of the connection.)
+        tokio::time::timeout(LIMIT, async {
+            while let Some(Some(pk)) = prx.recv().await {
+                if let Packet::PubAck(a) = pk {
+                    panic!("acknowledged after a failed fsync: {a:?}");
+                }
+            }
+        })
+        .await
+        .expect("the publisher is disconnected");
+        assert!(node.disk.failure().is_some());
+
+        // A new connection: its guaranteed publishes are refused with the reason, QoS 0 ones
+        // still flow.
+        let (p, mut prx) = v5(node.addr, "pf2", true, None).await;
+        connack(&mut prx).await;
+        p.publish("f/3", QoS::AtLeastOnce, false, b"three".to_vec())
+            .await
+            .unwrap();
+        let (reason, text) = puback(&mut prx).await;
+        assert_eq!(reason, PubAckReason::UnspecifiedError);
+        let text = text.unwrap_or_default();
+        assert!(text.contains("store failed"), "reason string: {text}");
+        let (w, mut wrx) = v5(node.addr, "watch", true, None).await;
+        connack(&mut wrx).await;
+        w.subscribe("f/#", QoS::AtMostOnce).await.unwrap();
+        suback(&mut wrx).await;
+        p.publish("f/zero", QoS::AtMostOnce, false, b"z".to_vec())
+            .await
+            .unwrap();
+        next(&mut wrx, |pk| match pk {
+            Packet::Publish(m) if &m.topic[..] == b"f/zero" => Some(()),
+            _ => None,
+        })
+        .await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(10));
+}
+
+#[test]
 fn restore_skips_corrupt_sessions_and_deletes_expired_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -269,6 +269,10 @@ impl Node {
                     if let Some(d) = &disk {
                         metrics::gauge!("meshgate_store_used_bytes").set(d.used_bytes() as f64);
                         metrics::gauge!("meshgate_store_quota_bytes").set(d.max_bytes() as f64);
+                        metrics::gauge!("meshgate_store_commit_cycles").set(d.cycles() as f64);
+                        metrics::gauge!("meshgate_store_sync_errors").set(d.sync_errors() as f64);
+                        metrics::gauge!("meshgate_store_failed")
+                            .set(f64::from(u8::from(d.failure().is_some())));
                         mqtt.backlog();
                     }
                     metrics.render()
@@ -313,6 +317,9 @@ impl Node {
                             "used_bytes": disk.used_bytes(),
                             "quota_bytes": disk.max_bytes(),
                             "commit": commit,
+                            "commit_cycles": disk.cycles(),
+                            "sync_errors": disk.sync_errors(),
+                            "failed": disk.failure(),
                         },
                         "links": links,
                         "sessions": mqtt.backlog(),

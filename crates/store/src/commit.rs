@@ -55,6 +55,12 @@ struct DiskInner {
     /// per acknowledgement).
     durable: AtomicU64,
     sync_errors: AtomicU64,
+    /// The first failed fsync. From then on no cycle completes: see [`Disk::failure`].
+    failed: std::sync::OnceLock<String>,
+    /// Set by [`Disk::inject_sync_failure`].
+    inject_failure: AtomicBool,
+    /// Commit cycles run (completed or not).
+    cycles: AtomicU64,
     spares: Arc<Spares>,
 }
 
@@ -94,6 +100,9 @@ impl Disk {
             done: watch::Sender::new(0),
             durable: AtomicU64::new(0),
             sync_errors: AtomicU64::new(0),
+            failed: std::sync::OnceLock::new(),
+            inject_failure: AtomicBool::new(false),
+            cycles: AtomicU64::new(0),
             spares: Spares::new((max_bytes / 16).min(MAX_SPARE_BYTES)),
         });
         if commit != Commit::Always {
@@ -150,13 +159,30 @@ impl Disk {
         ticket <= self.inner.durable.load(Ordering::Acquire)
     }
 
-    /// Waits until `ticket` is durable.
+    /// Waits until `ticket` is durable; after a failed fsync ([`Disk::failure`]) that may be
+    /// never, so that nothing is acknowledged by mistake.
     pub async fn wait(&self, ticket: u64) {
         if self.is_durable(ticket) {
             return;
         }
         let mut rx = self.durable();
         let _ = rx.wait_for(|&done| done >= ticket).await;
+    }
+
+    /// [`Disk::wait`] for a caller that can give its client an error: `Err` with the reason
+    /// once the disk failed instead of waiting on.
+    pub async fn wait_or_fail(&self, ticket: u64) -> Result<(), String> {
+        if self.is_durable(ticket) {
+            return Ok(());
+        }
+        let mut rx = self.durable();
+        let _ = rx
+            .wait_for(|&done| done >= ticket || self.failure().is_some())
+            .await;
+        match self.failure() {
+            Some(why) if !self.is_durable(ticket) => Err(why.to_string()),
+            _ => Ok(()),
+        }
     }
 
     /// Bytes used by all journals.
@@ -176,9 +202,34 @@ impl Disk {
         self.used_bytes().saturating_add(bytes) <= self.inner.max_bytes
     }
 
-    /// Fsyncs that failed (their records stay unacknowledged until a later cycle succeeds).
+    /// Commit cycles run so far, completed or not (each fsyncs every journal written since the
+    /// previous one).
+    pub fn cycles(&self) -> u64 {
+        self.inner.cycles.load(Ordering::Relaxed)
+    }
+
+    /// Fsyncs that failed.
     pub fn sync_errors(&self) -> u64 {
         self.inner.sync_errors.load(Ordering::Relaxed)
+    }
+
+    /// Why the disk stopped acknowledging, if an fsync failed.
+    ///
+    /// After a failed fsync the records written since the journal's last good one may or may
+    /// not be on disk, and on Linux a second fsync does not tell (the error is reported once
+    /// and the pages are marked clean). So the disk fails stop, as databases do: no commit
+    /// cycle completes from then on, so nothing written before or after is acknowledged, and
+    /// callers refuse new guaranteed events. A restart recovers from what the files hold;
+    /// publishers send again what was never acknowledged.
+    pub fn failure(&self) -> Option<&str> {
+        self.inner.failed.get().map(String::as_str)
+    }
+
+    /// Makes the next fsync of the commit thread fail as a failing device would (tests of the
+    /// fail-stop path).
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self) {
+        self.inner.inject_failure.store(true, Ordering::Release);
     }
 
     /// The commit policy.
@@ -344,26 +395,36 @@ fn commit_loop(disk: Weak<DiskInner>) {
             }
             (st.cycle, dirty)
         };
-        let mut ok = true;
         for j in dirty {
             let handle = j.store.lock().take_sync();
             let r = match handle {
+                Ok(Some(f)) if d.inject_failure.swap(false, Ordering::AcqRel) => {
+                    drop(f);
+                    Err("injected fsync failure".to_string())
+                }
                 Ok(Some(f)) => f.sync_data().map_err(|e| e.to_string()),
                 Ok(None) => Ok(()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = r {
-                ok = false;
                 d.sync_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!("meshgate-store: fsync failed: {e}");
-                // Try again next cycle.
-                let mut st = d.state.lock();
-                if !j.dirty.swap(true, Ordering::AcqRel) {
-                    st.dirty.push(j.clone());
+                let dir = j.store.lock().dir().display().to_string();
+                let why = format!("fsync of the journal in {dir} failed: {e}");
+                if d.failed.set(why.clone()).is_ok() {
+                    eprintln!(
+                        "meshgate-store: {why}; no event is acknowledged from now on and \
+                         guaranteed publishes are refused: restart the node to recover"
+                    );
+                    // Wakes the watchers without moving the durable mark: they look at
+                    // `failure` and stop waiting for acknowledgements that will not come.
+                    d.done.send_modify(|_| ());
                 }
             }
         }
-        if ok {
+        // Counted before it is published: whoever sees a ticket durable sees its cycle run.
+        d.cycles.fetch_add(1, Ordering::Release);
+        // Failed stop: what this cycle and every later one covers stays unacknowledged.
+        if d.failed.get().is_none() {
             d.durable.store(cycle, Ordering::Release);
             d.done.send_replace(cycle);
         }
@@ -448,6 +509,59 @@ mod tests {
             "the last mark holds after a reopen"
         );
         assert_eq!(j.read_from(0, 2_000).unwrap(), kept);
+    }
+
+    /// Polls `f` until it holds, for at most five seconds.
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn after_a_failed_fsync_nothing_is_acknowledged_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::new(Commit::Group(Duration::ZERO), u64::MAX);
+        let (a, _) = disk.open(dir.path().join("a"), 1 << 20).unwrap();
+        let (b, _) = disk.open(dir.path().join("b"), 1 << 20).unwrap();
+        let (_, t0) = a.append(b"before").unwrap();
+        eventually("a healthy cycle completes", || disk.is_durable(t0));
+        assert_eq!(disk.failure(), None);
+        // Nothing else is written, so each append below gets a cycle of its own.
+        let ran = disk.cycles();
+
+        disk.inject_sync_failure();
+        let (_, t1) = a.append(b"lost?").unwrap();
+        eventually("the failing cycle runs", || disk.cycles() == ran + 1);
+        assert!(disk.failure().unwrap().contains("injected fsync failure"));
+        assert_eq!(disk.sync_errors(), 1);
+        // Later cycles run and their fsyncs succeed (b's, then a's again), yet none of them
+        // acknowledges the record whose fsync failed, nor anything after it.
+        let (_, t2) = b.append(b"after").unwrap();
+        eventually("b's cycle runs", || disk.cycles() == ran + 2);
+        let (_, t3) = a.append(b"after").unwrap();
+        eventually("a's next cycle runs", || disk.cycles() == ran + 3);
+        for t in [t1, t2, t3] {
+            assert!(
+                !disk.is_durable(t),
+                "ticket {t} acknowledged after a failed fsync"
+            );
+        }
+        assert!(disk.is_durable(t0), "what was acknowledged stays so");
+        assert_eq!(disk.sync_errors(), 1);
+        // A caller that can answer with an error learns why instead of waiting on.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let waited = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), disk.wait_or_fail(t3)).await
+        });
+        let why = waited.expect("no wait after a failure").unwrap_err();
+        assert!(why.contains("injected fsync failure"), "{why}");
+        assert_eq!(rt.block_on(disk.wait_or_fail(t0)), Ok(()));
     }
 
     #[test]
