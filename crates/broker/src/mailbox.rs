@@ -105,6 +105,9 @@ struct Queue {
 #[derive(Debug)]
 pub struct Receiver {
     queue: Arc<Queue>,
+    /// An empty deque swapped with the queue's when everything queued is taken, so that the
+    /// queue's lock is held for a swap rather than for moving each delivery.
+    spare: VecDeque<Delivery>,
 }
 
 /// Why [`Receiver::try_recv`] returned nothing.
@@ -132,7 +135,7 @@ impl Receiver {
             tokio::pin!(ready);
             // Registered before looking, so a delivery queued after the look wakes it.
             ready.as_mut().enable();
-            let n = self.queue.take(out, limit);
+            let n = self.queue.take(&mut self.spare, out, limit);
             if n > 0 || limit == 0 || self.queue.ended.load(Ordering::Acquire) {
                 return n;
             }
@@ -151,7 +154,7 @@ impl Receiver {
 
     /// Moves up to `limit` queued deliveries to `out` without waiting; returns how many.
     pub fn try_recv_many(&mut self, out: &mut impl Extend<Delivery>, limit: usize) -> usize {
-        self.queue.take(out, limit)
+        self.queue.take(&mut self.spare, out, limit)
     }
 
     /// Whether nothing is queued.
@@ -161,13 +164,29 @@ impl Receiver {
 }
 
 impl Queue {
-    fn take(&self, out: &mut impl Extend<Delivery>, limit: usize) -> usize {
+    /// Moves up to `limit` deliveries to `out`; `spare` is empty before and after.
+    fn take(
+        &self,
+        spare: &mut VecDeque<Delivery>,
+        out: &mut impl Extend<Delivery>,
+        limit: usize,
+    ) -> usize {
         let mut items = self.items.lock();
         let n = items.len().min(limit);
-        out.extend(items.drain(..n));
-        if items.is_empty() && items.capacity() > SHRINK_ABOVE {
+        if n == 0 {
+            return 0;
+        }
+        if n < items.len() {
+            out.extend(items.drain(..n));
+            return n;
+        }
+        // All of them: swap, and move them out after the lock is released.
+        std::mem::swap(&mut *items, spare);
+        drop(items);
+        out.extend(spare.drain(..));
+        if spare.capacity() > SHRINK_ABOVE {
             // A burst is over: give its memory back.
-            items.shrink_to(SHRINK_ABOVE);
+            spare.shrink_to(SHRINK_ABOVE);
         }
         n
     }
@@ -201,6 +220,7 @@ impl Mailbox {
             id,
             rx: Arc::new(Mutex::new(Receiver {
                 queue: queue.clone(),
+                spare: VecDeque::new(),
             })),
             queue,
             online: AtomicBool::new(false),
