@@ -983,12 +983,21 @@ fn queue(mailbox: &Mailbox, d: Delivery, tally: &mut LocalTally) -> bool {
     let journaled = d.seq != 0;
     match mailbox.offer(d) {
         Ok(()) => true,
-        Err(Refused::Full) if journaled => true,
-        Err(Refused::Full) => {
+        Err(why) => kept_when_refused(why, journaled, tally),
+    }
+}
+
+/// Whether a delivery its mailbox refused for `why` is still kept (a journaled one is read
+/// back from the journal); a full mailbox's refusal of one that is not journaled counts as
+/// dropped.
+fn kept_when_refused(why: Refused, journaled: bool, tally: &mut LocalTally) -> bool {
+    match why {
+        Refused::Full if journaled => true,
+        Refused::Full => {
             tally.dropped_full += 1;
             false
         }
-        Err(Refused::Offline) => journaled,
+        Refused::Offline => journaled,
     }
 }
 
@@ -1058,11 +1067,8 @@ fn queue_part(part: &[(Arc<Mailbox>, Delivery)], mut first: Option<u64>, tally: 
         }
         d
     });
-    // As `queue` for each: only what is in neither the mailbox nor the journal is dropped.
     mb.offer_all(numbered, |d, why| {
-        if why == Refused::Full && d.seq == 0 {
-            tally.dropped_full += 1;
-        }
+        kept_when_refused(why, d.seq != 0, tally);
     });
 }
 

@@ -162,11 +162,9 @@ impl Disk {
     /// Waits until `ticket` is durable; after a failed fsync ([`Disk::failure`]) that may be
     /// never, so that nothing is acknowledged by mistake.
     pub async fn wait(&self, ticket: u64) {
-        if self.is_durable(ticket) {
-            return;
+        if self.wait_or_fail(ticket).await.is_err() {
+            std::future::pending::<()>().await;
         }
-        let mut rx = self.durable();
-        let _ = rx.wait_for(|&done| done >= ticket).await;
     }
 
     /// [`Disk::wait`] for a caller that can give its client an error: `Err` with the reason
