@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use meshgate_mesh::Role;
 use meshgate_node::{Config, Node};
 
 /// Options of `meshgate demo`.
@@ -58,7 +59,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         c.mesh.listen = addr(args.mesh_port, i);
         c.mesh.tls_dir = Some(dir.clone());
         c.node.data_dir = dir.join(format!("data-{}", NAMES[i]));
-        c.mesh.role = if i == 0 { "core" } else { "edge" }.into();
+        c.mesh.role = if i == 0 { Role::Core } else { Role::Edge };
         c.mesh.peers = core.iter().map(ToString::to_string).collect();
         c.mesh.gossip_interval_secs = 0.5;
         c

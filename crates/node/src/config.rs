@@ -258,7 +258,7 @@ pub struct MeshConfig {
     /// Directory holding `ca.pem`, `<name>.pem` and `<name>.key`. The mesh runs only when set.
     pub tls_dir: Option<PathBuf>,
     /// `edge` or `core`.
-    pub role: String,
+    pub role: meshgate_mesh::Role,
     /// Cost this node gives each of its links in shortest-path routing.
     pub link_cost: u32,
     /// Seconds between anti-entropy digests and pings on each link.
@@ -283,7 +283,7 @@ impl Default for MeshConfig {
             listen: ([127, 0, 0, 1], 7400).into(),
             peers: Vec::new(),
             tls_dir: None,
-            role: "edge".into(),
+            role: meshgate_mesh::Role::Edge,
             link_cost: 10,
             gossip_interval_secs: 1.0,
             idle_timeout_secs: 10.0,
@@ -519,12 +519,6 @@ impl Config {
                     msg: format!("[{i}]: invalid address {p:?}, expected host:port"),
                 });
             }
-        }
-        if !matches!(self.mesh.role.as_str(), "edge" | "core") {
-            return bad(
-                "mesh.role",
-                format!("{:?}: use \"edge\" or \"core\"", self.mesh.role),
-            );
         }
         if self.mesh.link_cost == 0 {
             return bad("mesh.link_cost", "must be at least 1".into());

@@ -191,7 +191,7 @@ impl Node {
                 let m = &config.mesh;
                 let tls = meshgate_mesh::tls::load(dir, &config.node.name)?;
                 let mut lc = LinkConfig::new(config.node.name.clone(), m.listen, tls);
-                lc.role = m.role.clone();
+                lc.role = m.role;
                 lc.peers = m.peers.clone();
                 lc.link_cost = m.link_cost;
                 lc.gossip_interval = Duration::from_secs_f64(m.gossip_interval_secs);
@@ -386,6 +386,11 @@ impl Node {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        if let Some(mesh) = &self.mesh
+            && !mesh.drain(Duration::from_secs(3)).await
+        {
+            warn!("some mesh tasks were still running at shutdown");
         }
         // Let connection tasks write their DISCONNECT.
         tokio::task::yield_now().await;
