@@ -21,7 +21,7 @@ pub use auth::{
 pub use cursor::JournalCursor;
 pub use mailbox::{Delivery, Mailbox, MailboxReceiver, Receiver, SessionId, TryRecvError};
 pub use meter::{LocalMeter, Meter, MeterEntry, Metered};
-pub use policy::{Denied, Policy};
+pub use policy::{Denied, DenyKind, Policy};
 pub use router::{
     Broker, BrokerConfig, Interest, MeshHook, PublishError, PublishReport, Publisher, RemoteDest,
     SubOptions,

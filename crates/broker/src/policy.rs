@@ -17,10 +17,20 @@ pub struct Denied {
     pub reason: &'static str,
     /// The text for the client.
     pub message: String,
-    /// MQTT v5 reason code (0x87 not authorized, 0x90 invalid topic, 0x99 bad payload).
-    pub mqtt_code: u8,
-    /// HTTP status (403, 400, 422).
-    pub http_status: u16,
+    /// What the refusal means; each front end maps it to its protocol's code.
+    pub kind: DenyKind,
+}
+
+/// What a refusal means, whatever the protocol: `crates/mqtt` and `crates/http` map each kind
+/// to their own code (MQTT 5 0x87 / 0x90 / 0x99, HTTP 403 / 400 / 422).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyKind {
+    /// Unknown or forbidden (a client is never told which).
+    NotAuthorized,
+    /// The topic or filter is malformed.
+    InvalidTopic,
+    /// The payload does not match what the topic accepts.
+    InvalidPayload,
 }
 
 /// Decides publish, subscribe and read rights by app id (`None`: an anonymous client).

@@ -49,6 +49,6 @@ pub use model::{
 };
 pub use plan::{ConfigChange, ExistingTopic, PartitionChange, Plan, PlannedTopic, plan};
 pub use problem::Problem;
-pub use rules::{Accepted, Denial, Refusal, SubscribeGrant, group_allowed};
+pub use rules::{Accepted, Denial, Refusal, RefusalKind, SubscribeGrant, group_allowed};
 pub use schema::validate_payload;
 pub use sources::Sources;

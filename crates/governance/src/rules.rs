@@ -11,10 +11,10 @@ use crate::schema::validate_payload;
 
 /// Why a publish or a subscription was refused.
 ///
-/// The [`Display`](std::fmt::Display) text, [`mqtt_reason_code`](Refusal::mqtt_reason_code) and
-/// [`http_status`](Refusal::http_status) are what the client sees: for every
-/// [`Refusal::NotAuthorized`] they are the same, so that a client cannot tell an unknown topic
-/// from a forbidden one. [`reason`](Refusal::reason) tells them apart, for metrics and logs only.
+/// The [`Display`](std::fmt::Display) text and the [`kind`](Refusal::kind) are what the client
+/// sees (each protocol maps the kind to its own code): for every [`Refusal::NotAuthorized`] they
+/// are the same, so that a client cannot tell an unknown topic from a forbidden one.
+/// [`reason`](Refusal::reason) tells them apart, for metrics and logs only.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum Refusal {
     /// The topic or filter is malformed, or a published topic has a wildcard.
@@ -62,24 +62,26 @@ impl Refusal {
         }
     }
 
-    /// The MQTT v5 reason code: 0x90 topic name invalid, 0x87 not authorized, 0x99 payload
-    /// format invalid.
-    pub fn mqtt_reason_code(&self) -> u8 {
+    /// What the refusal means to the client, in protocol-neutral terms.
+    pub fn kind(&self) -> RefusalKind {
         match self {
-            Refusal::InvalidTopic(_) => 0x90,
-            Refusal::NotAuthorized(_) | Refusal::PastEol { .. } => 0x87,
-            Refusal::Schema(_) => 0x99,
+            Refusal::InvalidTopic(_) => RefusalKind::InvalidTopic,
+            Refusal::NotAuthorized(_) | Refusal::PastEol { .. } => RefusalKind::NotAuthorized,
+            Refusal::Schema(_) => RefusalKind::InvalidPayload,
         }
     }
+}
 
-    /// The HTTP status: 400, 403 or 422.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            Refusal::InvalidTopic(_) => 400,
-            Refusal::NotAuthorized(_) | Refusal::PastEol { .. } => 403,
-            Refusal::Schema(_) => 422,
-        }
-    }
+/// What a refusal means to the client, whatever its protocol: MQTT and HTTP map each kind to
+/// their own code (MQTT 5 0x87 / 0x90 / 0x99, HTTP 403 / 400 / 422).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum RefusalKind {
+    /// Unknown or forbidden: the client is never told which.
+    NotAuthorized,
+    /// The topic or filter is malformed.
+    InvalidTopic,
+    /// The payload does not match the channel's schema.
+    InvalidPayload,
 }
 
 /// An accepted publish.
@@ -366,13 +368,17 @@ mod tests {
         .map(Refusal::NotAuthorized);
         for r in &all {
             assert_eq!(r.to_string(), "not authorized");
-            assert_eq!(r.mqtt_reason_code(), 0x87);
-            assert_eq!(r.http_status(), 403);
+            assert_eq!(r.kind(), RefusalKind::NotAuthorized);
         }
         let reasons: std::collections::HashSet<_> = all.iter().map(Refusal::reason).collect();
         assert_eq!(reasons.len(), all.len());
-        assert_eq!(Refusal::InvalidTopic("x".into()).mqtt_reason_code(), 0x90);
-        assert_eq!(Refusal::Schema("x".into()).http_status(), 422);
-        assert_eq!(Refusal::Schema("x".into()).mqtt_reason_code(), 0x99);
+        assert_eq!(
+            Refusal::InvalidTopic("x".into()).kind(),
+            RefusalKind::InvalidTopic
+        );
+        assert_eq!(
+            Refusal::Schema("x".into()).kind(),
+            RefusalKind::InvalidPayload
+        );
     }
 }

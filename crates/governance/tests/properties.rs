@@ -1,6 +1,6 @@
 //! Seeded property tests over random catalogs, apps, topics and filters.
 
-use meshgate_governance::{Access, Catalog, Channel, Date, Refusal, Sources};
+use meshgate_governance::{Access, Catalog, Channel, Date, Refusal, RefusalKind, Sources};
 use meshgate_topic::Filter;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -270,8 +270,8 @@ proptest! {
                     prop_assert!(!expected_ok);
                     prop_assert!(matches!(refusal, Refusal::NotAuthorized(_)), "{:?}", refusal);
                     prop_assert_eq!(
-                        (refusal.to_string(), refusal.mqtt_reason_code(), refusal.http_status()),
-                        ("not authorized".to_string(), 0x87, 403)
+                        (refusal.to_string(), refusal.kind()),
+                        ("not authorized".to_string(), RefusalKind::NotAuthorized)
                     );
                     let unknown = catalog.lookup(topic).is_none();
                     prop_assert_eq!(refusal.reason(), if unknown { "unknown_topic" } else { "not_writer" });

@@ -2,7 +2,7 @@
 
 mod common;
 
-use meshgate_governance::{Access, Date, Denial, Dialect, Refusal};
+use meshgate_governance::{Access, Date, Denial, Dialect, Refusal, RefusalKind};
 use meshgate_topic::{Filter, parse_mqtt_filter};
 
 const OWNER: &str = "acme.lifestyle.onboarding";
@@ -113,8 +113,7 @@ fn naming_what_one_may_not_read_is_refused_whole() {
                 matches!(refusal, Refusal::NotAuthorized(_)),
                 "{app} {filter}"
             );
-            assert_eq!(refusal.mqtt_reason_code(), 0x87);
-            assert_eq!(refusal.http_status(), 403);
+            assert_eq!(refusal.kind(), RefusalKind::NotAuthorized);
         }
     }
     assert_eq!(
@@ -236,8 +235,8 @@ fn publish_rules_in_order() {
         let r = catalog.check_publish(OWNER, topic, now).unwrap_err();
         assert!(matches!(r, Refusal::InvalidTopic(_)), "{topic}");
         assert_eq!(
-            (r.mqtt_reason_code(), r.http_status(), r.reason()),
-            (0x90, 400, "invalid_topic")
+            (r.kind(), r.reason()),
+            (RefusalKind::InvalidTopic, "invalid_topic")
         );
     }
     // 2 and 3. Unknown and forbidden look the same from outside.
@@ -248,9 +247,8 @@ fn publish_rules_in_order() {
     assert_eq!(unknown.reason(), "unknown_topic");
     assert_eq!(forbidden.reason(), "not_writer");
     assert_eq!(unknown.to_string(), forbidden.to_string());
-    assert_eq!(unknown.mqtt_reason_code(), forbidden.mqtt_reason_code());
-    assert_eq!(unknown.http_status(), forbidden.http_status());
-    assert_eq!(forbidden.mqtt_reason_code(), 0x87);
+    assert_eq!(unknown.kind(), forbidden.kind());
+    assert_eq!(forbidden.kind(), RefusalKind::NotAuthorized);
     // The owner writes; an x-producer writes public channels but not private ones.
     assert!(catalog.check_publish(OWNER, PURCHASED, now).is_ok());
     let order = "acme/sales/_public/orders/eu/s42";
@@ -322,8 +320,8 @@ fn payloads_are_checked_against_the_schema() {
         .check_publish_payload(OWNER, SIGNED_UP, bad, now)
         .unwrap_err();
     assert_eq!(
-        (r.reason(), r.mqtt_reason_code(), r.http_status()),
-        ("schema", 0x99, 422)
+        (r.reason(), r.kind()),
+        ("schema", RefusalKind::InvalidPayload)
     );
     assert!(r.to_string().contains("/age"), "{r}");
     // JSON Schema from a YAML file.

@@ -127,7 +127,12 @@ pub(crate) fn identify(
 
 /// The answer to a publish or subscription the policy refused.
 pub(crate) fn denied(d: &meshgate_broker::Denied) -> Response {
-    let status = StatusCode::from_u16(d.http_status).unwrap_or(StatusCode::FORBIDDEN);
+    use meshgate_broker::DenyKind;
+    let status = match d.kind {
+        DenyKind::NotAuthorized => StatusCode::FORBIDDEN,
+        DenyKind::InvalidTopic => StatusCode::BAD_REQUEST,
+        DenyKind::InvalidPayload => StatusCode::UNPROCESSABLE_ENTITY,
+    };
     error(status, &d.message)
 }
 

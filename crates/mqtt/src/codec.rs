@@ -7,6 +7,8 @@ use meshgate_broker::Delivery;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 
+use crate::reason::{PacketType, Reason, publish_flags};
+
 /// Protocol version of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Version {
@@ -61,8 +63,8 @@ pub(crate) enum Incoming {
     },
     PingReq,
     Disconnect {
-        /// v5 reason code; 0 for v4.
-        reason: u8,
+        /// v5 only: the client asks for its will to be published (reason 0x04).
+        with_will: bool,
         session_expiry: Option<u32>,
     },
     /// A packet a client must not send at this point (CONNECT again, server-only packets, PUBREC
@@ -141,7 +143,7 @@ fn from_v4(p: v4::Packet) -> Incoming {
         },
         v4::Packet::PingReq => Incoming::PingReq,
         v4::Packet::Disconnect => Incoming::Disconnect {
-            reason: 0,
+            with_will: false,
             session_expiry: None,
         },
         v4::Packet::Connect(_) => Incoming::Unexpected("second CONNECT"),
@@ -194,7 +196,7 @@ fn from_v5(p: v5::Packet) -> Incoming {
         },
         v5::Packet::PingReq(_) => Incoming::PingReq,
         v5::Packet::Disconnect(d) => Incoming::Disconnect {
-            reason: d.reason_code as u8,
+            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
             session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
         },
         v5::Packet::Connect(..) => Incoming::Unexpected("second CONNECT"),
@@ -227,18 +229,23 @@ pub(crate) enum Ack {
     Pubcomp,
 }
 
-pub(crate) fn encode_ack(ver: Version, kind: Ack, pkid: u16, reason: u8, buf: &mut BytesMut) {
-    // Packet type nibble, with the reserved flags PUBREL would need (never sent here).
-    let ty = match kind {
-        Ack::Puback => 0x40,
-        Ack::Pubrec => 0x50,
-        Ack::Pubcomp => 0x70,
-    };
-    buf.put_u8(ty);
-    if ver == Version::V5 && reason != 0 {
+impl Ack {
+    /// The packet type (PUBREL, with its reserved flags, is never sent here).
+    fn packet_type(self) -> PacketType {
+        match self {
+            Ack::Puback => PacketType::PubAck,
+            Ack::Pubrec => PacketType::PubRec,
+            Ack::Pubcomp => PacketType::PubComp,
+        }
+    }
+}
+
+pub(crate) fn encode_ack(ver: Version, kind: Ack, pkid: u16, reason: Reason, buf: &mut BytesMut) {
+    buf.put_u8(kind.packet_type().byte());
+    if ver == Version::V5 && reason != Reason::Success {
         buf.put_u8(3);
         buf.put_u16(pkid);
-        buf.put_u8(reason);
+        buf.put_u8(reason.code());
     } else {
         buf.put_u8(2);
         buf.put_u16(pkid);
@@ -251,11 +258,11 @@ pub(crate) fn encode_ack_reason(
     ver: Version,
     kind: Ack,
     pkid: u16,
-    reason: u8,
+    reason: Reason,
     text: Option<&str>,
     buf: &mut BytesMut,
 ) {
-    let Some(text) = text.filter(|_| ver == Version::V5 && reason != 0) else {
+    let Some(text) = text.filter(|_| ver == Version::V5 && reason != Reason::Success) else {
         return encode_ack(ver, kind, pkid, reason, buf);
     };
     // Short enough for any client's maximum packet size worth the name.
@@ -266,60 +273,34 @@ pub(crate) fn encode_ack_reason(
     let text = &text[..end];
     let props = 3 + text.len();
     let remaining = 2 + 1 + varint_len(props) + props;
-    buf.put_u8(match kind {
-        Ack::Puback => 0x40,
-        Ack::Pubrec => 0x50,
-        Ack::Pubcomp => 0x70,
-    });
+    buf.put_u8(kind.packet_type().byte());
     put_varint(buf, remaining);
     buf.put_u16(pkid);
-    buf.put_u8(reason);
+    buf.put_u8(reason.code());
     put_varint(buf, props);
-    buf.put_u8(0x1F);
+    buf.put_u8(prop::REASON_STRING);
     put_str(buf, text);
 }
 
 pub(crate) fn encode_pingresp(buf: &mut BytesMut) {
-    buf.put_slice(&[0xD0, 0x00]);
+    buf.put_slice(&[PacketType::PingResp.byte(), 0x00]);
 }
 
-/// SUBACK; `codes` are v5 reason codes (0, 1 granted QoS; >= 0x80 failure).
-pub(crate) fn encode_suback(ver: Version, pkid: u16, codes: &[u8], buf: &mut BytesMut) {
+/// SUBACK; one reason per filter: granted QoS or a failure.
+pub(crate) fn encode_suback(ver: Version, pkid: u16, codes: &[Reason], buf: &mut BytesMut) {
     match ver {
         Version::V4 => put_v4(
             buf,
             v4::Packet::SubAck(v4::SubAck::new(
                 pkid,
-                codes
-                    .iter()
-                    .map(|&c| match c {
-                        0 => v4::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce),
-                        1 => v4::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce),
-                        _ => v4::SubscribeReasonCode::Failure,
-                    })
-                    .collect(),
+                codes.iter().map(|c| c.v4_suback()).collect(),
             )),
         ),
         Version::V5 => put_v5(
             buf,
             v5::Packet::SubAck(v5::SubAck {
                 pkid,
-                return_codes: codes
-                    .iter()
-                    .map(|&c| match c {
-                        0 => v5::SubscribeReasonCode::Success(
-                            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-                        ),
-                        1 => v5::SubscribeReasonCode::Success(
-                            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                        ),
-                        0x87 => v5::SubscribeReasonCode::NotAuthorized,
-                        0x8F => v5::SubscribeReasonCode::TopicFilterInvalid,
-                        0x97 => v5::SubscribeReasonCode::QuotaExceeded,
-                        0x9E => v5::SubscribeReasonCode::SharedSubscriptionsNotSupported,
-                        _ => v5::SubscribeReasonCode::Unspecified,
-                    })
-                    .collect(),
+                return_codes: codes.iter().map(|c| c.v5_suback()).collect(),
                 properties: None,
             }),
         ),
@@ -352,11 +333,11 @@ pub(crate) fn encode_unsuback(ver: Version, pkid: u16, existed: &[bool], buf: &m
 
 /// A v5 DISCONNECT with a reason and a human-readable reason string. v4 has no server
 /// DISCONNECT: the connection is just closed.
-pub(crate) fn encode_disconnect(ver: Version, reason: u8, text: &str, buf: &mut BytesMut) {
+pub(crate) fn encode_disconnect(ver: Version, reason: Reason, text: &str, buf: &mut BytesMut) {
     if ver == Version::V4 {
         return;
     }
-    let mut d = v5::Disconnect::new(disconnect_code(reason));
+    let mut d = v5::Disconnect::new(reason.v5_disconnect());
     d.properties = Some(v5::DisconnectProperties {
         session_expiry_interval: None,
         reason_string: Some(text.chars().take(200).collect()),
@@ -364,24 +345,6 @@ pub(crate) fn encode_disconnect(ver: Version, reason: u8, text: &str, buf: &mut 
         server_reference: None,
     });
     put_v5(buf, v5::Packet::Disconnect(d));
-}
-
-fn disconnect_code(reason: u8) -> v5::DisconnectReasonCode {
-    use v5::DisconnectReasonCode as D;
-    match reason {
-        0x81 => D::MalformedPacket,
-        0x82 => D::ProtocolError,
-        0x87 => D::NotAuthorized,
-        0x8B => D::ServerShuttingDown,
-        0x8D => D::KeepAliveTimeout,
-        0x8E => D::SessionTakenOver,
-        0x90 => D::TopicNameInvalid,
-        0x93 => D::ReceiveMaximumExceeded,
-        0x94 => D::TopicAliasInvalid,
-        0x95 => D::PacketTooLarge,
-        0x97 => D::QuotaExceeded,
-        _ => D::UnspecifiedError,
-    }
 }
 
 /// Encodes a PUBLISH to a subscriber. Returns false (and writes nothing) when the packet would
@@ -412,12 +375,12 @@ pub(crate) fn encode_publish(
         return false;
     }
     buf.reserve(total);
-    let mut first = 0x30 | (d.qos << 1);
+    let mut first = PacketType::Publish.byte() | (d.qos << 1);
     if d.retain {
-        first |= 1;
+        first |= publish_flags::RETAIN;
     }
     if dup && d.qos > 0 {
-        first |= 0x08;
+        first |= publish_flags::DUP;
     }
     buf.put_u8(first);
     put_varint(buf, remaining);
@@ -437,38 +400,50 @@ pub(crate) fn encode_publish(
 fn encode_publish_props(d: &Delivery, out: &mut BytesMut) {
     let e = &*d.event;
     if e.payload_utf8 {
-        out.put_u8(0x01);
+        out.put_u8(prop::PAYLOAD_FORMAT);
         out.put_u8(1);
     }
     if e.expiry_secs > 0 {
         // Remaining lifetime: the interval minus the time spent in the node.
         let age = crate::now_secs().saturating_sub(e.timestamp_ms / 1000);
-        out.put_u8(0x02);
+        out.put_u8(prop::MESSAGE_EXPIRY);
         out.put_u32((e.expiry_secs as u64).saturating_sub(age).max(1) as u32);
     }
     if !e.content_type.is_empty() {
-        out.put_u8(0x03);
+        out.put_u8(prop::CONTENT_TYPE);
         put_str(out, &e.content_type);
     }
     if !e.response_topic.is_empty() {
-        out.put_u8(0x08);
+        out.put_u8(prop::RESPONSE_TOPIC);
         put_str(out, &e.response_topic);
     }
     if let Some(c) = &e.correlation_data {
-        out.put_u8(0x09);
+        out.put_u8(prop::CORRELATION_DATA);
         out.put_u16(c.len() as u16);
         out.put_slice(c);
     }
     if let Some(id) = d.sub_id {
-        out.put_u8(0x0B);
+        out.put_u8(prop::SUBSCRIPTION_ID);
         put_varint(out, id as usize);
     }
     for h in &e.headers {
-        out.put_u8(0x26);
+        out.put_u8(prop::USER_PROPERTY);
         put_str(out, &h.name);
         out.put_u16(h.value.len() as u16);
         out.put_slice(&h.value);
     }
+}
+
+/// MQTT 5 property identifiers this module encodes (§2.2.2.2).
+mod prop {
+    pub(super) const PAYLOAD_FORMAT: u8 = 0x01;
+    pub(super) const MESSAGE_EXPIRY: u8 = 0x02;
+    pub(super) const CONTENT_TYPE: u8 = 0x03;
+    pub(super) const RESPONSE_TOPIC: u8 = 0x08;
+    pub(super) const CORRELATION_DATA: u8 = 0x09;
+    pub(super) const SUBSCRIPTION_ID: u8 = 0x0B;
+    pub(super) const REASON_STRING: u8 = 0x1F;
+    pub(super) const USER_PROPERTY: u8 = 0x26;
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -533,11 +508,18 @@ mod tests {
             Version::V5,
             Ack::Puback,
             7,
-            0x97,
+            Reason::QuotaExceeded,
             Some("quota exceeded"),
             &mut buf,
         );
-        encode_ack_reason(Version::V5, Ack::Pubrec, 8, 0x97, None, &mut buf);
+        encode_ack_reason(
+            Version::V5,
+            Ack::Pubrec,
+            8,
+            Reason::QuotaExceeded,
+            None,
+            &mut buf,
+        );
         match v5::Packet::read(&mut buf, None).unwrap() {
             v5::Packet::PubAck(a) => {
                 assert_eq!((a.pkid, a.reason), (7, v5::PubAckReason::QuotaExceeded));
@@ -552,7 +534,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        encode_ack_reason(Version::V4, Ack::Puback, 9, 0x97, Some("x"), &mut buf);
+        encode_ack_reason(
+            Version::V4,
+            Ack::Puback,
+            9,
+            Reason::QuotaExceeded,
+            Some("x"),
+            &mut buf,
+        );
         assert_eq!(&buf[..], &[0x40, 2, 0, 9]);
     }
 

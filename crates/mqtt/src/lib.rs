@@ -26,8 +26,13 @@
 
 mod codec;
 mod conn;
+mod connect;
+mod delivery;
 mod persist;
+mod publish;
+mod reason;
 mod session;
+mod subscribe;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use meshgate_broker::{Denied, Interest, Policy};
-use meshgate_governance::{Catalog, Date, Problem, Refusal, load};
+use meshgate_broker::{Denied, DenyKind, Interest, Policy};
+use meshgate_governance::{Catalog, Date, Problem, Refusal, RefusalKind, load};
 use meshgate_topic::MqttFilter;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -193,8 +193,11 @@ fn denied(r: &Refusal) -> Denied {
     Denied {
         reason: r.reason(),
         message: r.to_string(),
-        mqtt_code: r.mqtt_reason_code(),
-        http_status: r.http_status(),
+        kind: match r.kind() {
+            RefusalKind::NotAuthorized => DenyKind::NotAuthorized,
+            RefusalKind::InvalidTopic => DenyKind::InvalidTopic,
+            RefusalKind::InvalidPayload => DenyKind::InvalidPayload,
+        },
     }
 }
 
@@ -203,8 +206,7 @@ fn anonymous() -> Denied {
     Denied {
         reason: "anonymous",
         message: "not authorized".into(),
-        mqtt_code: 0x87,
-        http_status: 403,
+        kind: DenyKind::NotAuthorized,
     }
 }
 
@@ -244,8 +246,7 @@ impl Policy for Governance {
                 message: format!(
                     "shared subscription group {g:?} must be {a:?} or start with \"{a}.\""
                 ),
-                mqtt_code: 0x87,
-                http_status: 403,
+                kind: DenyKind::NotAuthorized,
             });
         }
         match self.catalog.load().check_subscribe_mqtt(a, filter) {
