@@ -11,6 +11,8 @@ mod cursor;
 mod mailbox;
 mod meter;
 mod policy;
+mod publisher;
+mod route;
 mod router;
 mod stats;
 
@@ -22,9 +24,9 @@ pub use cursor::JournalCursor;
 pub use mailbox::{Delivery, Mailbox, MailboxReceiver, Receiver, SessionId, TryRecvError};
 pub use meter::{LocalMeter, Meter, MeterEntry, Metered};
 pub use policy::{Denied, DenyKind, Policy};
+pub use publisher::Publisher;
 pub use router::{
-    Broker, BrokerConfig, Interest, MeshHook, PublishError, PublishReport, Publisher, RemoteDest,
-    SubOptions,
+    Broker, BrokerConfig, Interest, MeshHook, PublishError, PublishReport, RemoteDest, SubOptions,
 };
 pub use stats::BrokerStats;
 

@@ -6,17 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshgate_proto::{Envelope, EventId, EventIdGen};
 use meshgate_store::Disk;
-use meshgate_topic::{
-    Filter, MatchCache, MqttFilter, RetainTree, TopicError, Trie, validate_topic,
-};
+use meshgate_topic::{Filter, MqttFilter, RetainTree, TopicError, Trie, validate_topic};
 use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 
-use crate::mailbox::{Delivery, Mailbox, Refused, SessionId};
-use crate::meter::{LocalMeter, Meter, Metered};
+use crate::mailbox::{Mailbox, SessionId};
+use crate::meter::{Meter, Metered};
 use crate::now_ms;
 use crate::policy::{Denied, Policy};
-use crate::stats::{BrokerStats, LocalTally};
+use crate::publisher::Publisher;
+use crate::stats::BrokerStats;
 
 /// Options of one subscription.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,7 +47,7 @@ pub(crate) enum Target {
 }
 
 /// Trie keys of remote nodes have this bit set; local sessions count up from 1.
-const REMOTE_KEY: u64 = 1 << 63;
+pub(crate) const REMOTE_KEY: u64 = 1 << 63;
 
 /// One remote destination of an event: a node, and the queue groups it serves for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,102 +162,28 @@ pub struct PublishReport {
     pub ticket: u64,
 }
 
-struct Shared {
-    config: BrokerConfig,
-    ids: EventIdGen,
-    trie: RwLock<Trie<SessionId, Target>>,
-    retained: RwLock<RetainTree<Arc<Envelope>>>,
-    next_session: AtomicU64,
-    stats: BrokerStats,
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    pub(crate) ids: EventIdGen,
+    pub(crate) trie: RwLock<Trie<SessionId, Target>>,
+    pub(crate) retained: RwLock<RetainTree<Arc<Envelope>>>,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) stats: BrokerStats,
     /// Live sessions by id, for admin listings.
-    sessions: Mutex<HashMap<SessionId, Arc<Mailbox>>>,
+    pub(crate) sessions: Mutex<HashMap<SessionId, Arc<Mailbox>>>,
     /// Trie keys of remote nodes.
-    remote_keys: Mutex<HashMap<Arc<str>, SessionId>>,
-    mesh: std::sync::OnceLock<Arc<dyn MeshHook>>,
+    pub(crate) remote_keys: Mutex<HashMap<Arc<str>, SessionId>>,
+    pub(crate) mesh: std::sync::OnceLock<Arc<dyn MeshHook>>,
     /// The store of guaranteed events, when the node has a data directory.
-    disk: std::sync::OnceLock<Disk>,
-    policy: std::sync::OnceLock<Arc<dyn Policy>>,
-    meter: std::sync::OnceLock<Arc<dyn Meter>>,
+    pub(crate) disk: std::sync::OnceLock<Disk>,
+    pub(crate) policy: std::sync::OnceLock<Arc<dyn Policy>>,
+    pub(crate) meter: std::sync::OnceLock<Arc<dyn Meter>>,
 }
 
 /// Handle to the router; cheap to clone, shared by every front end.
 #[derive(Clone)]
 pub struct Broker {
-    shared: Arc<Shared>,
-}
-
-/// Per-connection publishing state: its own match cache (no lock shared with other publishers)
-/// and counters flushed in batches.
-pub struct Publisher {
-    session: Option<SessionId>,
-    /// `meshgate_events_published_total{protocol}` and its bytes, resolved once per publisher.
-    published: metrics::Counter,
-    published_bytes: metrics::Counter,
-    app_id: Option<Arc<str>>,
-    cache: Option<MatchCache<SessionId, Target>>,
-    tally: LocalTally,
-    /// Round-robin position for queue groups.
-    rr: usize,
-    /// Wall clock (ms) set by the front end once per read batch; 0 = read the clock per event.
-    clock_ms: u64,
-    /// Reused scratch list (session, index into the match) to deliver once per session.
-    order: Vec<(SessionId, u32)>,
-    /// Reused list of remote destinations of the event being routed.
-    remote: Vec<RemoteDest>,
-    /// Highest commit ticket of the event being routed.
-    ticket: u64,
-    /// Chargeback tallies since the last flush (only when the node meters).
-    meter: LocalMeter,
-    /// Reused list of the links an event leaves by (metering).
-    peers: Vec<Arc<str>>,
-    /// Whether deliveries to journaled sessions are held until [`Broker::flush_held`].
-    batched: bool,
-    /// Deliveries held, in routing order.
-    held: Vec<(Arc<Mailbox>, Delivery)>,
-    /// Reused buffer of the journal records of held deliveries, and each record's span in it.
-    scratch: Vec<u8>,
-    spans: Vec<std::ops::Range<usize>>,
-}
-
-impl Publisher {
-    /// Flushes counters into the shared metrics, after storing and queueing what is held
-    /// ([`Broker::flush_held`], whose ticket is dropped here: a caller that acknowledges
-    /// publishes calls that first).
-    pub fn flush(&mut self, broker: &Broker) {
-        broker.flush_held(self);
-        self.tally
-            .flush(&broker.shared.stats, &self.published, &self.published_bytes);
-        if let Some(m) = broker.shared.meter.get() {
-            self.meter.flush(&**m);
-        }
-    }
-
-    /// Sets the time stamped on the events published until the next call: a front end that
-    /// publishes a batch read in one go reads the clock once per batch, not per event.
-    pub fn set_clock(&mut self, now_ms: u64) {
-        self.clock_ms = now_ms;
-    }
-
-    /// Sets the app id stamped on published events.
-    pub fn set_app_id(&mut self, app_id: Option<Arc<str>>) {
-        self.app_id = app_id;
-    }
-
-    /// Holds the deliveries to journaled sessions (persistent MQTT sessions, bridge sinks)
-    /// until [`Broker::flush_held`], which stores each session's share of a batch with one
-    /// write: a front end that publishes a batch read in one go then pays one write syscall
-    /// per batch, not per event. Such a front end must call `flush_held` after each batch and
-    /// take its ticket into account before acknowledging any publish of the batch (a publish's
-    /// own [`PublishReport::ticket`] does not cover what is held).
-    pub fn set_batched(&mut self, batched: bool) {
-        self.batched = batched;
-    }
-
-    /// Whether deliveries are held (so a publish routed now is not durable before the next
-    /// [`Broker::flush_held`]).
-    pub fn holds(&self) -> bool {
-        !self.held.is_empty()
-    }
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Broker {
@@ -295,64 +220,6 @@ impl Broker {
         let mb = Mailbox::new(id, capacity);
         self.shared.sessions.lock().insert(id, mb.clone());
         mb
-    }
-
-    /// Publishing state for one connection. `protocol` labels its metrics (a fixed small set:
-    /// "mqtt", "http", bridge kinds); `session` enables MQTT no-local.
-    pub fn publisher(&self, protocol: &'static str, session: Option<SessionId>) -> Publisher {
-        Publisher {
-            session,
-            published: metrics::counter!("meshgate_events_published_total", "protocol" => protocol),
-            published_bytes: metrics::counter!(
-                "meshgate_events_published_bytes_total",
-                "protocol" => protocol
-            ),
-            app_id: None,
-            cache: None,
-            tally: LocalTally::default(),
-            rr: 0,
-            clock_ms: 0,
-            order: Vec::new(),
-            remote: Vec::new(),
-            ticket: 0,
-            meter: LocalMeter::default(),
-            peers: Vec::new(),
-            batched: false,
-            held: Vec::new(),
-            scratch: Vec::new(),
-            spans: Vec::new(),
-        }
-    }
-
-    /// Stores and queues the deliveries a batched publisher held (see
-    /// [`Publisher::set_batched`]): per session, the QoS 1 deliveries are appended to its journal
-    /// with one write, and all of its held deliveries are queued in order while the journal's
-    /// lock is held (so concurrent publishers queue in journal order). Returns the commit ticket
-    /// after which all of them are durable (0: nothing to wait for).
-    pub fn flush_held(&self, p: &mut Publisher) -> u64 {
-        if p.held.is_empty() {
-            return 0;
-        }
-        let mut held = std::mem::take(&mut p.held);
-        // One run per session, each in routing order (a stable sort; usually one session).
-        if held.windows(2).any(|w| w[0].0.id() != w[1].0.id()) {
-            held.sort_by_key(|(mb, _)| mb.id());
-        }
-        let mut ticket = 0;
-        let mut start = 0;
-        while start < held.len() {
-            let id = held[start].0.id();
-            let len = held[start..]
-                .iter()
-                .position(|(mb, _)| mb.id() != id)
-                .unwrap_or(held.len() - start);
-            let run = &held[start..start + len];
-            ticket = ticket.max(store_run(run, &mut p.scratch, &mut p.spans, &mut p.tally));
-            start += len;
-        }
-        held.clear();
-        p.held = held;
-        ticket
     }
 
     /// Gives the router the node's store: guaranteed events are refused once it is at quota.
@@ -447,25 +314,6 @@ impl Broker {
             .or_insert(SessionId(REMOTE_KEY | (n + 1)))
     }
 
-    /// Delivers an event that arrived from the mesh to this node's own subscribers: every plain
-    /// subscriber, and one member of each listed queue group. Never forwards. Returns the number
-    /// of mailboxes it entered, and the commit ticket of the copies it stored.
-    pub fn deliver_from_mesh(
-        &self,
-        p: &mut Publisher,
-        event: &Arc<Envelope>,
-        groups: &[(String, String)],
-    ) -> (usize, u64) {
-        if event.retain {
-            let _ = self.retain(event);
-        }
-        let qos = u8::from(event.delivery == meshgate_proto::DeliveryClass::Guaranteed as i32);
-        p.ticket = 0;
-        let routed = self.route_inner(p, event, qos, Some(groups));
-        p.tally.routed += routed as u64;
-        (routed, p.ticket)
-    }
-
     /// Accepts an event: validates it, mints its id, updates retained state, and queues it in
     /// every matching mailbox. `qos` is the publish QoS (capped per subscription).
     pub fn publish(
@@ -546,7 +394,7 @@ impl Broker {
         })
     }
 
-    fn retain(&self, event: &Arc<Envelope>) -> Result<(), PublishError> {
+    pub(crate) fn retain(&self, event: &Arc<Envelope>) -> Result<(), PublishError> {
         let mut r = self.shared.retained.write();
         if event.payload.is_empty() {
             r.remove(&event.topic);
@@ -560,193 +408,6 @@ impl Broker {
         }
         self.shared.stats.retained.set(r.len() as f64);
         Ok(())
-    }
-
-    /// Matches and delivers; returns the number of mailboxes the event entered.
-    fn route(&self, p: &mut Publisher, event: &Arc<Envelope>, qos: u8) -> usize {
-        self.route_inner(p, event, qos, None)
-    }
-
-    /// `from_mesh`: the event came over a link; deliver to local subscribers only, and to the
-    /// queue groups listed (the origin chose this node for them).
-    fn route_inner(
-        &self,
-        p: &mut Publisher,
-        event: &Arc<Envelope>,
-        qos: u8,
-        from_mesh: Option<&[(String, String)]>,
-    ) -> usize {
-        let policy = self.shared.policy.get();
-        let metering = self.shared.meter.get().is_some();
-        let trie = self.shared.trie.read();
-        let slots = self.shared.config.match_cache_slots;
-        let cache = p.cache.get_or_insert_with(|| MatchCache::new(slots));
-        let m = cache.lookup(&trie, &event.topic);
-        let mut routed = 0;
-        let subs = m.subscribers();
-        let order = &mut p.order;
-        let remote = &mut p.remote;
-        remote.clear();
-        order.clear();
-        order.extend(
-            subs.iter()
-                .enumerate()
-                .map(|(i, (sid, _))| (*sid, i as u32)),
-        );
-        // One copy per session even when several of its filters match, at the highest QoS of
-        // those filters (MQTT 5 §3.3.4). Sorting a reused scratch list keeps this O(n log n)
-        // and allocation-free at any fan-out.
-        if order.len() > 1 {
-            order.sort_unstable();
-        }
-        let mut i = 0;
-        while i < order.len() {
-            let (sid, first) = order[i];
-            let target = &subs[first as usize].1;
-            i += 1;
-            match target {
-                Target::Remote { node } => {
-                    while i < order.len() && order[i].0 == sid {
-                        i += 1;
-                    }
-                    if from_mesh.is_none() {
-                        remote.push(RemoteDest {
-                            node: node.clone(),
-                            groups: Vec::new(),
-                        });
-                    }
-                }
-                Target::Local { mailbox, opts, .. } => {
-                    let mut q = opts.qos;
-                    while i < order.len() && order[i].0 == sid {
-                        if let Target::Local { opts, .. } = &subs[order[i].1 as usize].1 {
-                            q = q.max(opts.qos);
-                        }
-                        i += 1;
-                    }
-                    if opts.no_local && p.session == Some(sid) {
-                        continue;
-                    }
-                    if let Some(policy) = policy
-                        && !policy.may_read(mailbox.app(), &event.topic)
-                    {
-                        p.tally.unreadable += 1;
-                        continue;
-                    }
-                    if deliver(
-                        mailbox,
-                        opts,
-                        event,
-                        qos.min(q),
-                        &mut p.tally,
-                        &mut p.ticket,
-                        p.batched.then_some(&mut p.held),
-                    ) {
-                        routed += 1;
-                        if metering {
-                            delivered(&mut p.meter, mailbox, event);
-                        }
-                    }
-                }
-            }
-        }
-        let mesh = self.shared.mesh.get();
-        for g in m.groups() {
-            if g.members.is_empty() {
-                continue;
-            }
-            if let Some(listed) = from_mesh
-                && !listed
-                    .iter()
-                    .any(|(name, f)| name == g.group && f == g.filter)
-            {
-                continue;
-            }
-            // Prefer a local member that is online, then the nearest remote node, then a local
-            // member that is offline (its session queues the event).
-            p.rr = p.rr.wrapping_add(1);
-            let n = g.members.len();
-            let start = p.rr % n;
-            let locals = (0..n)
-                .map(|k| &g.members[(start + k) % n])
-                .filter_map(|(_, t)| match t {
-                    Target::Local { mailbox, opts, .. } => Some((mailbox, opts)),
-                    Target::Remote { .. } => None,
-                })
-                // A member whose app may not read the event is no candidate.
-                .filter(|(mb, _)| policy.is_none_or(|pol| pol.may_read(mb.app(), &event.topic)));
-            let mut online = None;
-            let mut offline = None;
-            for (mb, opts) in locals {
-                if mb.is_online() {
-                    online = Some((mb, opts));
-                    break;
-                }
-                offline.get_or_insert((mb, opts));
-            }
-            if online.is_none()
-                && from_mesh.is_none()
-                && let Some(mesh) = mesh
-            {
-                let mut candidates: Vec<&str> = Vec::new();
-                let mut nodes: Vec<&Arc<str>> = Vec::new();
-                for (_, t) in g.members {
-                    if let Target::Remote { node } = t {
-                        candidates.push(node);
-                        nodes.push(node);
-                    }
-                }
-                if let Some(k) = mesh.nearest(&candidates, p.rr) {
-                    let node = nodes[k];
-                    let gref = (Arc::<str>::from(g.group), Arc::<str>::from(g.filter));
-                    match remote.iter_mut().find(|d| &d.node == node) {
-                        Some(d) => d.groups.push(gref),
-                        None => remote.push(RemoteDest {
-                            node: node.clone(),
-                            groups: vec![gref],
-                        }),
-                    }
-                    continue;
-                }
-            }
-            if let Some((mb, opts)) = online.or(offline)
-                && deliver(
-                    mb,
-                    opts,
-                    event,
-                    qos.min(opts.qos),
-                    &mut p.tally,
-                    &mut p.ticket,
-                    p.batched.then_some(&mut p.held),
-                )
-            {
-                routed += 1;
-                if metering {
-                    delivered(&mut p.meter, mb, event);
-                }
-            }
-        }
-        drop(trie);
-        if !p.remote.is_empty()
-            && let Some(mesh) = mesh
-        {
-            let ticket = mesh.forward(event, &p.remote);
-            p.ticket = p.ticket.max(ticket);
-            p.tally.forwarded += 1;
-            if metering {
-                let mut peers = std::mem::take(&mut p.peers);
-                peers.clear();
-                mesh.next_hops(&p.remote, &mut peers);
-                let app = Some(event.publisher_app.as_str()).filter(|a| !a.is_empty());
-                let bytes = prost::Message::encoded_len(&**event) as u64;
-                for peer in &peers {
-                    p.meter
-                        .add(app, &event.topic, &Metered::Link(peer.clone()), bytes);
-                }
-                p.peers = peers;
-            }
-        }
-        routed
     }
 
     /// Adds (or replaces) a subscription of `mailbox` to `filter`, in queue group `group` if any.
@@ -922,159 +583,10 @@ impl Broker {
     }
 }
 
-/// Meters a copy handed to `mailbox`, on its app's account.
-fn delivered(meter: &mut LocalMeter, mailbox: &Mailbox, event: &Envelope) {
-    meter.add(
-        mailbox.app(),
-        &event.topic,
-        &Metered::Delivered,
-        event.payload.len() as u64,
-    );
-}
-
-/// Queues `event` for `mailbox`; true if it entered the mailbox or the session's journal. With
-/// `held` (a batched publisher), every delivery to a journaled session is held for
-/// [`Broker::flush_held`] instead (its QoS 0 ones too while it is online, so that the session's
-/// order holds), and counts as delivered.
-fn deliver(
-    mailbox: &Arc<Mailbox>,
-    opts: &SubOptions,
-    event: &Arc<Envelope>,
-    qos: u8,
-    tally: &mut LocalTally,
-    ticket: &mut u64,
-    held: Option<&mut Vec<(Arc<Mailbox>, Delivery)>>,
-) -> bool {
-    let mut d = Delivery {
-        event: event.clone(),
-        qos,
-        retain: opts.retain_as_published && event.retain,
-        sub_id: opts.sub_id,
-        seq: 0,
-    };
-    // QoS 0 to an offline session is refused below as before (and so not counted): nothing of
-    // it can be out of order.
-    if let Some(held) = held
-        && mailbox.journal().is_some()
-        && (qos > 0 || mailbox.is_online())
-    {
-        held.push((mailbox.clone(), d));
-        return true;
-    }
-    // A persistent session's QoS 1 delivery is stored before the publisher hears back.
-    if qos > 0
-        && let Some(journal) = mailbox.journal()
-    {
-        match journal.append(&d.encode()) {
-            Ok((seq, t)) => {
-                d.seq = seq;
-                *ticket = (*ticket).max(t);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot store a delivery; kept in memory"),
-        }
-    }
-    queue(mailbox, d, tally)
-}
-
-/// Queues `d` in `mailbox`; true if it entered the mailbox or, journaled (`seq` set), is read
-/// back from the session's journal when the session has room. Only a delivery that is in
-/// neither counts as dropped.
-fn queue(mailbox: &Mailbox, d: Delivery, tally: &mut LocalTally) -> bool {
-    let journaled = d.seq != 0;
-    match mailbox.offer(d) {
-        Ok(()) => true,
-        Err(why) => kept_when_refused(why, journaled, tally),
-    }
-}
-
-/// Whether a delivery its mailbox refused for `why` is still kept (a journaled one is read
-/// back from the journal); a full mailbox's refusal of one that is not journaled counts as
-/// dropped.
-fn kept_when_refused(why: Refused, journaled: bool, tally: &mut LocalTally) -> bool {
-    match why {
-        Refused::Full if journaled => true,
-        Refused::Full => {
-            tally.dropped_full += 1;
-            false
-        }
-        Refused::Offline => journaled,
-    }
-}
-
-/// Most bytes of journal records appended with one write by [`Broker::flush_held`].
-const HELD_WRITE_BYTES: usize = 8 << 20;
-
-/// [`Broker::flush_held`] for the held deliveries of one session: appends the journal records of
-/// the QoS 1 ones (one write per [`HELD_WRITE_BYTES`]) and queues each part in order under the
-/// journal's lock. A delivery that cannot be stored is queued in memory only, as
-/// [`deliver`] does. Returns the highest ticket.
-fn store_run(
-    run: &[(Arc<Mailbox>, Delivery)],
-    scratch: &mut Vec<u8>,
-    spans: &mut Vec<std::ops::Range<usize>>,
-    tally: &mut LocalTally,
-) -> u64 {
-    let Some(journal) = run.first().and_then(|(mb, _)| mb.journal().cloned()) else {
-        return 0;
-    };
-    let mut ticket = 0;
-    let mut rest = run;
-    while !rest.is_empty() {
-        scratch.clear();
-        spans.clear();
-        let mut n = 0;
-        while n < rest.len() && scratch.len() < HELD_WRITE_BYTES {
-            let d = &rest[n].1;
-            if d.qos > 0 {
-                let from = scratch.len();
-                d.encode_into(scratch);
-                spans.push(from..scratch.len());
-            }
-            n += 1;
-        }
-        let (part, tail) = rest.split_at(n);
-        rest = tail;
-        if spans.is_empty() {
-            // QoS 0 only: nothing to store.
-            queue_part(part, None, tally);
-            continue;
-        }
-        let records: Vec<&[u8]> = spans.iter().map(|r| &scratch[r.clone()]).collect();
-        match journal.append_batch_then(&records, |seqs| {
-            queue_part(part, Some(seqs.start), tally);
-        }) {
-            Ok(((), _, t)) => ticket = ticket.max(t),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot store deliveries; kept in memory");
-                queue_part(part, None, tally);
-            }
-        }
-    }
-    ticket
-}
-
-/// Queues the held deliveries of `part` in order, the QoS 1 ones numbered from `first` (their
-/// journal sequence numbers; `None`: not stored).
-fn queue_part(part: &[(Arc<Mailbox>, Delivery)], mut first: Option<u64>, tally: &mut LocalTally) {
-    let Some((mb, _)) = part.first() else { return };
-    let numbered = part.iter().map(|(_, d)| {
-        let mut d = d.clone();
-        if d.qos > 0
-            && let Some(seq) = first.as_mut()
-        {
-            d.seq = *seq;
-            *seq += 1;
-        }
-        d
-    });
-    mb.offer_all(numbered, |d, why| {
-        kept_when_refused(why, d.seq != 0, tally);
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Delivery;
 
     fn env(topic: &str, payload: &'static [u8]) -> Envelope {
         Envelope {

@@ -1,0 +1,241 @@
+//! The publishing side of a connection: its own match cache and tallies, and the deliveries
+//! a batched publisher holds until it stores them with one write per session.
+
+use std::sync::Arc;
+
+use meshgate_topic::MatchCache;
+
+use crate::mailbox::{Delivery, Mailbox, Refused, SessionId};
+use crate::meter::LocalMeter;
+use crate::router::{Broker, RemoteDest, Target};
+use crate::stats::LocalTally;
+
+/// Per-connection publishing state: its own match cache (no lock shared with other publishers)
+/// and counters flushed in batches.
+pub struct Publisher {
+    pub(crate) session: Option<SessionId>,
+    /// `meshgate_events_published_total{protocol}` and its bytes, resolved once per publisher.
+    pub(crate) published: metrics::Counter,
+    pub(crate) published_bytes: metrics::Counter,
+    pub(crate) app_id: Option<Arc<str>>,
+    pub(crate) cache: Option<MatchCache<SessionId, Target>>,
+    pub(crate) tally: LocalTally,
+    /// Round-robin position for queue groups.
+    pub(crate) rr: usize,
+    /// Wall clock (ms) set by the front end once per read batch; 0 = read the clock per event.
+    pub(crate) clock_ms: u64,
+    /// Reused scratch list (session, index into the match) to deliver once per session.
+    pub(crate) order: Vec<(SessionId, u32)>,
+    /// Reused list of remote destinations of the event being routed.
+    pub(crate) remote: Vec<RemoteDest>,
+    /// Highest commit ticket of the event being routed.
+    pub(crate) ticket: u64,
+    /// Chargeback tallies since the last flush (only when the node meters).
+    pub(crate) meter: LocalMeter,
+    /// Reused list of the links an event leaves by (metering).
+    pub(crate) peers: Vec<Arc<str>>,
+    /// Whether deliveries to journaled sessions are held until [`Broker::flush_held`].
+    pub(crate) batched: bool,
+    /// Deliveries held, in routing order.
+    pub(crate) held: Vec<(Arc<Mailbox>, Delivery)>,
+    /// Reused buffer of the journal records of held deliveries, and each record's span in it.
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) spans: Vec<std::ops::Range<usize>>,
+}
+
+impl Publisher {
+    /// Flushes counters into the shared metrics, after storing and queueing what is held
+    /// ([`Broker::flush_held`], whose ticket is dropped here: a caller that acknowledges
+    /// publishes calls that first).
+    pub fn flush(&mut self, broker: &Broker) {
+        broker.flush_held(self);
+        self.tally
+            .flush(&broker.shared.stats, &self.published, &self.published_bytes);
+        if let Some(m) = broker.shared.meter.get() {
+            self.meter.flush(&**m);
+        }
+    }
+
+    /// Sets the time stamped on the events published until the next call: a front end that
+    /// publishes a batch read in one go reads the clock once per batch, not per event.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.clock_ms = now_ms;
+    }
+
+    /// Sets the app id stamped on published events.
+    pub fn set_app_id(&mut self, app_id: Option<Arc<str>>) {
+        self.app_id = app_id;
+    }
+
+    /// Holds the deliveries to journaled sessions (persistent MQTT sessions, bridge sinks)
+    /// until [`Broker::flush_held`], which stores each session's share of a batch with one
+    /// write: a front end that publishes a batch read in one go then pays one write syscall
+    /// per batch, not per event. Such a front end must call `flush_held` after each batch and
+    /// take its ticket into account before acknowledging any publish of the batch (a publish's
+    /// own [`PublishReport::ticket`] does not cover what is held).
+    pub fn set_batched(&mut self, batched: bool) {
+        self.batched = batched;
+    }
+
+    /// Whether deliveries are held (so a publish routed now is not durable before the next
+    /// [`Broker::flush_held`]).
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
+
+impl Broker {
+    /// Publishing state for one connection. `protocol` labels its metrics (a fixed small set:
+    /// "mqtt", "http", bridge kinds); `session` enables MQTT no-local.
+    pub fn publisher(&self, protocol: &'static str, session: Option<SessionId>) -> Publisher {
+        Publisher {
+            session,
+            published: metrics::counter!("meshgate_events_published_total", "protocol" => protocol),
+            published_bytes: metrics::counter!(
+                "meshgate_events_published_bytes_total",
+                "protocol" => protocol
+            ),
+            app_id: None,
+            cache: None,
+            tally: LocalTally::default(),
+            rr: 0,
+            clock_ms: 0,
+            order: Vec::new(),
+            remote: Vec::new(),
+            ticket: 0,
+            meter: LocalMeter::default(),
+            peers: Vec::new(),
+            batched: false,
+            held: Vec::new(),
+            scratch: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Stores and queues the deliveries a batched publisher held (see
+    /// [`Publisher::set_batched`]): per session, the QoS 1 deliveries are appended to its journal
+    /// with one write, and all of its held deliveries are queued in order while the journal's
+    /// lock is held (so concurrent publishers queue in journal order). Returns the commit ticket
+    /// after which all of them are durable (0: nothing to wait for).
+    pub fn flush_held(&self, p: &mut Publisher) -> u64 {
+        if p.held.is_empty() {
+            return 0;
+        }
+        let mut held = std::mem::take(&mut p.held);
+        // One run per session, each in routing order (a stable sort; usually one session).
+        if held.windows(2).any(|w| w[0].0.id() != w[1].0.id()) {
+            held.sort_by_key(|(mb, _)| mb.id());
+        }
+        let mut ticket = 0;
+        let mut start = 0;
+        while start < held.len() {
+            let id = held[start].0.id();
+            let len = held[start..]
+                .iter()
+                .position(|(mb, _)| mb.id() != id)
+                .unwrap_or(held.len() - start);
+            let run = &held[start..start + len];
+            ticket = ticket.max(store_run(run, &mut p.scratch, &mut p.spans, &mut p.tally));
+            start += len;
+        }
+        held.clear();
+        p.held = held;
+        ticket
+    }
+}
+
+/// Queues `d` in `mailbox`; true if it entered the mailbox or, journaled (`seq` set), is read
+/// back from the session's journal when the session has room. Only a delivery that is in
+/// neither counts as dropped.
+pub(crate) fn queue(mailbox: &Mailbox, d: Delivery, tally: &mut LocalTally) -> bool {
+    let journaled = d.seq != 0;
+    match mailbox.offer(d) {
+        Ok(()) => true,
+        Err(why) => kept_when_refused(why, journaled, tally),
+    }
+}
+
+/// Whether a delivery its mailbox refused for `why` is still kept (a journaled one is read
+/// back from the journal); a full mailbox's refusal of one that is not journaled counts as
+/// dropped.
+fn kept_when_refused(why: Refused, journaled: bool, tally: &mut LocalTally) -> bool {
+    match why {
+        Refused::Full if journaled => true,
+        Refused::Full => {
+            tally.dropped_full += 1;
+            false
+        }
+        Refused::Offline => journaled,
+    }
+}
+
+/// Most bytes of journal records appended with one write by [`Broker::flush_held`].
+const HELD_WRITE_BYTES: usize = 8 << 20;
+
+/// [`Broker::flush_held`] for the held deliveries of one session: appends the journal records of
+/// the QoS 1 ones (one write per [`HELD_WRITE_BYTES`]) and queues each part in order under the
+/// journal's lock. A delivery that cannot be stored is queued in memory only, as
+/// [`deliver`] does. Returns the highest ticket.
+fn store_run(
+    run: &[(Arc<Mailbox>, Delivery)],
+    scratch: &mut Vec<u8>,
+    spans: &mut Vec<std::ops::Range<usize>>,
+    tally: &mut LocalTally,
+) -> u64 {
+    let Some(journal) = run.first().and_then(|(mb, _)| mb.journal().cloned()) else {
+        return 0;
+    };
+    let mut ticket = 0;
+    let mut rest = run;
+    while !rest.is_empty() {
+        scratch.clear();
+        spans.clear();
+        let mut n = 0;
+        while n < rest.len() && scratch.len() < HELD_WRITE_BYTES {
+            let d = &rest[n].1;
+            if d.qos > 0 {
+                let from = scratch.len();
+                d.encode_into(scratch);
+                spans.push(from..scratch.len());
+            }
+            n += 1;
+        }
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        if spans.is_empty() {
+            // QoS 0 only: nothing to store.
+            queue_part(part, None, tally);
+            continue;
+        }
+        let records: Vec<&[u8]> = spans.iter().map(|r| &scratch[r.clone()]).collect();
+        match journal.append_batch_then(&records, |seqs| {
+            queue_part(part, Some(seqs.start), tally);
+        }) {
+            Ok(((), _, t)) => ticket = ticket.max(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store deliveries; kept in memory");
+                queue_part(part, None, tally);
+            }
+        }
+    }
+    ticket
+}
+
+/// Queues the held deliveries of `part` in order, the QoS 1 ones numbered from `first` (their
+/// journal sequence numbers; `None`: not stored).
+fn queue_part(part: &[(Arc<Mailbox>, Delivery)], mut first: Option<u64>, tally: &mut LocalTally) {
+    let Some((mb, _)) = part.first() else { return };
+    let numbered = part.iter().map(|(_, d)| {
+        let mut d = d.clone();
+        if d.qos > 0
+            && let Some(seq) = first.as_mut()
+        {
+            d.seq = *seq;
+            *seq += 1;
+        }
+        d
+    });
+    mb.offer_all(numbered, |d, why| {
+        kept_when_refused(why, d.seq != 0, tally);
+    });
+}
