@@ -12,7 +12,10 @@
 //! message to a neighbour), so that a seeded simulation (feature `sim`) drives a thousand nodes
 //! on virtual time.
 
+mod delta;
+mod digest;
 mod entry;
+mod expiry;
 mod recent;
 mod registry;
 mod routes;
@@ -20,14 +23,16 @@ mod routes;
 pub mod sim;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::sync::Arc;
 
 use meshgate_proto::v1;
 
 pub use recent::RecentIds;
-pub use registry::{NodeView, Registry};
+pub use registry::Registry;
 pub use routes::{Routes, Split};
+pub use view::NodeView;
 
 /// Links an event may cross before it is dropped (a guard against loops while routes converge).
 pub const HOP_LIMIT: u32 = 16;

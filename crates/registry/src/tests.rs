@@ -544,12 +544,12 @@ fn the_summary_is_a_fixed_hash_of_the_digest() {
     assert_eq!(net.regs["a"].summary(), net.regs["b"].summary());
     let mut digest = net.regs["a"].digest();
     assert_eq!(
-        crate::registry::digest_summary(digest.nodes.iter()),
+        crate::digest::digest_summary(digest.nodes.iter()),
         net.regs["a"].summary()
     );
     digest.nodes.reverse();
     assert_eq!(
-        crate::registry::digest_summary(digest.nodes.iter()),
+        crate::digest::digest_summary(digest.nodes.iter()),
         net.regs["a"].summary(),
         "a digest out of order is sorted first"
     );
