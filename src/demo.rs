@@ -39,11 +39,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     };
     if !dir.join("ca.pem").exists() {
-        meshgate_mesh::tls::init_ca(&dir)?;
+        meshgate_tls::init_ca(&dir)?;
     }
     for n in NAMES {
         if !dir.join(format!("{n}.pem")).exists() {
-            meshgate_mesh::tls::issue(&dir, n)?;
+            meshgate_tls::issue(&dir, n)?;
         }
     }
     // Port 0 gives every node an ephemeral port; otherwise ports count up from the given one.

@@ -174,10 +174,10 @@ fn main() -> ExitCode {
         Command::Chargeback(args) => chargeback_cli::chargeback(args),
         Command::Catalog(CatalogCommand::Export(args)) => catalog_cli::export(args),
         Command::Passwd { token } => passwd(token),
-        Command::Cert(CertCommand::Init { dir }) => meshgate_mesh::tls::init_ca(&dir)
+        Command::Cert(CertCommand::Init { dir }) => meshgate_tls::init_ca(&dir)
             .map(|p| println!("created {}", p.display()))
             .map_err(Into::into),
-        Command::Cert(CertCommand::Issue { dir, name }) => meshgate_mesh::tls::issue(&dir, &name)
+        Command::Cert(CertCommand::Issue { dir, name }) => meshgate_tls::issue(&dir, &name)
             .map(|p| println!("created {}", p.display()))
             .map_err(Into::into),
     };
@@ -204,12 +204,12 @@ fn passwd(token: bool) -> anyhow::Result<()> {
     if token {
         println!(
             "token_sha256 = \"{}\"",
-            meshgate_broker::token_digest(secret.as_bytes())
+            meshgate_auth::token_digest(secret.as_bytes())
         );
     } else {
         println!(
             "password_hash = \"{}\"",
-            meshgate_broker::hash_password(secret.as_bytes())
+            meshgate_auth::hash_password(secret.as_bytes())
         );
     }
     Ok(())

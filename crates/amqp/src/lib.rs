@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
-use meshgate_bridge::{BridgeContext, BridgeStatus};
+use meshgate_bridge::{BridgeContext, BridgeStatus, StartError};
 use tokio::task::JoinHandle;
 
 pub use config::{AmqpConfig, AmqpSink, AmqpSource, Binding};
@@ -51,8 +51,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Starts the sources and sinks of one broker; their statuses are registered in `ctx.bridges`.
-pub fn start(ctx: &BridgeContext, cfg: &AmqpConfig) -> Result<Vec<JoinHandle<()>>, String> {
-    cfg.validate()?;
+pub fn start(ctx: &BridgeContext, cfg: &AmqpConfig) -> Result<Vec<JoinHandle<()>>, StartError> {
+    cfg.validate().map_err(StartError::Config)?;
     let cfg = Arc::new(cfg.clone());
     let mut tasks = Vec::new();
     for s in &cfg.source {

@@ -8,7 +8,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use meshgate_bridge::template::{Output, RecordVars, Template, levels_to_dots};
-use meshgate_bridge::{BridgeContext, BridgeStatus, SinkSpec, SinkTarget, origin, run_sink};
+use meshgate_bridge::{
+    BridgeContext, BridgeStatus, SinkError, SinkSpec, SinkTarget, StartError, origin, run_sink,
+};
 use meshgate_proto::Envelope;
 use meshgate_store::Journal;
 use meshgate_topic::Filter;
@@ -34,10 +36,10 @@ pub(crate) fn start(
     sink: &AmqpSink,
     status: Arc<BridgeStatus>,
     journal: Option<Journal>,
-) -> Result<JoinHandle<()>, String> {
-    let filter = Filter::parse(&sink.filter).map_err(|e| e.to_string())?;
-    let template =
-        Template::parse(&sink.routing_key_template, SINK_VARS).map_err(|e| e.to_string())?;
+) -> Result<JoinHandle<()>, StartError> {
+    let filter = Filter::parse(&sink.filter).map_err(|e| StartError::Config(e.to_string()))?;
+    let template = Template::parse(&sink.routing_key_template, SINK_VARS)
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let url = cfg.url.clone();
     let label = format!("meshgate {} amqp {}/{}", ctx.node, cfg.name, sink.name);
     let probe = {
@@ -127,21 +129,22 @@ struct Target {
 impl SinkTarget for Target {
     type Pending = Vec<(PublisherConfirm, String)>;
 
-    async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, String> {
+    async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, SinkError> {
         let link = match self.link.take() {
             Some(l) if l.usable() => l,
             Some(l) => {
                 close(&l.conn).await;
-                self.connect().await?
+                self.connect().await.map_err(SinkError::Unavailable)?
             }
-            None => self.connect().await?,
+            None => self.connect().await.map_err(SinkError::Unavailable)?,
         };
         let link = self.link.insert(link);
         let mut confirms = Vec::with_capacity(events.len());
         for ev in events {
             render_key(&self.template, ev, &mut self.key);
             // A rendered routing key is at most 255 bytes (the template caps it).
-            let key = ShortString::try_new(self.key.as_str()).map_err(|e| e.to_string())?;
+            let key = ShortString::try_new(self.key.as_str())
+                .map_err(|e| SinkError::Rejected(e.to_string()))?;
             let confirm = link
                 .channel
                 .basic_publish(
@@ -152,34 +155,45 @@ impl SinkTarget for Target {
                     properties(&self.node, ev),
                 )
                 .await
-                .map_err(|e| format!("publish to exchange {:?}: {e}", self.exchange.as_str()))?;
+                .map_err(|e| {
+                    SinkError::Unavailable(format!(
+                        "publish to exchange {:?}: {e}",
+                        self.exchange.as_str()
+                    ))
+                })?;
             confirms.push((confirm, ev.event_id().to_string()));
         }
         Ok(confirms)
     }
 
-    async fn wait(&mut self, pending: Self::Pending) -> Result<(), String> {
+    async fn wait(&mut self, pending: Self::Pending) -> Result<(), SinkError> {
         let wait = async {
             for (confirm, id) in pending {
                 match confirm.await {
                     Ok(Confirmation::Ack(_)) => {}
                     Ok(Confirmation::Nack(_)) => {
-                        return Err(format!("the broker refused event {id} (nack)"));
+                        return Err(SinkError::Rejected(format!(
+                            "the broker refused event {id} (nack)"
+                        )));
                     }
                     Ok(Confirmation::NotRequested) => {
-                        return Err("the channel is not in confirm mode".to_string());
+                        return Err(SinkError::Unavailable(
+                            "the channel is not in confirm mode".to_string(),
+                        ));
                     }
-                    Err(e) => return Err(format!("publisher confirm: {e}")),
+                    Err(e) => {
+                        return Err(SinkError::Unavailable(format!("publisher confirm: {e}")));
+                    }
                 }
             }
             Ok(())
         };
         match tokio::time::timeout(CONFIRM_TIMEOUT, wait).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
+            Err(_) => Err(SinkError::Unavailable(format!(
                 "no publisher confirms within {}s",
                 CONFIRM_TIMEOUT.as_secs()
-            )),
+            ))),
         }
     }
 

@@ -16,7 +16,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, Connection};
 use meshgate_bridge::template::{Output, RecordVars, Template, dots_to_levels};
 use meshgate_bridge::{
-    Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin, retry_later,
+    Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, SourceError, origin, retry_later,
 };
 use meshgate_proto::{Envelope, Header};
 use tokio::sync::watch;
@@ -181,12 +181,16 @@ pub(crate) async fn run(
                 close(&conn).await;
                 r
             }
-            Err(e) => Err(e),
+            Err(e) => Err(SourceError::Unavailable(e)),
         };
         match stop {
             Ok(()) => break,
             Err(e) => {
-                if !retry_later(&status, &mut backoff, &mut shutdown, &e).await {
+                if !e.is_retryable() {
+                    warn!(error = %e, "an AMQP source is refused; it asks again at the longest backoff");
+                    backoff.exhaust();
+                }
+                if !retry_later(&status, &mut backoff, &mut shutdown, &e.to_string()).await {
                     break;
                 }
             }
@@ -206,7 +210,7 @@ async fn consume(
     status: &BridgeStatus,
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     let ch = conn
         .create_channel()
         .await
@@ -219,7 +223,7 @@ async fn consume(
         };
         ch.queue_declare(queue.clone(), opts, FieldTable::default())
             .await
-            .map_err(|e| format!("declare queue {:?}: {e}", src.queue))?;
+            .map_err(|e| SourceError::Rejected(format!("declare queue {:?}: {e}", src.queue)))?;
     }
     for b in &src.bindings {
         ch.queue_bind(
@@ -231,10 +235,10 @@ async fn consume(
         )
         .await
         .map_err(|e| {
-            format!(
+            SourceError::Rejected(format!(
                 "bind queue {:?} to exchange {:?} with {:?}: {e}",
                 src.queue, b.exchange, b.routing_key
-            )
+            ))
         })?;
     }
     ch.basic_qos(src.prefetch, BasicQosOptions::default())
@@ -253,7 +257,7 @@ async fn consume(
     status.up();
     backoff.reset();
 
-    let mut mapper = Mapper::new(&src.topic_template)?;
+    let mut mapper = Mapper::new(&src.topic_template).map_err(SourceError::Rejected)?;
     let mut waits = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let max = usize::from(src.prefetch);
     // Durable deliveries not yet acknowledged: the last one's tag covers them all.
@@ -328,7 +332,7 @@ async fn consume(
             unacked = 0;
         }
         if let Some(end) = end {
-            return end;
+            return end.map_err(SourceError::Unavailable);
         }
         if taken < COALESCE_BELOW {
             // A short batch: let deliveries gather for a moment rather than waking this task

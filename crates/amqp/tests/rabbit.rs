@@ -361,7 +361,10 @@ fn a_bad_template_is_refused_by_name() {
         .unwrap();
     let node = Node::new();
     let _guard = rt.enter();
-    assert_eq!(meshgate_amqp::start(&node.ctx, &cfg).unwrap_err(), e);
+    assert_eq!(
+        meshgate_amqp::start(&node.ctx, &cfg).unwrap_err(),
+        meshgate_bridge::StartError::Config(e)
+    );
     assert!(node.ctx.bridges.list().is_empty());
 }
 

@@ -1,4 +1,7 @@
-//! The authentication hook: every client maps to one identity before it may publish or subscribe.
+//! Who a client is: every client maps to one identity (an app id, or anonymous) before it may
+//! publish or subscribe. Holds the credentials model, the [`Authenticator`] hook the front ends
+//! call, the static users and tokens of the configuration, and the hashing of passwords
+//! (argon2id) and tokens (SHA-256). No IO.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -33,6 +33,11 @@ impl Backoff {
         d + Duration::from_millis(j)
     }
 
+    /// Jumps to the longest wait (an error that retrying soon will not cure).
+    pub fn exhaust(&mut self) {
+        self.next = self.max;
+    }
+
     /// Back to the shortest wait.
     pub fn reset(&mut self) {
         self.next = self.min;

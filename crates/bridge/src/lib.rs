@@ -14,6 +14,7 @@
 //! envelopes and back, and talk to their client libraries.
 
 pub mod backoff;
+mod error;
 pub mod ingress;
 pub mod origin;
 pub mod sink;
@@ -21,6 +22,7 @@ pub mod status;
 pub mod template;
 
 pub use backoff::{Backoff, retry_later};
+pub use error::{SinkError, SourceError, StartError};
 pub use ingress::{Ingress, IngressError};
 pub use sink::{SinkSpec, SinkTarget, run_sink, spawn_sink};
 pub use status::{BridgeStatus, Bridges, State};
@@ -57,14 +59,14 @@ impl BridgeContext {
         kind: &str,
         member: &str,
         name: &str,
-    ) -> Result<Option<Journal>, String> {
+    ) -> Result<Option<Journal>, StartError> {
         let (Some(dir), Some(disk)) = (&self.dir, self.broker.disk()) else {
             return Ok(None);
         };
         let dir = dir.join(format!("{kind}-{member}-{name}"));
         let (journal, report) = disk
             .open(&dir, SINK_SEGMENT_BYTES)
-            .map_err(|e| format!("sink journal {}: {e}", dir.display()))?;
+            .map_err(|e| StartError::Journal(format!("sink {}: {e}", dir.display())))?;
         if report.truncated_bytes > 0 || !report.corrupt.is_empty() {
             tracing::warn!(
                 dir = %dir.display(),

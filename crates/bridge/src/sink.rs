@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::backoff::Backoff;
+use crate::error::SinkError;
 use crate::origin;
 use crate::status::BridgeStatus;
 
@@ -56,9 +57,12 @@ pub trait SinkTarget: Send {
     fn submit(
         &mut self,
         events: &[Arc<Envelope>],
-    ) -> impl Future<Output = Result<Self::Pending, String>> + Send;
+    ) -> impl Future<Output = Result<Self::Pending, SinkError>> + Send;
     /// Resolves `Ok` once the broker acknowledged every event of a submitted batch.
-    fn wait(&mut self, pending: Self::Pending) -> impl Future<Output = Result<(), String>> + Send;
+    fn wait(
+        &mut self,
+        pending: Self::Pending,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// After a failure, before every batch not acknowledged is submitted again (at least
     /// once): drop what the client still holds, reconnect if needed.
     fn reset(&mut self) -> impl Future<Output = ()> + Send;
@@ -276,14 +280,20 @@ async fn retry<T: SinkTarget>(
     status: &BridgeStatus,
     backoff: &mut Backoff,
     shutdown: &mut watch::Receiver<bool>,
-    mut error: String,
+    mut error: SinkError,
 ) -> bool {
     loop {
         // What the client still holds is dropped; acknowledgements of it no longer count.
         for b in flight.iter_mut() {
             b.pending = None;
         }
-        if !crate::backoff::retry_later(status, backoff, shutdown, &error).await {
+        if !error.is_retryable() {
+            // The same batch gets the same answer until the cause is fixed: say so, and ask
+            // no sooner than the longest backoff.
+            warn!(error = %error, "a sink's broker refuses a batch; it is kept and written again");
+            backoff.exhaust();
+        }
+        if !crate::backoff::retry_later(status, backoff, shutdown, &error.to_string()).await {
             return false;
         }
         target.reset().await;
@@ -342,7 +352,7 @@ mod tests {
     impl SinkTarget for Fake {
         type Pending = (usize, Vec<String>);
 
-        async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, String> {
+        async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, SinkError> {
             let payloads: Vec<String> = events
                 .iter()
                 .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
@@ -352,12 +362,12 @@ mod tests {
             Ok((s.len(), payloads))
         }
 
-        async fn wait(&mut self, (n, payloads): Self::Pending) -> Result<(), String> {
+        async fn wait(&mut self, (n, payloads): Self::Pending) -> Result<(), SinkError> {
             tokio::task::yield_now().await;
             let mut failed = self.failed.lock().unwrap();
             if n == 3 && !*failed {
                 *failed = true;
-                return Err("broker hiccup".into());
+                return Err(SinkError::Unavailable("broker hiccup".into()));
             }
             self.acked.lock().unwrap().extend(payloads);
             Ok(())

@@ -6,7 +6,6 @@
 //! [`Broker::subscribe`]; they never see each other. This crate does no socket IO: a mailbox is a
 //! bounded in-memory queue that the owning connection drains and writes in batches.
 
-mod auth;
 mod cursor;
 mod mailbox;
 mod meter;
@@ -16,10 +15,6 @@ mod route;
 mod router;
 mod stats;
 
-pub use auth::{
-    AuthError, Authenticator, Credentials, Identity, Secret, StaticAuth, User, hash_password,
-    token_digest,
-};
 pub use cursor::JournalCursor;
 pub use mailbox::{Delivery, Mailbox, MailboxReceiver, Receiver, SessionId, TryRecvError};
 pub use meter::{LocalMeter, Meter, MeterEntry, Metered};

@@ -123,8 +123,8 @@ pub enum PublishError {
     Denied(#[from] crate::policy::Denied),
     /// A guaranteed event cannot be stored: an fsync of the node's store failed, and it
     /// acknowledges nothing until the node restarts (see `meshgate_store::Disk::failure`).
-    #[error("the store failed: {0}")]
-    StoreFailed(String),
+    #[error("{0}")]
+    StoreFailed(#[from] meshgate_store::Failed),
     /// A guaranteed event cannot be stored: the node's store is at its disk quota.
     #[error("quota exceeded: the store holds {used} of {max} bytes")]
     QuotaExceeded {
@@ -337,7 +337,9 @@ impl Broker {
             && let Some(disk) = self.shared.disk.get()
         {
             if let Some(why) = disk.failure() {
-                return Err(PublishError::StoreFailed(why.to_string()));
+                return Err(PublishError::StoreFailed(meshgate_store::Failed {
+                    reason: why.to_string(),
+                }));
             }
             if !disk.has_room(env.payload.len() as u64 + env.topic.len() as u64 + 256) {
                 return Err(PublishError::QuotaExceeded {

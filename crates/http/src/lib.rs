@@ -57,7 +57,7 @@ pub struct HttpState {
     /// `POST /v1/bridges/kafka/{cluster}/replay`.
     pub replay: Option<ReplayFn>,
     /// REST bearer tokens, by their SHA-256 in lowercase hex
-    /// ([`meshgate_broker::token_digest`]), and the app id each authenticates as. A request
+    /// ([`meshgate_auth::token_digest`]), and the app id each authenticates as. A request
     /// without a token is anonymous (what it may do is the node's policy's call); an unknown
     /// token is refused.
     pub tokens: Arc<std::collections::HashMap<String, Arc<str>>>,
@@ -119,7 +119,7 @@ pub(crate) fn identify(
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token.and_then(|t| s.tokens.get(&meshgate_broker::token_digest(t.as_bytes()))) {
+    match token.and_then(|t| s.tokens.get(&meshgate_auth::token_digest(t.as_bytes()))) {
         Some(app) => Ok(Some(app.clone())),
         None => Err(Unauthorized),
     }

@@ -96,11 +96,11 @@ pub(crate) async fn publish(
         Ok(r) => {
             // A guaranteed event is answered once stored durably.
             if let Some(disk) = s.broker.disk()
-                && let Err(why) = disk.wait_or_fail(r.ticket).await
+                && let Err(failed) = disk.wait_or_fail(r.ticket).await
             {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the store failed: {why}; the event is not stored durably"),
+                    format!("{failed}; the event is not stored durably"),
                 );
             }
             let delivery = if guaranteed { "guaranteed" } else { "direct" };

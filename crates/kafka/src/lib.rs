@@ -16,6 +16,7 @@
 //!   with backoff; nothing is skipped while the cluster is away (sources resume from committed
 //!   offsets, sinks keep their journal).
 
+pub mod admin;
 mod batch;
 mod config;
 mod produce;
@@ -26,7 +27,7 @@ mod source;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshgate_bridge::{BridgeContext, BridgeStatus};
+use meshgate_bridge::{BridgeContext, BridgeStatus, StartError};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -64,8 +65,8 @@ impl ClientContext for Ctx {
 impl ConsumerContext for Ctx {}
 
 /// Starts the sources, sinks and the probe of one cluster.
-pub fn start(ctx: &BridgeContext, cfg: &KafkaConfig) -> Result<Vec<JoinHandle<()>>, String> {
-    cfg.validate()?;
+pub fn start(ctx: &BridgeContext, cfg: &KafkaConfig) -> Result<Vec<JoinHandle<()>>, StartError> {
+    cfg.validate().map_err(StartError::Config)?;
     let cfg = Arc::new(cfg.clone());
     let mut statuses = Vec::new();
     for s in &cfg.source {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshgate_bridge::template::{Output, RecordVars, Template, levels_to_dots};
-use meshgate_bridge::{BridgeContext, BridgeStatus, SinkSpec, SinkTarget, origin, spawn_sink};
+use meshgate_bridge::{
+    BridgeContext, BridgeStatus, SinkError, SinkSpec, SinkTarget, StartError, origin, spawn_sink,
+};
 use meshgate_proto::Envelope;
 use meshgate_store::Journal;
 use meshgate_topic::Filter;
@@ -32,8 +34,9 @@ pub(crate) fn start(
     status: Arc<BridgeStatus>,
     kctx: Ctx,
     journal: Option<Journal>,
-) -> Result<JoinHandle<()>, String> {
-    let at = |e: String| format!("kafka {:?} sink {:?}: {e}", cfg.name, sink.name);
+) -> Result<JoinHandle<()>, StartError> {
+    let at =
+        |e: String| StartError::Config(format!("kafka {:?} sink {:?}: {e}", cfg.name, sink.name));
     let mut pc = cfg.client_config();
     pc.set(
         "enable.idempotence",
@@ -91,7 +94,7 @@ pub(crate) fn start(
 /// channel or future per record.
 #[derive(Default)]
 struct Acks {
-    batches: Mutex<HashMap<usize, (usize, Option<String>)>>,
+    batches: Mutex<HashMap<usize, (usize, Option<SinkError>)>>,
     done: Notify,
 }
 
@@ -119,7 +122,10 @@ impl ProducerContext for SinkCtx {
         if let Err((e, _)) = result
             && error.is_none()
         {
-            *error = Some(format!("produce: {e}"));
+            *error = Some(match e.rdkafka_error_code() {
+                Some(code) => classify(code),
+                None => SinkError::Unavailable(format!("produce: {e}")),
+            });
         }
         *left = left.saturating_sub(1);
         if *left == 0 {
@@ -192,7 +198,7 @@ impl KafkaTarget {
 impl SinkTarget for KafkaTarget {
     type Pending = usize;
 
-    async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, String> {
+    async fn submit(&mut self, events: &[Arc<Envelope>]) -> Result<Self::Pending, SinkError> {
         let batch = self.next_batch;
         self.next_batch = self.next_batch.wrapping_add(1);
         self.pctx
@@ -207,7 +213,7 @@ impl SinkTarget for KafkaTarget {
         Ok(batch)
     }
 
-    async fn wait(&mut self, batch: Self::Pending) -> Result<(), String> {
+    async fn wait(&mut self, batch: Self::Pending) -> Result<(), SinkError> {
         let acks = self.pctx.acks.clone();
         let all = async {
             loop {
@@ -223,7 +229,11 @@ impl SinkTarget for KafkaTarget {
                         }
                         Some(_) => {}
                         // Never released on an unknown batch: it is written again.
-                        None => return Err("batch no longer tracked (producer replaced)".into()),
+                        None => {
+                            return Err(SinkError::Unavailable(
+                                "batch no longer tracked (producer replaced)".into(),
+                            ));
+                        }
                     }
                 }
                 done.await;
@@ -233,10 +243,10 @@ impl SinkTarget for KafkaTarget {
             Ok(r) => r,
             Err(_) => {
                 self.pctx.acks.batches.lock().remove(&batch);
-                Err(format!(
+                Err(SinkError::Unavailable(format!(
                     "no acknowledgement from Kafka within {}s",
                     ACK_WAIT.as_secs()
-                ))
+                )))
             }
         }
     }
@@ -261,7 +271,7 @@ impl SinkTarget for KafkaTarget {
 
 impl KafkaTarget {
     /// Enqueues `events` in librdkafka as batch `batch` (waiting while its queue is full).
-    async fn produce(&mut self, batch: usize, events: &[Arc<Envelope>]) -> Result<(), String> {
+    async fn produce(&mut self, batch: usize, events: &[Arc<Envelope>]) -> Result<(), SinkError> {
         self.producer.next_batch();
         for e in events {
             let rendered_key = self.names(e);
@@ -286,10 +296,30 @@ impl KafkaTarget {
                         // librdkafka's queue is full: let it drain, then try again.
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    Err(e) => return Err(format!("produce: {}", KafkaError::MessageProduction(e))),
+                    Err(e) => return Err(classify(e)),
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// A produce error as the sink driver sees it: what the broker refuses for good is told apart
+/// from what retrying soon may cure.
+fn classify(code: RDKafkaErrorCode) -> SinkError {
+    use RDKafkaErrorCode as C;
+    let text = format!("produce: {}", KafkaError::MessageProduction(code));
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::InvalidTopic
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::PolicyViolation
+        | C::UnsupportedForMessageFormat => SinkError::Rejected(text),
+        _ => SinkError::Unavailable(text),
     }
 }

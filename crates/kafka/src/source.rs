@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use meshgate_bridge::template::{Output, RecordVars, Template, dots_to_levels};
 use meshgate_bridge::{
-    Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, origin, retry_later,
+    Backoff, BridgeContext, BridgeStatus, Ingress, IngressError, SourceError, origin, retry_later,
 };
 use meshgate_proto::{Envelope, Header};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -174,7 +174,11 @@ pub(crate) async fn run(
     let mut backoff = Backoff::default();
     let mut shutdown = ctx.shutdown.clone();
     while let Err(e) = consume(&ctx, &cfg, &src, &status, &kctx).await {
-        if !retry_later(&status, &mut backoff, &mut shutdown, &e).await {
+        if !e.is_retryable() {
+            warn!(error = %e, "a Kafka source is refused; it asks again at the longest backoff");
+            backoff.exhaust();
+        }
+        if !retry_later(&status, &mut backoff, &mut shutdown, &e.to_string()).await {
             break;
         }
     }
@@ -188,7 +192,7 @@ async fn consume(
     src: &KafkaSource,
     status: &Arc<BridgeStatus>,
     kctx: &Ctx,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     let mut cc = cfg.client_config();
     // librdkafka pauses fetching for fetch.queue.backoff.ms (default 1 s) whenever its local
     // queue is above its threshold; a bridge drains that queue in bursts, so a second-long pause
@@ -205,14 +209,16 @@ async fn consume(
     cc.set("auto.offset.reset", &src.start);
     let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
         cc.create_with_context(kctx.clone())
-            .map_err(|e| format!("cannot create the consumer: {e}"))?,
+            .map_err(|e| SourceError::Rejected(format!("cannot create the consumer: {e}")))?,
     );
     let topics: Vec<&str> = src.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
-        .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+        .map_err(|e| SourceError::Rejected(format!("cannot subscribe to {topics:?}: {e}")))?;
     // Before the first poll, so that no record of these partitions is in the consumer's queue.
-    let parts = split_partitions(&consumer, &src.topics).await?;
+    let parts = split_partitions(&consumer, &src.topics)
+        .await
+        .map_err(SourceError::Unavailable)?;
     let mut intake = Intake {
         ingress: Ingress::new(
             &ctx.broker,
@@ -221,7 +227,7 @@ async fn consume(
             cfg.app_id(),
             status.clone(),
         ),
-        mapper: Mapper::new(&src.topic_template)?,
+        mapper: Mapper::new(&src.topic_template).map_err(SourceError::Rejected)?,
         positions: Positions::default(),
         backoff: Backoff::default(),
         shutdown: ctx.shutdown.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::tls::MeshTls;
+use meshgate_tls::MeshTls;
 
 /// What a node is in the mesh. Every node runs the same code; the role is advertised in the
 /// registry and shown in the admin views (edges usually dial cores).

@@ -14,7 +14,7 @@ use crate::link::{self, Link, LinkError};
 use crate::run::run_link;
 use crate::shutdown::Shutdown;
 use crate::state::Inner;
-use crate::tls;
+use meshgate_tls as tls;
 
 impl Inner {
     pub(crate) fn hello(&self) -> Frame {

@@ -12,8 +12,8 @@
 //! `config` (settings, role), `handshake` (Hello, checks, accept and dial loops), `run` (one
 //! link's streams, control loop and teardown), `forward` (receive and forward), `gossip` (the
 //! registry and outbox loops), `hook` (the router's side), `view` (admin views and metrics),
-//! `shutdown` (the signal and the drain), and below them `link`, `frame`, `guaranteed`,
-//! `dedup` and `tls`.
+//! `shutdown` (the signal and the drain), and below them `link`, `frame`, `guaranteed` and
+//! `dedup`. Certificates are `meshgate-tls`'s.
 
 mod config;
 mod dedup;
@@ -27,7 +27,6 @@ mod link;
 mod run;
 mod shutdown;
 mod state;
-pub mod tls;
 mod view;
 
 use std::collections::HashMap;
@@ -44,7 +43,7 @@ use tracing::info;
 pub use config::{MeshConfig, MeshError, Role};
 pub use frame::{Dests, FrameError, OutDest, OutEvent};
 pub use link::{Link, LinkError, LinkStats};
-pub use tls::{MeshTls, TlsError};
+pub use meshgate_tls::{self as tls, MeshTls, TlsError};
 
 use crate::state::{Counters, DialState, HopTable, Inner, LinkMap};
 

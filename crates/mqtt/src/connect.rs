@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use meshgate_broker::{AuthError, Credentials};
+use meshgate_auth::{AuthError, Credentials};
 use meshgate_proto::{DeliveryClass, Envelope, Header};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;

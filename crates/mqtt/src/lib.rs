@@ -39,7 +39,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshgate_broker::{Authenticator, Broker};
+use meshgate_auth::Authenticator;
+use meshgate_broker::Broker;
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::net::TcpListener;
 use tokio::sync::watch;

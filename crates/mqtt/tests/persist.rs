@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshgate_broker::{Broker, BrokerConfig, StaticAuth};
+use meshgate_auth::StaticAuth;
+use meshgate_broker::{Broker, BrokerConfig};
 use meshgate_mqtt::{MqttConfig, MqttServer, RestoreReport};
 use meshgate_store::{Commit, Disk};
 use rumqttc::v5::mqttbytes::QoS;

@@ -104,7 +104,7 @@ impl HttpToken {
     pub fn digest(&self) -> String {
         match (&self.token_sha256, &self.token) {
             (Some(d), _) => d.to_ascii_lowercase(),
-            (None, Some(t)) => meshgate_broker::token_digest(t.as_bytes()),
+            (None, Some(t)) => meshgate_auth::token_digest(t.as_bytes()),
             (None, None) => String::new(),
         }
     }
@@ -216,11 +216,11 @@ pub struct MqttUser {
 
 impl MqttUser {
     /// The password as the authenticator keeps it.
-    pub fn secret(&self) -> meshgate_broker::Secret {
+    pub fn secret(&self) -> meshgate_auth::Secret {
         match (&self.password_hash, &self.password) {
-            (Some(h), _) => meshgate_broker::Secret::Argon2(h.clone()),
-            (None, Some(p)) => meshgate_broker::Secret::Plain(p.clone()),
-            (None, None) => meshgate_broker::Secret::Plain(String::new()),
+            (Some(h), _) => meshgate_auth::Secret::Argon2(h.clone()),
+            (None, Some(p)) => meshgate_auth::Secret::Plain(p.clone()),
+            (None, None) => meshgate_auth::Secret::Plain(String::new()),
         }
     }
 }

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use meshgate_broker::{Broker, BrokerConfig, StaticAuth, User};
+use meshgate_auth::{StaticAuth, User};
+use meshgate_broker::{Broker, BrokerConfig};
 use meshgate_http::HttpState;
 use meshgate_mesh::{Mesh, MeshConfig as LinkConfig, MeshError, TlsError};
 use meshgate_mqtt::{MqttConfig, MqttServer};
@@ -44,7 +45,7 @@ pub enum NodeError {
     Mesh(#[from] MeshError),
     /// A bridge (Kafka, AMQP) could not start.
     #[error("bridge: {0}")]
-    Bridge(String),
+    Bridge(#[from] meshgate_bridge::StartError),
     /// The governance specs are refused (every problem, with file and line).
     #[error("governance specs refused:\n{}", .0.join("\n"))]
     Governance(Vec<String>),
@@ -142,11 +143,8 @@ impl Node {
             &config.mqtt.tls_key,
         ) {
             (Some(addr), Some(cert), Some(key)) => {
-                let tls = meshgate_mesh::tls::client_facing(
-                    cert,
-                    key,
-                    config.mqtt.tls_client_ca.as_deref(),
-                )?;
+                let tls =
+                    meshgate_tls::client_facing(cert, key, config.mqtt.tls_client_ca.as_deref())?;
                 Some((bind("MQTT over TLS", *addr).await?, tls))
             }
             _ => None,
@@ -189,7 +187,7 @@ impl Node {
         let mesh = match &config.mesh.tls_dir {
             Some(dir) => {
                 let m = &config.mesh;
-                let tls = meshgate_mesh::tls::load(dir, &config.node.name)?;
+                let tls = meshgate_tls::load(dir, &config.node.name)?;
                 let mut lc = LinkConfig::new(config.node.name.clone(), m.listen, tls);
                 lc.role = m.role;
                 lc.peers = m.peers.clone();
@@ -252,7 +250,7 @@ impl Node {
             let mqtt = mqtt.clone();
             let rx = rx.clone();
             tasks.push(tokio::spawn(async move {
-                mqtt.serve_tls(l, tls, meshgate_mesh::tls::certificate_app, rx)
+                mqtt.serve_tls(l, tls, meshgate_tls::certificate_app, rx)
                     .await
             }));
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
-use crate::{FlushPolicy, RecoveryReport, Spares, Store, StoreConfig, StoreError};
+use crate::{Failed, FlushPolicy, RecoveryReport, Spares, Store, StoreConfig, StoreError};
 
 /// Most bytes of spare segment files (released segments kept for reuse, see [`Spares`]) the
 /// journals of one disk hold together: a sixteenth of the quota, at most this.
@@ -167,9 +167,9 @@ impl Disk {
         }
     }
 
-    /// [`Disk::wait`] for a caller that can give its client an error: `Err` with the reason
-    /// once the disk failed instead of waiting on.
-    pub async fn wait_or_fail(&self, ticket: u64) -> Result<(), String> {
+    /// [`Disk::wait`] for a caller that can give its client an error: `Err` once the disk
+    /// failed instead of waiting on.
+    pub async fn wait_or_fail(&self, ticket: u64) -> Result<(), Failed> {
         if self.is_durable(ticket) {
             return Ok(());
         }
@@ -178,7 +178,9 @@ impl Disk {
             .wait_for(|&done| done >= ticket || self.failure().is_some())
             .await;
         match self.failure() {
-            Some(why) if !self.is_durable(ticket) => Err(why.to_string()),
+            Some(why) if !self.is_durable(ticket) => Err(Failed {
+                reason: why.to_string(),
+            }),
             _ => Ok(()),
         }
     }
@@ -558,7 +560,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(5), disk.wait_or_fail(t3)).await
         });
         let why = waited.expect("no wait after a failure").unwrap_err();
-        assert!(why.contains("injected fsync failure"), "{why}");
+        assert!(why.reason.contains("injected fsync failure"), "{why}");
         assert_eq!(rt.block_on(disk.wait_or_fail(t0)), Ok(()));
     }
 

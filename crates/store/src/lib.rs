@@ -115,6 +115,15 @@ pub struct RecoveryReport {
     pub corrupt: Vec<String>,
 }
 
+/// The disk stopped after a failed fsync ([`Disk::failure`]): nothing is acknowledged from then
+/// on, and guaranteed events are refused until the node restarts.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the store failed: {reason}")]
+pub struct Failed {
+    /// What failed (the fsync's error, with the file).
+    pub reason: String,
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
