@@ -4,6 +4,7 @@
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use meshgate_api::CatalogView;
 use serde_json::{Map, Value, json};
 
 /// `meshgate catalog export`
@@ -26,53 +27,50 @@ pub fn export(a: ExportArgs) -> anyhow::Result<()> {
     if !status.is_success() {
         bail!("{status}: {text}");
     }
-    let catalog: Value = serde_json::from_str(&text).context("the node's catalog is not JSON")?;
+    let catalog: CatalogView =
+        serde_json::from_str(&text).context("the node's catalog is not a catalog")?;
     let doc = document(&catalog, a.app.as_deref())?;
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }
 
 /// The AsyncAPI document of `catalog` (the JSON of `GET /v1/catalog`), whole or for `app`.
-fn document(catalog: &Value, app: Option<&str>) -> anyhow::Result<Value> {
-    let empty = Vec::new();
-    let channels = catalog["channels"].as_array().unwrap_or(&empty);
+fn document(catalog: &CatalogView, app: Option<&str>) -> anyhow::Result<Value> {
     let mut out = Map::new();
-    for ch in channels {
-        let owner = ch["owner"].as_str().unwrap_or_default();
+    for ch in &catalog.channels {
+        let owner = ch.owner.as_str();
         if app.is_some_and(|a| a != owner) {
             continue;
         }
-        let mut tags: Vec<Value> = ch["grants"]
-            .as_array()
-            .unwrap_or(&empty)
+        let mut tags: Vec<String> = ch
+            .grants
             .iter()
-            .filter_map(Value::as_str)
-            .map(|g| json!({ "name": format!("grant-access:{g}") }))
+            .map(|g| format!("grant-access:{g}"))
             .collect();
-        tags.sort_by_key(|t| t["name"].as_str().map(str::to_string));
-        let mut operation = json!({ "operationId": ch["kafka_topic"] });
+        tags.sort();
+        let mut operation = json!({ "operationId": ch.kafka_topic });
         if !tags.is_empty() {
-            operation["tags"] = Value::Array(tags);
+            operation["tags"] = tags.iter().map(|t| json!({ "name": t })).collect();
         }
         let mut c = json!({
-            "description": format!("{} channel of {owner}; mesh topics {}", ch["access"].as_str().unwrap_or("private"), ch["topic"].as_str().unwrap_or_default()),
+            "description": format!("{} channel of {owner}; mesh topics {}", ch.access, ch.topic),
             "publish": operation,
-            "x-type": ch["kind"],
-            "x-live-subscribers": ch["subscribers"],
-            "x-live-producers": ch["producers_last_hour"],
+            "x-type": ch.kind,
+            "x-live-subscribers": ch.subscribers,
+            "x-live-producers": ch.producers_last_hour,
         });
-        if let Some(p) = ch["producers"].as_array().filter(|p| !p.is_empty()) {
-            c["x-producers"] = Value::Array(p.clone());
+        if !ch.producers.is_empty() {
+            c["x-producers"] = json!(ch.producers);
         }
-        if let Some(eol) = ch["eol"].as_str() {
+        if let Some(eol) = &ch.eol {
             c["x-deprecated"] = json!({ "eol": eol });
         }
-        if let Some(n) = ch["partitions"].as_u64() {
+        if let Some(n) = ch.partitions {
             c["bindings"] = json!({ "kafka": { "partitions": n } });
         }
         let key = match app {
-            Some(_) => ch["address"].as_str().unwrap_or_default().to_string(),
-            None => ch["topic"].as_str().unwrap_or_default().to_string(),
+            Some(_) => ch.address.clone(),
+            None => ch.topic.clone(),
         };
         if app.is_none() {
             c["x-owner"] = json!(owner);
@@ -94,7 +92,7 @@ fn document(catalog: &Value, app: Option<&str>) -> anyhow::Result<Value> {
         "id": id,
         "info": {
             "title": title,
-            "version": catalog["version"].to_string(),
+            "version": catalog.version.to_string(),
             "description": "Exported by `meshgate catalog export` from the catalog in force, with the live subscribers and producers of each channel (x-live-*). Message schemas stay in the source specs."
         },
         "channels": out,

@@ -3,6 +3,7 @@
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use meshgate_api::{ChargebackRow, ChargebackView, csv_field};
 use serde_json::Value;
 
 /// `meshgate chargeback`
@@ -38,60 +39,48 @@ pub fn chargeback(a: ChargebackArgs) -> anyhow::Result<()> {
     if let Some(t) = a.to {
         query.push(format!("to={t}"));
     }
-    let mut rows: Vec<Value> = Vec::new();
+    let mut rows: Vec<(String, ChargebackRow)> = Vec::new();
     for node in &a.nodes {
         let url = format!("http://{node}/v1/chargeback?{}", query.join("&"));
         let (status, text) = crate::http_client::request(reqwest::Method::GET, &url, None)?;
         if !status.is_success() {
             bail!("{node}: {status}: {text}");
         }
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("{node}: not JSON"))?;
-        for mut r in v["rows"].as_array().cloned().unwrap_or_default() {
-            r["node"] = Value::String(node.clone());
-            rows.push(r);
-        }
+        let v: ChargebackView =
+            serde_json::from_str(&text).with_context(|| format!("{node}: not chargeback rows"))?;
+        rows.extend(v.rows.into_iter().map(|r| (node.clone(), r)));
     }
-    let s = |r: &Value, k: &str| match &r[k] {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        v => v.to_string(),
-    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else if a.csv {
-        println!("node,app,owner,topic,kind,peer,messages,bytes");
-        for r in &rows {
-            let cells: Vec<String> = [
-                "node", "app", "owner", "topic", "kind", "peer", "messages", "bytes",
-            ]
+        let rows: Vec<Value> = rows
             .iter()
-            .map(|k| {
-                let v = s(r, k);
-                if v.contains([',', '"', '\n']) {
-                    format!("\"{}\"", v.replace('"', "\"\""))
-                } else {
-                    v
-                }
+            .map(|(node, r)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["node"] = Value::String(node.clone());
+                v
             })
             .collect();
-            println!("{}", cells.join(","));
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if a.csv {
+        println!("node,{}", ChargebackRow::CSV_HEADER);
+        for (node, r) in &rows {
+            println!("{},{}", csv_field(node), r.csv_cells().join(","));
         }
     } else {
         println!(
             "{:<21} {:<28} {:<28} {:<9} {:<12} {:>10} {:>12}  topic",
             "node", "app", "owner", "kind", "peer", "messages", "bytes"
         );
-        for r in &rows {
+        for (node, r) in &rows {
             println!(
                 "{:<21} {:<28} {:<28} {:<9} {:<12} {:>10} {:>12}  {}",
-                s(r, "node"),
-                s(r, "app"),
-                s(r, "owner"),
-                s(r, "kind"),
-                s(r, "peer"),
-                s(r, "messages"),
-                s(r, "bytes"),
-                s(r, "topic")
+                node,
+                r.app,
+                r.owner.as_deref().unwrap_or_default(),
+                r.kind,
+                r.peer.as_deref().unwrap_or_default(),
+                r.messages,
+                r.bytes,
+                r.topic
             );
         }
     }

@@ -87,10 +87,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         // Wait until the three nodes see each other, so the instructions work at once.
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
-            let all = nodes.iter().all(|n| {
-                n.mesh()
-                    .is_some_and(|m| m.view()["nodes"].as_array().is_some_and(|a| a.len() == 3))
-            });
+            let all = nodes
+                .iter()
+                .all(|n| n.mesh().is_some_and(|m| m.view().nodes.len() == 3));
             if all {
                 break;
             }

@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 use clap::Args;
-use serde_json::json;
+use meshgate_api::{ReplayReport, ReplayRequest};
 
 /// `meshgate kafka replay`
 #[derive(Args)]
@@ -38,27 +38,22 @@ pub struct ReplayArgs {
 }
 
 pub fn replay(a: ReplayArgs) -> anyhow::Result<()> {
-    let mut body = json!({ "topic": a.topic });
-    for (k, v) in [
-        ("from_ms", a.from_ms),
-        ("to_ms", a.to_ms),
-        ("from_offset", a.from_offset),
-        ("to_offset", a.to_offset),
-        ("partition", a.partition.map(i64::from)),
-    ] {
-        if let Some(v) = v {
-            body[k] = json!(v);
-        }
-    }
-    if let Some(f) = a.filter {
-        body["filter"] = json!(f);
-    }
+    let req = ReplayRequest {
+        topic: a.topic,
+        filter: a.filter,
+        from_ms: a.from_ms,
+        to_ms: a.to_ms,
+        from_offset: a.from_offset,
+        to_offset: a.to_offset,
+        partition: a.partition,
+    };
     let url = format!("http://{}/v1/bridges/kafka/{}/replay", a.http, a.cluster);
-    let (status, text) =
-        crate::http_client::request(reqwest::Method::POST, &url, Some(body.to_string()))?;
+    let body = serde_json::to_string(&req)?;
+    let (status, text) = crate::http_client::request(reqwest::Method::POST, &url, Some(body))?;
     if !status.is_success() {
         bail!("{status}: {text}");
     }
-    println!("{text}");
+    let report: ReplayReport = serde_json::from_str(&text)?;
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -24,12 +24,10 @@ fn node(dir: &std::path::Path, toml: &str) -> NodeProc {
 
 fn state(n: &NodeProc, name: &str) -> String {
     let (_, body) = http_get(n.http, "/v1/bridges").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == name)
-        .map(|b| b["state"].as_str().unwrap().to_string())
+    let v: Vec<meshgate_api::BridgeView> = serde_json::from_str(&body).unwrap();
+    v.into_iter()
+        .find(|b| b.name == name)
+        .map(|b| b.state)
         .unwrap_or_default()
 }
 

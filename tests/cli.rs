@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{NodeProc, bin, http_get, wait_until};
+use common::{NodeProc, bin, wait_until};
 
 #[test]
 fn version_and_help() {
@@ -55,9 +55,7 @@ fn pub_and_sub_clients() {
         .spawn()
         .unwrap();
     wait_until("sub subscribed", Duration::from_secs(10), || {
-        http_get(node.http, "/v1/node")
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| v["subscriptions"].as_u64() >= Some(1))
+        node.node_info().is_some_and(|n| n.subscriptions >= 1)
     });
     let st = Command::new(bin())
         .args([

@@ -230,10 +230,7 @@ impl Sse {
 }
 
 fn subscriptions(node: &NodeProc) -> u64 {
-    http_get(node.http, "/v1/node")
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["subscriptions"].as_u64())
-        .unwrap_or(0)
+    node.node_info().map_or(0, |n| n.subscriptions)
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -481,26 +478,27 @@ async fn a_revoked_grant_stops_delivery_without_reconnecting() {
         200
     );
     assert_eq!(topics_until(&mut rx, SIGNED_UP).await, Vec::<String>::new());
-    let catalog: serde_json::Value =
+    let catalog: meshgate_api::CatalogView =
         serde_json::from_str(&http_get(node.http, "/v1/catalog").unwrap().1).unwrap();
     // The live subscriber shows up on the channels its filter covers.
-    let purchased = catalog["channels"]
-        .as_array()
-        .unwrap()
+    let purchased = catalog
+        .channels
         .iter()
-        .find(|c| c["topic"] == PURCHASED)
+        .find(|c| c.topic == PURCHASED)
         .unwrap();
     assert!(
-        purchased["subscribers"]
-            .as_array()
-            .unwrap()
+        purchased
+            .subscribers
             .iter()
-            .any(|s| s["app"] == GRANTED),
-        "{purchased}"
+            .any(|s| s.app.as_deref() == Some(GRANTED)),
+        "{purchased:?}"
     );
     assert!(
-        purchased["producers_last_hour"][0]["app"] == OWNER,
-        "{purchased}"
+        purchased
+            .producers_last_hour
+            .first()
+            .is_some_and(|p| p.app == OWNER),
+        "{purchased:?}"
     );
     // An app's export is a spec that validates again, with its three channels.
     let out = std::process::Command::new(common::bin())
@@ -527,14 +525,13 @@ async fn a_revoked_grant_stops_delivery_without_reconnecting() {
         said.contains("1 data product(s), 3 channel(s): valid"),
         "{said}"
     );
-    assert!(catalog["version"].as_u64().unwrap() >= 3, "{catalog}");
+    assert!(catalog.version >= 3, "{catalog:?}");
     assert!(
-        catalog["channels"]
-            .as_array()
-            .unwrap()
+        catalog
+            .channels
             .iter()
-            .any(|c| c["topic"] == PURCHASED && c["grants"] == serde_json::json!([])),
-        "{catalog}"
+            .any(|c| c.topic == PURCHASED && c.grants.is_empty()),
+        "{catalog:?}"
     );
 }
 
@@ -543,21 +540,15 @@ fn charged(
     node: &NodeProc,
     kind: &str,
 ) -> std::collections::BTreeMap<(String, String, String), (u64, u64)> {
-    let v: serde_json::Value =
+    let v: meshgate_api::ChargebackView =
         serde_json::from_str(&http_get(node.http, "/v1/chargeback").unwrap().1).unwrap();
-    v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["kind"] == kind)
+    v.rows
+        .into_iter()
+        .filter(|r| r.kind == kind)
         .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
             (
-                (s("app"), s("topic"), s("peer")),
-                (
-                    r["messages"].as_u64().unwrap(),
-                    r["bytes"].as_u64().unwrap(),
-                ),
+                (r.app, r.topic, r.peer.unwrap_or_default()),
+                (r.messages, r.bytes),
             )
         })
         .collect()
@@ -786,14 +777,7 @@ fn spec_validate_names_file_and_line_and_fails() {
 }
 
 fn link_tx_events(node: &NodeProc) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(&http_get(node.http, "/v1/mesh").unwrap().1).unwrap();
-    v["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["tx_events"].as_u64().unwrap_or(0))
-        .sum()
+    node.mesh_view().links.iter().map(|l| l.tx_events).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{NodeProc, certs, free_udp, http_get, http_request, wait_until};
+use meshgate_api::BacklogView;
 use rumqttc::{AsyncClient, Packet, QoS};
-use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -88,14 +88,13 @@ async fn subscribe_q1(
 
 /// Whether `at` holds interest of `node` in its registry (reachable or not).
 fn knows_interest(at: &NodeProc, node: &str) -> bool {
-    at.mesh_view()["registry"]
-        .as_array()
-        .unwrap()
+    at.mesh_view()
+        .registry
         .iter()
-        .any(|e| e["node"] == node && e["interest"].as_u64().unwrap_or(0) > 0)
+        .any(|e| e.node == node && e.interest > 0)
 }
 
-fn backlog(n: &NodeProc) -> Value {
+fn backlog(n: &NodeProc) -> BacklogView {
     let (status, body) = http_get(n.http, "/v1/backlog").expect("GET /v1/backlog");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
@@ -103,12 +102,7 @@ fn backlog(n: &NodeProc) -> Value {
 
 /// Events waiting in every link queue of `n`.
 fn waiting(n: &NodeProc) -> u64 {
-    backlog(n)["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["events"].as_u64().unwrap())
-        .sum()
+    backlog(n).links.iter().map(|q| q.events).sum()
 }
 
 /// Publishes `range` as QoS 1 events `"{i}"` on `topic`, and returns once each is acknowledged.
@@ -267,7 +261,7 @@ async fn events_acknowledged_while_the_core_is_down_survive_a_kill_of_the_edge()
     assert_eq!(
         distinct.len() as u64,
         N,
-        "every acknowledged event arrives; edge-a {} core {} edge-b {}\n{}\n{}",
+        "every acknowledged event arrives; edge-a {:?} core {:?} edge-b {:?}\n{}\n{}",
         backlog(&a),
         backlog(&core),
         backlog(&b),
@@ -296,11 +290,10 @@ async fn a_persistent_subscriber_gets_what_arrived_while_it_was_away_even_across
         waiting(&a) == 0
     });
     wait_until("edge-b shows the session's backlog", WAIT, || {
-        let s = &backlog(&b)["sessions"]["sessions"][0];
-        s["client_id"] == "sub-b"
-            && s["online"] == false
-            && s["events"].as_u64() == Some(1_000)
-            && s["oldest_age_ms"].is_u64()
+        let v = backlog(&b);
+        v.sessions.sessions.first().is_some_and(|s| {
+            s.client_id == "sub-b" && !s.online && s.events == 1_000 && s.oldest_age_ms.is_some()
+        })
     });
     let (_, metrics) = http_get(b.http, "/metrics").unwrap();
     assert!(
@@ -354,8 +347,8 @@ async fn a_full_store_refuses_guaranteed_publishes_and_recovers_when_the_link_dr
     };
     assert!(refusal.contains("quota"), "{refusal}");
     assert!(accepted > 10, "{accepted} accepted before the quota");
-    let st = &backlog(&a)["store"];
-    assert!(st["used_bytes"].as_u64().unwrap() > 0, "{st}");
+    let st = backlog(&a).store.expect("a store");
+    assert!(st.used_bytes > 0, "{st:?}");
 
     // MQTT v5 QoS 1 gets PUBACK 0x97; QoS 0 still flows.
     let mut o = rumqttc::v5::MqttOptions::new("pub-v5", "127.0.0.1", a.mqtt.port());
@@ -450,12 +443,7 @@ async fn a_damaged_store_is_reported_at_start_and_the_node_serves() {
     let log = a.log_text();
     assert!(log.contains("recovered with damage"), "{log}");
     assert!(log.contains("truncated_bytes"), "{log}");
-    let held: u64 = backlog(&a)["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["stored_events"].as_u64().unwrap())
-        .sum();
+    let held: u64 = backlog(&a).links.iter().map(|q| q.stored_events).sum();
     assert!(held > 0 && held < 200, "kept what was valid: {held}");
 }
 

@@ -75,10 +75,7 @@ impl Sse {
 }
 
 fn subscriptions(node: &NodeProc) -> u64 {
-    http_get(node.http, "/v1/node")
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["subscriptions"].as_u64())
-        .unwrap_or(0)
+    node.node_info().map_or(0, |n| n.subscriptions)
 }
 
 #[test]
@@ -191,9 +188,7 @@ fn retained_flag_over_rest() {
     )
     .unwrap();
     assert_eq!(status, 400, "unknown query parameters are refused: {body}");
-    let (_, node_json) = http_get(node.http, "/v1/node").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&node_json).unwrap();
-    assert_eq!(v["retained"], 1);
+    assert_eq!(node.node_info().unwrap().retained, 1);
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::kafka::{Rec, Record, Restartable, Tansu, free_tcp, produce, produce_singly, read_all};
 use common::{NodeProc, certs, free_udp, http_get, http_request_with, wait_until};
+use meshgate_api::{BacklogView, BridgeView, ReplayReport};
 use rumqttc::{AsyncClient, Packet, QoS};
-use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Starts a node with `toml` as its configuration (and `args`).
@@ -28,25 +28,17 @@ fn node_with(dir: &Path, name: &str, toml: &str, args: &[&str]) -> NodeProc {
     )
 }
 
-fn bridges(n: &NodeProc) -> Vec<Value> {
+fn bridges(n: &NodeProc) -> Vec<BridgeView> {
     let (status, body) = http_get(n.http, "/v1/bridges").expect("GET /v1/bridges");
     assert_eq!(status, 200, "{body}");
-    serde_json::from_str::<Value>(&body)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    serde_json::from_str(&body).unwrap()
 }
 
-fn bridge(n: &NodeProc, member: &str, name: &str) -> Value {
+fn bridge(n: &NodeProc, member: &str, name: &str) -> BridgeView {
     bridges(n)
         .into_iter()
-        .find(|b| b["member"] == member && b["name"] == name)
+        .find(|b| b.member == member && b.name == name)
         .unwrap_or_else(|| panic!("no bridge {member}/{name}"))
-}
-
-fn count(b: &Value, field: &str) -> u64 {
-    b[field].as_u64().unwrap_or(0)
 }
 
 /// An MQTT 3.1.1 subscriber with room for many QoS 1 messages in flight.
@@ -184,12 +176,12 @@ topic_template = "orders/{{header.region}}/{{key}}"
     assert_key_order(got.iter().map(|(_, v)| v.as_str()));
     // Everything was consumed; only what someone wanted was forwarded.
     wait_until("source counters", Duration::from_secs(10), || {
-        count(&bridge(&n, "dc1", "orders"), "consumed") == 600
+        bridge(&n, "dc1", "orders").consumed == 600
     });
     let b = bridge(&n, "dc1", "orders");
-    assert_eq!(b["state"], "up", "{b}");
-    assert_eq!(count(&b, "forwarded"), us as u64, "{b}");
-    assert_eq!(count(&b, "unrouted"), (600 - us) as u64, "{b}");
+    assert_eq!(b.state, "up", "{b:?}");
+    assert_eq!(b.forwarded, us as u64, "{b:?}");
+    assert_eq!(b.unrouted, (600 - us) as u64, "{b:?}");
     let (_, metrics) = http_get(n.http, "/metrics").unwrap();
     assert!(
         metrics.contains("meshgate_bridge_consumed_total{kind=\"kafka\",member=\"dc1\",name=\"orders\",role=\"source\"} 600"),
@@ -341,11 +333,10 @@ topic_template = "orders.us"
     );
     // edge-a knows edge-b's interest before the first record.
     wait_until("interest gossiped", Duration::from_secs(20), || {
-        na.mesh_view()["registry"]
-            .as_array()
-            .unwrap()
+        na.mesh_view()
+            .registry
             .iter()
-            .any(|e| e["node"] == "edge-b" && e["interest"].as_u64().unwrap_or(0) > 0)
+            .any(|e| e.node == "edge-b" && e.interest > 0)
     });
     let records = keyed(10_000, 30);
     let us = records.iter().filter(|r| r.2[0].1 == "us").count();
@@ -381,21 +372,15 @@ topic_template = "orders.us"
     assert_eq!(n, us);
     // Only the wanted records crossed the link: the rest was dropped at the source's edge.
     let src = bridge(&na, "cluster-a", "orders");
-    assert_eq!(count(&src, "consumed"), 10_000, "{src}");
-    assert_eq!(count(&src, "forwarded"), us as u64, "{src}");
-    let links = na.mesh_view()["links"].clone();
-    let tx: u64 = links
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["tx_events"].as_u64().unwrap())
-        .sum();
+    assert_eq!(src.consumed, 10_000, "{src:?}");
+    assert_eq!(src.forwarded, us as u64, "{src:?}");
+    let tx: u64 = na.mesh_view().links.iter().map(|l| l.tx_events).sum();
     assert!(
         tx >= us as u64 && tx < 10_000,
         "link carried {tx} events for {us} wanted"
     );
     let snk = bridge(&nb, "cluster-b", "us-orders");
-    assert_eq!(count(&snk, "forwarded"), us as u64, "{snk}");
+    assert_eq!(snk.forwarded, us as u64, "{snk:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,15 +427,12 @@ topic_template = "out"
         Duration::from_secs(20),
         || {
             let b = bridge(&n, "dc1", "out");
-            b["state"] == "down" && b["last_error"].is_string()
+            b.state == "down" && b.last_error.is_some()
         },
     );
     let (_, backlog) = http_get(n.http, "/v1/backlog").unwrap();
-    let backlog: Value = serde_json::from_str(&backlog).unwrap();
-    assert!(
-        backlog["bridges"][0]["events"].as_u64().unwrap() > 0,
-        "{backlog}"
-    );
+    let backlog: BacklogView = serde_json::from_str(&backlog).unwrap();
+    assert!(backlog.bridges[0].events > 0, "{backlog:?}");
     // Kafka comes back (empty: tansu keeps records in memory).
     kafka.bring_back();
     kafka.tansu().create_topic("out", 1);
@@ -475,7 +457,7 @@ topic_template = "out"
     }
     wait_until("sink up, backlog drained", Duration::from_secs(20), || {
         let b = bridge(&n, "dc1", "out");
-        b["state"] == "up" && count(&b, "backlog_events") == 0
+        b.state == "up" && b.backlog_events.unwrap_or(0) == 0
     });
 }
 
@@ -581,7 +563,7 @@ filter = "orders"
     let toml = cluster("a", &a) + &cluster("b", &b);
     let n = node_with(dir.path(), "n1", &toml, &[]);
     wait_until("both sinks subscribed", Duration::from_secs(10), || {
-        bridges(&n).iter().all(|b| b["state"] == "up")
+        bridges(&n).iter().all(|b| b.state == "up")
     });
     let recs: Vec<_> = (0..100).map(|i| (None, format!("a{i}"), vec![])).collect();
     produce(&a.bootstrap(), "orders", &recs).await;
@@ -591,8 +573,7 @@ filter = "orders"
     );
     // B's source read the copies and left them; A's sink did not write A's records back.
     wait_until("loops cut", Duration::from_secs(20), || {
-        count(&bridge(&n, "b", "in"), "skipped_loop") == 100
-            && count(&bridge(&n, "a", "out"), "skipped_loop") == 100
+        bridge(&n, "b", "in").skipped_loop == 100 && bridge(&n, "a", "out").skipped_loop == 100
     });
     let recs: Vec<_> = (0..50).map(|i| (None, format!("b{i}"), vec![])).collect();
     produce(&b.bootstrap(), "orders", &recs).await;
@@ -634,18 +615,14 @@ start = "latest"
     )
     .unwrap_or_else(|| panic!("no answer: {}", n.log_text()));
     assert_eq!(status, 200, "{report}");
-    let report: Value = serde_json::from_str(&report).unwrap();
+    let report: ReplayReport = serde_json::from_str(&report).unwrap();
     let want: Vec<String> = records[30..90]
         .iter()
         .filter(|r| r.2[0].1 == "us")
         .map(|r| r.1.clone())
         .collect();
-    assert_eq!(report["read"], 60, "{report}");
-    assert_eq!(
-        report["published"].as_u64().unwrap() as usize,
-        want.len(),
-        "{report}"
-    );
+    assert_eq!(report.read, 60, "{report:?}");
+    assert_eq!(report.published as usize, want.len(), "{report:?}");
     let got = receive(&mut rx, want.len(), Duration::from_secs(20)).await;
     let values: Vec<String> = got.into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, want, "exactly the range's us records, in order");
@@ -672,13 +649,9 @@ start = "latest"
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli: ReplayReport = serde_json::from_slice(&out.stdout).unwrap();
     let eu = records[..6].iter().filter(|r| r.2[0].1 == "eu").count();
-    assert_eq!(
-        (cli["read"].as_u64(), cli["published"].as_u64()),
-        (Some(6), Some(eu as u64)),
-        "{cli}"
-    );
+    assert_eq!((cli.read, cli.published), (6, eu as u64), "{cli:?}");
     // Bad requests say why.
     let (status, body) = http_request_with(
         n.http,
@@ -719,7 +692,7 @@ topics = ["events"]
     let (_c, mut rx) = subscriber(&n, "r", true, "events").await;
     wait_until("source shown down", Duration::from_secs(20), || {
         let b = bridge(&n, "late", "s");
-        b["state"] == "down" && b["last_error"].is_string()
+        b.state == "down" && b.last_error.is_some()
     });
     let kafka = Tansu::start_on(port);
     kafka.create_topic("events", 1);
@@ -728,7 +701,7 @@ topics = ["events"]
     let got = receive(&mut rx, 20, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 20);
     wait_until("source up", Duration::from_secs(10), || {
-        bridge(&n, "late", "s")["state"] == "up"
+        bridge(&n, "late", "s").state == "up"
     });
 }
 
@@ -820,7 +793,7 @@ topic_template = "mesh.out"
     wait_until(
         "the foreign records refused",
         Duration::from_secs(30),
-        || count(&bridge(&n, "in", "foreign"), "refused") == 10,
+        || bridge(&n, "in", "foreign").refused == 10,
     );
     // A client of the owner publishes on its public, private and protected channels: the sink
     // (acme.sales) may read only the public one.
@@ -872,6 +845,6 @@ topic_template = "mesh.out"
             .any(|v| v.contains("food") || v.contains("c1"))
     );
     let src = bridge(&n, "in", "orders");
-    assert_eq!(count(&src, "refused"), 0, "{src}");
-    assert_eq!(count(&src, "forwarded"), 20, "{src}");
+    assert_eq!(src.refused, 0, "{src:?}");
+    assert_eq!(src.forwarded, 20, "{src:?}");
 }

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{NodeProc, certs, free_udp, wait_until};
+use meshgate_api::{LinkState, LinkView, MeshView};
 use rumqttc::{AsyncClient, Packet, QoS};
-use serde_json::Value;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -45,13 +45,8 @@ fn addr(n: &NodeProc) -> SocketAddr {
     n.mesh.expect("node runs the mesh")
 }
 
-fn nodes_of(v: &Value) -> HashSet<String> {
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_string())
-        .collect()
+fn nodes_of(v: &MeshView) -> HashSet<String> {
+    v.nodes.iter().cloned().collect()
 }
 
 fn wait_nodes(all: &[&NodeProc], names: &[&str]) {
@@ -64,27 +59,23 @@ fn wait_nodes(all: &[&NodeProc], names: &[&str]) {
 }
 
 /// The counter `field` of the link from `n` to `peer`.
-fn link(n: &NodeProc, peer: &str, field: &str) -> u64 {
+fn link(n: &NodeProc, peer: &str, field: fn(&LinkView) -> u64) -> u64 {
     let v = n.mesh_view();
-    v["links"]
-        .as_array()
-        .unwrap()
+    let l = v
+        .links
         .iter()
-        .find(|l| l["peer"] == peer && l["state"] == "up")
-        .unwrap_or_else(|| panic!("no link up to {peer}: {v}"))[field]
-        .as_u64()
-        .unwrap()
+        .find(|l| l.peer == peer && l.state == LinkState::Up)
+        .unwrap_or_else(|| panic!("no link up to {peer}: {v:?}"));
+    field(l)
 }
 
 /// Interest count of `node` in `at`'s registry view.
 fn interest(at: &NodeProc, node: &str) -> Option<u64> {
-    let v = at.mesh_view();
-    v["registry"]
-        .as_array()
-        .unwrap()
+    at.mesh_view()
+        .registry
         .iter()
-        .find(|e| e["node"] == node && e["reachable"] == true)
-        .and_then(|e| e["interest"].as_u64())
+        .find(|e| e.node == node && e.reachable)
+        .map(|e| e.interest)
 }
 
 /// A clean-session MQTT 3.1.1 client of `n`.
@@ -190,8 +181,11 @@ async fn chain_of_four_carries_one_copy_per_link_and_fans_out_at_the_destination
         while rx.try_recv().is_ok() {}
     }
     let path = [(&edge_a, "core-1"), (&core1, "core-2"), (&core2, "edge-b")];
-    let before: Vec<u64> = path.iter().map(|(n, p)| link(n, p, "tx_events")).collect();
-    let fanout_before = link(&edge_b, "core-2", "rx_fanout_copies");
+    let before: Vec<u64> = path
+        .iter()
+        .map(|(n, p)| link(n, p, |l| l.tx_events))
+        .collect();
+    let fanout_before = link(&edge_b, "core-2", |l| l.rx_fanout_copies);
 
     for i in 0..1000u32 {
         publisher
@@ -217,9 +211,12 @@ async fn chain_of_four_carries_one_copy_per_link_and_fans_out_at_the_destination
         let distinct: HashSet<_> = got.iter().collect();
         assert_eq!(distinct.len(), 1000, "subscriber {i} got duplicates");
     }
-    let after: Vec<u64> = path.iter().map(|(n, p)| link(n, p, "tx_events")).collect();
+    let after: Vec<u64> = path
+        .iter()
+        .map(|(n, p)| link(n, p, |l| l.tx_events))
+        .collect();
     for (k, ((n, p), (b, a))) in path.iter().zip(before.iter().zip(&after)).enumerate() {
-        let name = n.mesh_view()["node"].as_str().unwrap().to_string();
+        let name = n.mesh_view().node;
         assert_eq!(
             a - b,
             1000,
@@ -227,13 +224,13 @@ async fn chain_of_four_carries_one_copy_per_link_and_fans_out_at_the_destination
             a - b
         );
     }
-    let fanout = link(&edge_b, "core-2", "rx_fanout_copies") - fanout_before;
+    let fanout = link(&edge_b, "core-2", |l| l.rx_fanout_copies) - fanout_before;
     assert_eq!(
         fanout, 10_000,
         "ten local copies per event at the destination"
     );
     // Nothing went the other way except gossip.
-    assert_eq!(link(&edge_b, "core-2", "tx_events"), 0);
+    assert_eq!(link(&edge_b, "core-2", |l| l.tx_events), 0);
     // The same counters in Prometheus form.
     let (_, metrics) = common::http_get(edge_a.http, "/metrics").unwrap();
     let line = metrics
@@ -293,22 +290,20 @@ async fn star_routes_between_edges_and_a_restarted_node_rejoins_without_its_old_
     );
 
     // e2 dies hard with its subscription; a new e2 (new incarnation) starts without one.
-    let old_inc = e2.mesh_view()["incarnation"].as_u64().unwrap();
+    let old_inc = e2.mesh_view().incarnation;
     e2.kill();
     drop(r2);
     let e2 = node(d.path(), "e2", "edge", &[addr(&hub)]);
-    let new_inc = e2.mesh_view()["incarnation"].as_u64().unwrap();
+    let new_inc = e2.mesh_view().incarnation;
     assert!(new_inc > old_inc);
     wait_until(
         "the new e2 to replace the old one in e3's registry",
         WAIT,
         || {
             let v = e3.mesh_view();
-            v["registry"].as_array().unwrap().iter().any(|e| {
-                e["node"] == "e2"
-                    && e["incarnation"].as_u64() == Some(new_inc)
-                    && e["reachable"] == true
-            })
+            v.registry
+                .iter()
+                .any(|e| e.node == "e2" && e.incarnation == new_inc && e.reachable)
         },
     );
     assert_eq!(
@@ -316,8 +311,8 @@ async fn star_routes_between_edges_and_a_restarted_node_rejoins_without_its_old_
         Some(0),
         "the old e2's interest does not linger"
     );
-    let before = link(&hub, "e2", "tx_events");
-    let e3_before = link(&e3, "hub", "tx_events");
+    let before = link(&hub, "e2", |l| l.tx_events);
+    let e3_before = link(&e3, "hub", |l| l.tx_events);
     for _ in 0..50 {
         publisher
             .publish("plant/2/temp", QoS::AtMostOnce, false, b"x".to_vec())
@@ -325,9 +320,9 @@ async fn star_routes_between_edges_and_a_restarted_node_rejoins_without_its_old_
             .unwrap();
     }
     assert_eq!(collect(&mut r1, 50, WAIT).await.len(), 50);
-    assert_eq!(link(&e3, "hub", "tx_events") - e3_before, 50);
+    assert_eq!(link(&e3, "hub", |l| l.tx_events) - e3_before, 50);
     assert_eq!(
-        link(&hub, "e2", "tx_events"),
+        link(&hub, "e2", |l| l.tx_events),
         before,
         "nothing goes to the new e2"
     );
@@ -405,18 +400,18 @@ async fn foreign_certificates_and_garbage_are_refused_and_change_nothing() {
     // A node with a certificate from another CA dials the core.
     let mallory = node(evil.path(), "mallory", "edge", &[addr(&core)]);
     wait_until("the core to refuse mallory", WAIT, || {
-        core.mesh_view()["refused_links"].as_u64().unwrap_or(0) > 0
+        core.mesh_view().refused_links > 0
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let v = core.mesh_view();
     assert_eq!(
         nodes_of(&v),
         HashSet::from(["core".into(), "edge".into()]),
-        "{v}"
+        "{v:?}"
     );
     assert!(
-        !v["registry"].to_string().contains("mallory"),
-        "mallory never enters the registry: {v}"
+        !v.registry.iter().any(|e| e.node == "mallory"),
+        "mallory never enters the registry: {v:?}"
     );
     assert_eq!(
         nodes_of(&mallory.mesh_view()),
@@ -464,7 +459,7 @@ async fn a_joining_node_learns_100k_filters_quickly_and_compactly() {
         || interest(&new, "big") == Some(N as u64),
     );
     let took = start.elapsed();
-    let bytes = link(&new, "big", "rx_control_bytes");
+    let bytes = link(&new, "big", |l| l.rx_control_bytes);
     eprintln!(
         "{N} filters reached a new node {took:?} after its start (process start included), {bytes} bytes of control frames"
     );
@@ -485,7 +480,7 @@ async fn routes_move_to_the_remaining_path_when_a_node_dies() {
     let (p, _pr) = client(&a, "p").await;
     until_routed(&p, "r/1", &mut rx).await;
     // Which core carries a's events now?
-    let via = |core: &str| link(&a, core, "tx_events");
+    let via = |core: &str| link(&a, core, |l| l.tx_events);
     let (n1, n2) = (via("c1"), via("c2"));
     let (mut dead, alive) = if n1 >= n2 { (c1, c2) } else { (c2, c1) };
     let alive_name = if n1 >= n2 { "c2" } else { "c1" };
@@ -494,7 +489,7 @@ async fn routes_move_to_the_remaining_path_when_a_node_dies() {
     // Once the link loss is noticed (idle timeout 3 s here), events flow through the other core.
     let t = until_routed(&p, "r/2", &mut rx).await;
     eprintln!("rerouted around {dead_name} after {t:?}");
-    assert!(link(&a, alive_name, "tx_events") > 0);
+    assert!(link(&a, alive_name, |l| l.tx_events) > 0);
     // Once b noticed too, nobody advertises a link to the dead core: it is unreachable.
     wait_until("the dead core to leave a's reachable nodes", WAIT, || {
         !nodes_of(&a.mesh_view()).contains(dead_name)
@@ -503,12 +498,11 @@ async fn routes_move_to_the_remaining_path_when_a_node_dies() {
 }
 
 fn up_links(n: &NodeProc) -> Vec<String> {
-    n.mesh_view()["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["state"] == "up")
-        .map(|l| l["peer"].as_str().unwrap().to_string())
+    n.mesh_view()
+        .links
+        .into_iter()
+        .filter(|l| l.state == LinkState::Up)
+        .map(|l| l.peer)
         .collect()
 }
 
@@ -537,10 +531,7 @@ async fn dials_retry_until_the_peer_starts_and_mutual_dials_make_one_link() {
     // p dials an address where nothing listens yet (each attempt ends at the 5 s handshake
     // timeout), and keeps trying.
     wait_until("p to have tried", WAIT, || {
-        p.mesh_view()["dialling"][0]["attempts"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
+        p.mesh_view().dialling.first().map_or(0, |d| d.attempts) >= 1
     });
     assert!(up_links(&p).is_empty());
     let q = start("q", qa, pa);
@@ -557,7 +548,7 @@ async fn dials_retry_until_the_peer_starts_and_mutual_dials_make_one_link() {
     let (c, _r) = client(&p, "c").await;
     until_routed(&c, "x", &mut rx).await;
     let (ps, qs) = (p.mesh_view(), q.mesh_view());
-    let dialled = |v: &Value| v["links"][0]["dialled"].as_bool().unwrap();
+    let dialled = |v: &MeshView| v.links[0].dialled;
     assert_ne!(
         dialled(&ps),
         dialled(&qs),

@@ -33,10 +33,7 @@ fn publ(node: &NodeProc, version: &str, args: &[&str]) {
 /// Waits until the node reports at least `n` subscriptions.
 fn wait_subs(node: &NodeProc, n: u64) {
     wait_until("subscriptions registered", Duration::from_secs(10), || {
-        common::http_get(node.http, "/v1/node")
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["subscriptions"].as_u64())
-            .is_some_and(|s| s >= n)
+        node.node_info().is_some_and(|i| i.subscriptions >= n)
     });
 }
 

@@ -8,13 +8,11 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, http_get, need, wait_until};
+use common::{NodeProc, need, wait_until};
+use meshgate_api::NodeInfo;
 
-fn node_stat(node: &NodeProc, key: &str) -> u64 {
-    http_get(node.http, "/v1/node")
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v[key].as_u64())
-        .unwrap_or(u64::MAX)
+fn node_stat(node: &NodeProc, key: fn(&NodeInfo) -> u64) -> u64 {
+    node.node_info().map_or(u64::MAX, |n| key(&n))
 }
 
 fn frame(first: u8, body: &[u8]) -> Vec<u8> {
@@ -85,7 +83,7 @@ fn session_expiry_ends_the_session_and_will_delay_waits() {
         .spawn()
         .unwrap();
     wait_until("watcher subscribed", Duration::from_secs(10), || {
-        node_stat(&node, "subscriptions") == 2
+        node_stat(&node, |n| n.subscriptions) == 2
     });
     // Session expiry 2 s, will delayed 1 s; the client vanishes without DISCONNECT.
     let s = open(
@@ -103,7 +101,7 @@ fn session_expiry_ends_the_session_and_will_delay_waits() {
     );
     // The watcher left after the will; the vanished client's session lives until it expires.
     wait_until("session expired", Duration::from_secs(10), || {
-        node_stat(&node, "sessions") == 0
+        node_stat(&node, |n| n.sessions) == 0
     });
     assert!(
         t.elapsed() >= Duration::from_millis(1900),
@@ -140,7 +138,7 @@ fn qos2_publish_is_delivered_once() {
         .spawn()
         .unwrap();
     wait_until("subscribed", Duration::from_secs(10), || {
-        node_stat(&node, "subscriptions") == 2
+        node_stat(&node, |n| n.subscriptions) == 2
     });
     for m in ["one", "two", "three"] {
         let st = Command::new(need("mosquitto_pub"))

@@ -128,8 +128,14 @@ impl NodeProc {
         assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
     }
 
-    /// `GET /v1/mesh` as JSON.
-    pub fn mesh_view(&self) -> serde_json::Value {
+    /// `GET /v1/node`, or `None` while the node does not answer.
+    pub fn node_info(&self) -> Option<meshgate_api::NodeInfo> {
+        let (status, body) = http_get(self.http, "/v1/node")?;
+        (status == 200).then(|| serde_json::from_str(&body).expect("GET /v1/node"))
+    }
+
+    /// `GET /v1/mesh`.
+    pub fn mesh_view(&self) -> meshgate_api::MeshView {
         let (status, body) = http_get(self.http, "/v1/mesh").expect("GET /v1/mesh");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).expect("JSON")

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use meshgate_api::BridgeView;
 use meshgate_store::Journal;
 use parking_lot::Mutex;
-use serde_json::{Value, json};
 
 /// Connection state of a bridge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,32 +153,30 @@ impl BridgeStatus {
             .map(|j| (j.len(), j.used_bytes()))
     }
 
-    /// The JSON of `GET /v1/bridges`.
-    pub fn view(&self) -> Value {
+    /// The entry of `GET /v1/bridges`.
+    pub fn view(&self) -> BridgeView {
         let h = self.health.lock();
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut v = json!({
-            "kind": self.kind,
-            "member": self.member,
-            "name": self.name,
-            "role": self.role,
-            "reads": self.reads,
-            "state": h.state.as_str(),
-            "state_secs": h.since.elapsed().as_secs(),
-            "last_error": h.last_error.as_ref().map(|(e, _)| e.clone()),
-            "last_error_at_ms": h.last_error.as_ref().map(|(_, t)| *t),
-            "consumed": c(&self.consumed),
-            "forwarded": c(&self.forwarded),
-            "unrouted": c(&self.unrouted),
-            "skipped_loop": c(&self.skipped_loop),
-            "refused": c(&self.refused),
-            "retries": c(&self.retries),
-        });
-        if let Some((events, bytes)) = self.backlog() {
-            v["backlog_events"] = json!(events);
-            v["backlog_bytes"] = json!(bytes);
+        let backlog = self.backlog();
+        BridgeView {
+            kind: self.kind.to_string(),
+            member: self.member.clone(),
+            name: self.name.clone(),
+            role: self.role.to_string(),
+            reads: self.reads.clone(),
+            state: h.state.as_str().to_string(),
+            state_secs: h.since.elapsed().as_secs(),
+            last_error: h.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_at_ms: h.last_error.as_ref().map(|(_, t)| *t),
+            consumed: c(&self.consumed),
+            forwarded: c(&self.forwarded),
+            unrouted: c(&self.unrouted),
+            skipped_loop: c(&self.skipped_loop),
+            refused: c(&self.refused),
+            retries: c(&self.retries),
+            backlog_events: backlog.map(|b| b.0),
+            backlog_bytes: backlog.map(|b| b.1),
         }
-        v
     }
 
     fn export(&self) {
@@ -233,8 +231,8 @@ impl Bridges {
     }
 
     /// `GET /v1/bridges`.
-    pub fn view(&self) -> Value {
-        Value::Array(self.all.lock().iter().map(|s| s.view()).collect())
+    pub fn view(&self) -> Vec<BridgeView> {
+        self.all.lock().iter().map(|s| s.view()).collect()
     }
 
     /// Sets the `meshgate_bridge_*` series (called when `/metrics` is rendered).

@@ -16,26 +16,29 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use meshgate_api::{
+    ApiError, BacklogView, BridgeView, CatalogView, ChargebackView, MeshView, NodeInfo, ReloadOk,
+    ReloadRefused, ReplayReport, ReplayRequest,
+};
 use meshgate_broker::Broker;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Renders the Prometheus exposition text.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Renders the mesh view of `GET /v1/mesh`.
-pub type MeshView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// Renders one admin view (`GET /v1/mesh`, `/v1/backlog`, `/v1/bridges`) when asked.
+pub type ViewFn<T> = Arc<dyn Fn() -> T + Send + Sync>;
 
-/// Runs a replay of a Kafka cluster's topic: (cluster, JSON request) to a JSON report, or an
-/// HTTP status and message.
+/// Runs a replay of a Kafka cluster's topic: (cluster, request) to a report, or an HTTP status
+/// and message.
 pub type ReplayFn = Arc<
     dyn Fn(
             String,
-            serde_json::Value,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = Result<serde_json::Value, (u16, String)>> + Send>,
-        > + Send
+            ReplayRequest,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<ReplayReport, (u16, String)>> + Send>>
+        + Send
         + Sync,
 >;
 
@@ -47,13 +50,13 @@ pub struct HttpState {
     /// Prometheus text for `/metrics`.
     pub metrics: MetricsRender,
     /// The mesh, when the node has one.
-    pub mesh: Option<MeshView>,
+    pub mesh: Option<ViewFn<MeshView>>,
     /// Events queued per SSE stream before the slowest are dropped.
     pub sse_queue: usize,
     /// `GET /v1/backlog`: the store and what waits in it, per link and per session.
-    pub backlog: Option<MeshView>,
+    pub backlog: Option<ViewFn<BacklogView>>,
     /// `GET /v1/bridges`: every source and sink with its state, last error and counters.
-    pub bridges: Option<MeshView>,
+    pub bridges: Option<ViewFn<Vec<BridgeView>>>,
     /// `POST /v1/bridges/kafka/{cluster}/replay`.
     pub replay: Option<ReplayFn>,
     /// REST bearer tokens, by their SHA-256 in lowercase hex
@@ -69,10 +72,8 @@ pub struct HttpState {
 
 /// Metered traffic per app, as the admin API shows it.
 pub trait ChargebackApi: Send + Sync {
-    /// Rows of the minutes in `[from, to)` (unix seconds) as JSON `{"rows": [...]}`.
-    fn rows(&self, from: Option<u64>, to: Option<u64>) -> serde_json::Value;
-    /// The same rows as CSV.
-    fn csv(&self, rows: &serde_json::Value) -> String;
+    /// Rows of the minutes in `[from, to)` (unix seconds).
+    fn rows(&self, from: Option<u64>, to: Option<u64>) -> ChargebackView;
 }
 
 /// Query of `GET /v1/chargeback`.
@@ -90,10 +91,10 @@ struct ChargebackParams {
 /// The governance catalog as the admin API shows and reloads it.
 pub trait CatalogApi: Send + Sync {
     /// `GET /v1/catalog`: data products, channels, owners, access, schemas.
-    fn view(&self) -> serde_json::Value;
+    fn view(&self) -> CatalogView;
     /// `POST /v1/catalog/reload`: reads the specs again; the problems if they are refused
     /// (the catalog in force stays).
-    fn reload(&self) -> Result<serde_json::Value, serde_json::Value>;
+    fn reload(&self) -> Result<ReloadOk, ReloadRefused>;
 }
 
 /// A request with a bearer token the node does not know: answered 401.
@@ -177,7 +178,10 @@ pub async fn serve(
 
 /// A JSON error response.
 pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": msg.to_string() }))).into_response()
+    let body = ApiError {
+        error: msg.to_string(),
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn catalog(State(s): State<HttpState>) -> Response {
@@ -225,7 +229,7 @@ async fn chargeback(
         None | Some("json") => Json(rows).into_response(),
         Some("csv") => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            c.csv(&rows),
+            rows.to_csv(),
         )
             .into_response(),
         Some(other) => error(
@@ -248,29 +252,26 @@ async fn metrics(State(s): State<HttpState>) -> Response {
 }
 
 /// The contract's mesh view; a node without mesh certificates has no links.
-async fn mesh(State(s): State<HttpState>) -> Json<serde_json::Value> {
+async fn mesh(State(s): State<HttpState>) -> Json<MeshView> {
     if let Some(view) = &s.mesh {
         return Json(view());
     }
-    let name = s.broker.node_name();
-    Json(json!({
-        "node": name,
-        "links": [],
-        "nodes": [name],
-    }))
+    let name = s.broker.node_name().to_string();
+    Json(MeshView {
+        nodes: vec![name.clone()],
+        node: name,
+        ..MeshView::default()
+    })
 }
 
 /// Guaranteed events waiting, per link queue and per persistent session, and the store.
-async fn backlog(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    match &s.backlog {
-        Some(view) => Json(view()),
-        None => Json(json!({ "store": null, "links": [], "sessions": [] })),
-    }
+async fn backlog(State(s): State<HttpState>) -> Json<BacklogView> {
+    Json(s.backlog.as_ref().map(|v| v()).unwrap_or_default())
 }
 
 /// Sources and sinks of the node's bridges.
-async fn bridges(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    Json(s.bridges.as_ref().map_or_else(|| json!([]), |v| v()))
+async fn bridges(State(s): State<HttpState>) -> Json<Vec<BridgeView>> {
+    Json(s.bridges.as_ref().map(|v| v()).unwrap_or_default())
 }
 
 /// Republishes a range of a Kafka topic into the mesh; answers once the events are durable.
@@ -282,9 +283,9 @@ async fn replay(
     let Some(replay) = &s.replay else {
         return error(StatusCode::NOT_FOUND, "this node has no Kafka bridge");
     };
-    let req: serde_json::Value = match serde_json::from_slice(&body) {
+    let req: ReplayRequest = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
     };
     match replay(cluster, req).await {
         Ok(report) => Json(report).into_response(),
@@ -296,16 +297,16 @@ async fn replay(
 }
 
 /// Counts of what the node holds.
-async fn node(State(s): State<HttpState>) -> Json<serde_json::Value> {
+async fn node(State(s): State<HttpState>) -> Json<NodeInfo> {
     let (subs, filters) = s.broker.subscription_counts();
-    Json(json!({
-        "node": s.broker.node_name(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "sessions": s.broker.session_count(),
-        "subscriptions": subs,
-        "filters": filters,
-        "retained": s.broker.retained_count(),
-    }))
+    Json(NodeInfo {
+        node: s.broker.node_name().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        sessions: s.broker.session_count() as u64,
+        subscriptions: subs as u64,
+        filters: filters as u64,
+        retained: s.broker.retained_count() as u64,
+    })
 }
 
 async fn not_found() -> Response {

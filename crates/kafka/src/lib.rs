@@ -35,7 +35,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::task::JoinHandle;
 
 pub use config::{KafkaConfig, KafkaSink, KafkaSource};
-pub use replay::{ReplayReport, ReplayRequest, replay};
+pub use meshgate_api::{ReplayReport, ReplayRequest};
+pub use replay::replay;
 
 /// How often the probe asks the cluster for metadata.
 const PROBE_EVERY: Duration = Duration::from_secs(2);

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use meshgate_api::{ReplayReport, ReplayRequest};
 use meshgate_bridge::{BridgeContext, BridgeStatus, Ingress, IngressError, origin};
 use meshgate_proto::Header;
 use meshgate_topic::Filter;
@@ -12,53 +13,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaConfig;
 use crate::source::Mapper;
-
-/// What to replay (`POST /v1/bridges/kafka/{cluster}/replay`, `meshgate kafka replay`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayRequest {
-    /// Kafka topic.
-    pub topic: String,
-    /// Only events whose mesh topic matches this filter (default: all, `>`).
-    #[serde(default)]
-    pub filter: Option<String>,
-    /// From this record timestamp (ms since the epoch), inclusive.
-    #[serde(default)]
-    pub from_ms: Option<i64>,
-    /// Up to this record timestamp, inclusive.
-    #[serde(default)]
-    pub to_ms: Option<i64>,
-    /// From this offset (every partition, or `partition`), inclusive.
-    #[serde(default)]
-    pub from_offset: Option<i64>,
-    /// Up to this offset, inclusive.
-    #[serde(default)]
-    pub to_offset: Option<i64>,
-    /// Only this partition.
-    #[serde(default)]
-    pub partition: Option<i32>,
-}
-
-/// What a replay did.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ReplayReport {
-    /// Records read from Kafka in the range.
-    pub read: u64,
-    /// Events published into the mesh.
-    pub published: u64,
-    /// Records outside the filter.
-    pub filtered: u64,
-    /// Records written by a meshgate sink (never taken back).
-    pub skipped_loop: u64,
-    /// Records the mesh refused (invalid topic, too large).
-    pub refused: u64,
-    /// Partitions read.
-    pub partitions: usize,
-}
 
 /// Longest a replay reads before it answers with what it has.
 const REPLAY_LIMIT: Duration = Duration::from_secs(120);
@@ -164,7 +121,7 @@ fn run(
         open.push(*p);
     }
     let mut report = ReplayReport {
-        partitions: open.len(),
+        partitions: open.len() as u64,
         ..Default::default()
     };
     if open.is_empty() {

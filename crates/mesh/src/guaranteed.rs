@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use meshgate_api::{GuaranteedView, QueueView, StoreUse};
 use meshgate_proto::Envelope;
 use meshgate_proto::v1::RoutedEvent;
 use meshgate_store::{Disk, Journal, StoreError};
 use parking_lot::Mutex;
 use prost::Message;
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -350,10 +350,10 @@ impl Outbox {
     }
 
     /// The backlog of every queue, for `GET /v1/mesh` and `/v1/backlog`.
-    pub fn view(&self) -> Value {
+    pub fn view(&self) -> GuaranteedView {
         let queues: Vec<Arc<Queue>> = self.state.lock().queues.values().cloned().collect();
         let now = meshgate_broker::now_ms();
-        let mut out: Vec<Value> = queues
+        let mut out: Vec<QueueView> = queues
             .iter()
             .map(|q| {
                 let (first, next) = q.journal.bounds();
@@ -366,27 +366,27 @@ impl Outbox {
                     .and_then(|(_, rec)| RoutedEvent::decode(&rec[..]).ok())
                     .and_then(|re| re.event)
                     .map(|e| now.saturating_sub(e.timestamp_ms));
-                json!({
-                    "queue": if &*q.key == HELD { "held" } else { &*q.key },
-                    "events": next.saturating_sub(acked + 1),
-                    "stored_events": next - first,
-                    "bytes": q.journal.used_bytes(),
-                    "oldest_age_ms": oldest,
-                    "sent": q.sent.load(Ordering::Relaxed),
-                    "acked_up_to": acked,
-                })
+                QueueView {
+                    queue: queue_name(&q.key).to_string(),
+                    events: next.saturating_sub(acked + 1),
+                    stored_events: next - first,
+                    bytes: q.journal.used_bytes(),
+                    oldest_age_ms: oldest,
+                    sent: q.sent.load(Ordering::Relaxed),
+                    acked_up_to: acked,
+                }
             })
             .collect();
-        out.sort_by(|a, b| a["queue"].as_str().cmp(&b["queue"].as_str()));
-        json!({
-            "queues": out,
-            "store": {
-                "used_bytes": self.disk.used_bytes(),
-                "quota_bytes": self.disk.max_bytes(),
+        out.sort_by(|a, b| a.queue.cmp(&b.queue));
+        GuaranteedView {
+            queues: out,
+            store: StoreUse {
+                used_bytes: self.disk.used_bytes(),
+                quota_bytes: self.disk.max_bytes(),
             },
-            "duplicates_dropped": self.duplicates.load(Ordering::Relaxed),
-            "expired": self.expired.load(Ordering::Relaxed),
-        })
+            duplicates_dropped: self.duplicates.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+        }
     }
 
     /// Exports backlog gauges.

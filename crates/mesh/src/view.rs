@@ -3,65 +3,65 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::{Value, json};
+use meshgate_api::{
+    DialView, GuaranteedView, LinkState, LinkView, MeshDrops, MeshView, RegistryNodeView,
+};
 
 use crate::Mesh;
 
 impl Mesh {
     /// `GET /v1/mesh`: the contract's fields plus the registry view.
-    pub fn view(&self) -> Value {
+    pub fn view(&self) -> MeshView {
         let i = &self.inner;
-        let mut links: Vec<Value> = i
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut links: Vec<LinkView> = i
             .links
             .read()
             .values()
             .map(|l| {
                 let s = &l.stats;
-                let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-                json!({
-                    "peer": &*l.peer,
-                    "state": "up",
-                    "dialled": l.dialled,
-                    "remote": l.remote.to_string(),
-                    "incarnation": l.incarnation,
-                    "role": l.role,
-                    "rtt_us": g(&s.rtt_us),
-                    "tx_events": g(&s.tx_events),
-                    "tx_bytes": g(&s.tx_bytes),
-                    "rx_events": g(&s.rx_events),
-                    "rx_bytes": g(&s.rx_bytes),
-                    "rx_fanout_copies": g(&s.rx_fanout),
-                    "dropped": g(&s.dropped),
-                    "tx_control_bytes": g(&s.tx_control_bytes),
-                    "rx_control_bytes": g(&s.rx_control_bytes),
-                })
+                LinkView {
+                    peer: l.peer.to_string(),
+                    state: LinkState::Up,
+                    dialled: l.dialled,
+                    remote: l.remote.to_string(),
+                    incarnation: l.incarnation,
+                    role: l.role.clone(),
+                    rtt_us: g(&s.rtt_us),
+                    tx_events: g(&s.tx_events),
+                    tx_bytes: g(&s.tx_bytes),
+                    rx_events: g(&s.rx_events),
+                    rx_bytes: g(&s.rx_bytes),
+                    rx_fanout_copies: g(&s.rx_fanout),
+                    dropped: g(&s.dropped),
+                    tx_control_bytes: g(&s.tx_control_bytes),
+                    rx_control_bytes: g(&s.rx_control_bytes),
+                }
             })
             .collect();
         let up: Vec<Arc<str>> = i.links.read().keys().cloned().collect();
-        let dials: Vec<Value> = i
-            .dials
-            .lock()
-            .iter()
-            .map(|(addr, d)| {
-                if let Some(p) = &d.peer
-                    && !d.connected
-                    && !up.contains(p)
-                {
-                    links.push(json!({
-                        "peer": &**p, "state": "down", "remote": addr,
-                        "tx_events": 0, "tx_bytes": 0, "rx_events": 0, "rx_bytes": 0,
-                    }));
-                }
-                json!({
-                    "address": addr,
-                    "peer": d.peer.as_deref(),
-                    "connected": d.connected,
-                    "attempts": d.attempts,
-                    "last_error": d.last_error,
-                })
-            })
-            .collect();
-        links.sort_by(|a, b| a["peer"].as_str().cmp(&b["peer"].as_str()));
+        let mut dialling = Vec::new();
+        for (addr, d) in i.dials.lock().iter() {
+            if let Some(p) = &d.peer
+                && !d.connected
+                && !up.contains(p)
+            {
+                links.push(LinkView {
+                    peer: p.to_string(),
+                    state: LinkState::Down,
+                    remote: addr.clone(),
+                    ..LinkView::default()
+                });
+            }
+            dialling.push(DialView {
+                address: addr.clone(),
+                peer: d.peer.as_deref().map(str::to_string),
+                connected: d.connected,
+                attempts: d.attempts,
+                last_error: d.last_error.clone(),
+            });
+        }
+        links.sort_by(|a, b| a.peer.cmp(&b.peer));
         let reg = i.registry.lock();
         let views = reg.nodes();
         let mut nodes: Vec<String> = views
@@ -73,48 +73,44 @@ impl Mesh {
             nodes.push(i.name.to_string());
         }
         nodes.sort();
-        let registry: Vec<Value> = views
+        let registry = views
             .iter()
-            .map(|n| {
-                json!({
-                    "node": &*n.name,
-                    "incarnation": n.incarnation,
-                    "version": n.max_version,
-                    "role": n.role,
-                    "reachable": n.reachable,
-                    "interest": n.interest,
-                    "links": n.links,
-                })
+            .map(|n| RegistryNodeView {
+                node: n.name.to_string(),
+                incarnation: n.incarnation,
+                version: n.max_version,
+                role: n.role.clone(),
+                reachable: n.reachable,
+                interest: n.interest as u64,
+                links: n.links.clone(),
             })
             .collect();
+        drop(reg);
         let c = &i.counters;
-        json!({
-            "node": &*i.name,
-            "incarnation": i.incarnation,
-            "role": i.cfg.role.as_str(),
-            "listen": self.local_addr().to_string(),
-            "links": links,
-            "nodes": nodes,
-            "registry": registry,
-            "dialling": dials,
-            "dropped": {
-                "unroutable": c.unroutable.load(Ordering::Relaxed),
-                "hop_limit": c.hop_limit.load(Ordering::Relaxed),
-                "duplicates": c.duplicates.load(Ordering::Relaxed),
-                "invalid": c.bad_events.load(Ordering::Relaxed),
+        MeshView {
+            node: i.name.to_string(),
+            incarnation: i.incarnation,
+            role: Some(i.cfg.role.as_str().to_string()),
+            listen: Some(self.local_addr().to_string()),
+            links,
+            nodes,
+            registry,
+            dialling,
+            dropped: MeshDrops {
+                unroutable: g(&c.unroutable),
+                hop_limit: g(&c.hop_limit),
+                duplicates: g(&c.duplicates),
+                invalid: g(&c.bad_events),
             },
-            "refused_links": c.refused_links.load(Ordering::Relaxed),
-            "guaranteed": self.backlog(),
-        })
+            refused_links: g(&c.refused_links),
+            guaranteed: self.backlog(),
+        }
     }
 
     /// The guaranteed queues: backlog per next hop (events, bytes, age of the oldest) and the
-    /// store's use of its quota. `null` without a store.
-    pub fn backlog(&self) -> Value {
-        match &self.inner.outbox {
-            Some(o) => o.view(),
-            None => Value::Null,
-        }
+    /// store's use of its quota. `None` without a store.
+    pub fn backlog(&self) -> Option<GuaranteedView> {
+        self.inner.outbox.as_ref().map(|o| o.view())
     }
 
     /// Copies the link counters into the `metrics` recorder (called before each scrape).

@@ -210,27 +210,31 @@ impl MqttServer {
     /// Stored sessions and what waits in their journals (events, bytes, age of the oldest), the
     /// 1000 largest first, for `GET /v1/backlog`; also sets the `meshgate_session_backlog_*`
     /// gauges (totals: a label per client id would be unbounded).
-    pub fn backlog(&self) -> serde_json::Value {
+    pub fn backlog(&self) -> meshgate_api::SessionsBacklog {
         let all = self.ctx.sessions.backlog();
         let events: u64 = all.iter().map(|s| s.2).sum();
         let bytes: u64 = all.iter().map(|s| s.3).sum();
         gauge!("meshgate_session_backlog_events").set(events as f64);
         gauge!("meshgate_session_backlog_bytes").set(bytes as f64);
         gauge!("meshgate_stored_sessions").set(all.len() as f64);
-        let list: Vec<serde_json::Value> = all
+        let sessions = all
             .into_iter()
             .take(1000)
-            .map(|(client, online, events, bytes, oldest)| {
-                serde_json::json!({
-                    "client_id": client,
-                    "online": online,
-                    "events": events,
-                    "bytes": bytes,
-                    "oldest_age_ms": oldest,
-                })
-            })
+            .map(
+                |(client_id, online, events, bytes, oldest_age_ms)| meshgate_api::SessionBacklog {
+                    client_id,
+                    online,
+                    events,
+                    bytes,
+                    oldest_age_ms,
+                },
+            )
             .collect();
-        serde_json::json!({ "events": events, "bytes": bytes, "sessions": list })
+        meshgate_api::SessionsBacklog {
+            events,
+            bytes,
+            sessions,
+        }
     }
 
     /// Accepts connections until `shutdown` turns true.

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use meshgate_api::{ChargebackRow, ChargebackView};
 use meshgate_broker::{Meter, MeterEntry, Metered};
 use parking_lot::Mutex;
-use serde_json::{Value, json};
 
 use crate::governance::Governance;
 
@@ -52,7 +52,7 @@ impl Chargeback {
 
     /// The tallies of minutes in `[from, to)` (unix seconds; open ends when `None`), summed per
     /// app, owner, topic, kind and peer, largest byte counts first.
-    pub fn rows(&self, from: Option<u64>, to: Option<u64>) -> Value {
+    pub fn rows(&self, from: Option<u64>, to: Option<u64>) -> ChargebackView {
         let lo = from.map_or(0, |f| f / 60);
         let hi = to.map_or(u64::MAX, |t| t.div_ceil(60));
         let mut sum: HashMap<Key, Counts> = HashMap::new();
@@ -73,7 +73,7 @@ impl Chargeback {
                 .then_with(|| a.0.topic.cmp(&b.0.topic))
                 .then_with(|| a.0.app.cmp(&b.0.app))
         });
-        let rows: Vec<Value> = rows
+        let rows = rows
             .into_iter()
             .map(|(k, c)| {
                 let (kind, peer) = match &k.what {
@@ -81,18 +81,18 @@ impl Chargeback {
                     Metered::Delivered => ("delivered", None),
                     Metered::Link(p) => ("link", Some(p.to_string())),
                 };
-                json!({
-                    "app": k.app.as_deref().unwrap_or(ANONYMOUS),
-                    "owner": self.owner(&k.topic),
-                    "topic": &*k.topic,
-                    "kind": kind,
-                    "peer": peer,
-                    "messages": c.messages,
-                    "bytes": c.bytes,
-                })
+                ChargebackRow {
+                    app: k.app.as_deref().unwrap_or(ANONYMOUS).to_string(),
+                    owner: self.owner(&k.topic),
+                    topic: k.topic.to_string(),
+                    kind: kind.to_string(),
+                    peer,
+                    messages: c.messages,
+                    bytes: c.bytes,
+                }
             })
             .collect();
-        json!({ "from": from, "to": to, "rows": rows })
+        ChargebackView { from, to, rows }
     }
 }
 
@@ -162,38 +162,6 @@ impl Meter for Chargeback {
     }
 }
 
-/// Renders rows of [`Chargeback::rows`] as CSV (`node` first when given).
-pub fn csv(v: &Value) -> String {
-    let mut out = String::from("app,owner,topic,kind,peer,messages,bytes\n");
-    for r in v["rows"].as_array().into_iter().flatten() {
-        let field = |k: &str| match &r[k] {
-            Value::String(s) => quote(s),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        };
-        out += &format!(
-            "{},{},{},{},{},{},{}\n",
-            field("app"),
-            field("owner"),
-            field("topic"),
-            field("kind"),
-            field("peer"),
-            field("messages"),
-            field("bytes")
-        );
-    }
-    out
-}
-
-/// A CSV field, quoted when it needs to be.
-fn quote(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,16 +200,13 @@ mod tests {
             700,
         )]);
         let v = c.rows(None, None);
-        let rows = v["rows"].as_array().unwrap();
+        let rows = &v.rows;
         assert_eq!(rows.len(), 3);
-        assert_eq!(rows[0]["kind"], "link");
-        assert_eq!(rows[0]["peer"], "n2");
-        assert_eq!(
-            (rows[1]["messages"].as_u64(), rows[1]["bytes"].as_u64()),
-            (Some(5), Some(50))
-        );
-        assert_eq!(rows[2]["app"], "anonymous");
-        let text = csv(&v);
+        assert_eq!(rows[0].kind, "link");
+        assert_eq!(rows[0].peer.as_deref(), Some("n2"));
+        assert_eq!((rows[1].messages, rows[1].bytes), (5, 50));
+        assert_eq!(rows[2].app, "anonymous");
+        let text = v.to_csv();
         assert_eq!(
             text,
             "app,owner,topic,kind,peer,messages,bytes\n\
@@ -250,9 +215,6 @@ mod tests {
              anonymous,,\"t/\"\"x,y\"\"\",delivered,,1,5\n"
         );
         // A window before anything was recorded is empty.
-        assert_eq!(
-            c.rows(Some(0), Some(60))["rows"].as_array().unwrap().len(),
-            0
-        );
+        assert!(c.rows(Some(0), Some(60)).rows.is_empty());
     }
 }

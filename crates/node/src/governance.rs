@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use meshgate_api::{
+    CatalogView, ChannelView, ProducerView, ProductView, RefusedReload, SubscriberView,
+};
 use meshgate_broker::{Denied, DenyKind, Interest, Policy};
 use meshgate_governance::{Catalog, Date, Problem, Refusal, RefusalKind, load};
 use meshgate_topic::MqttFilter;
 use parking_lot::Mutex;
-use serde_json::{Value, json};
 use tracing::{info, warn};
 
 /// The app id label of a client that did not authenticate.
@@ -103,82 +105,85 @@ impl Governance {
     /// `GET /v1/catalog`: the catalog, and per channel its live subscribers (`interest`: the
     /// router's subscriptions, local and remote) and producers
     /// (`produced`: (app, topic, messages) of the last hour).
-    pub fn view(&self, interest: &[Interest], produced: &[(String, String, u64)]) -> Value {
+    pub fn view(&self, interest: &[Interest], produced: &[(String, String, u64)]) -> CatalogView {
         let c = self.catalog();
-        let mut subscribers: Vec<Vec<Value>> = vec![Vec::new(); c.channels().len()];
-        for Interest {
-            filter,
-            group,
-            app,
-            node,
-        } in interest
-        {
-            let Ok(f) = meshgate_topic::Filter::parse(filter) else {
+        let mut subscribers: Vec<Vec<SubscriberView>> = vec![Vec::new(); c.channels().len()];
+        for i in interest {
+            let Ok(f) = meshgate_topic::Filter::parse(&i.filter) else {
                 continue;
             };
             for ch in c.overlapping(&f) {
-                subscribers[ch.id.index()].push(json!({
-                    "filter": filter, "group": group, "app": app, "node": node,
-                }));
+                subscribers[ch.id.index()].push(SubscriberView {
+                    filter: i.filter.clone(),
+                    group: i.group.clone(),
+                    app: i.app.clone(),
+                    node: i.node.clone(),
+                });
             }
         }
-        let mut producers: Vec<Vec<Value>> = vec![Vec::new(); c.channels().len()];
+        let mut producers: Vec<Vec<ProducerView>> = vec![Vec::new(); c.channels().len()];
         for (app, topic, messages) in produced {
             if let Some(ch) = c.lookup(topic) {
                 let list = &mut producers[ch.id.index()];
-                match list.iter_mut().find(|p| p["app"] == app.as_str()) {
-                    Some(p) => {
-                        p["messages"] = json!(p["messages"].as_u64().unwrap_or(0) + messages)
-                    }
-                    None => list.push(json!({ "app": app, "messages": messages })),
+                match list.iter_mut().find(|p| p.app == *app) {
+                    Some(p) => p.messages += messages,
+                    None => list.push(ProducerView {
+                        app: app.clone(),
+                        messages: *messages,
+                    }),
                 }
             }
         }
-        let products: Vec<Value> = c
+        let products = c
             .products()
             .iter()
-            .map(|p| {
-                json!({
-                    "app": p.app.as_str(),
-                    "file": p.file,
-                    "dialect": p.dialect.as_str(),
-                    "asyncapi": p.asyncapi,
-                    "title": p.title,
-                    "version": p.version,
-                    "channels": p.channels.iter().filter_map(|id| c.channel(*id)).map(|ch| ch.name.as_str()).collect::<Vec<_>>(),
-                })
+            .map(|p| ProductView {
+                app: p.app.as_str().to_string(),
+                file: p.file.clone(),
+                dialect: p.dialect.as_str().to_string(),
+                asyncapi: p.asyncapi.clone(),
+                title: p.title.clone(),
+                version: p.version.clone(),
+                channels: p
+                    .channels
+                    .iter()
+                    .filter_map(|id| c.channel(*id))
+                    .map(|ch| ch.name.clone())
+                    .collect(),
             })
             .collect();
-        let channels: Vec<Value> = c
+        let channels = c
             .channels()
             .iter()
-            .map(|ch| {
-                json!({
-                    "owner": ch.owner.as_str(),
-                    "name": ch.name,
-                    "address": ch.address,
-                    "kind": format!("{:?}", ch.kind).to_lowercase(),
-                    "topic": ch.mqtt_pattern(),
-                    "kafka_topic": ch.kafka_topic,
-                    "access": ch.access.as_str(),
-                    "grants": ch.grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
-                    "producers": ch.producers.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
-                    "eol": ch.eol.map(|d| d.to_string()),
-                    "schema": ch.has_schema(),
-                    "partitions": ch.kafka.partitions,
-                    "subscribers": subscribers[ch.id.index()],
-                    "producers_last_hour": producers[ch.id.index()],
-                })
+            .map(|ch| ChannelView {
+                owner: ch.owner.as_str().to_string(),
+                name: ch.name.clone(),
+                address: ch.address.clone(),
+                kind: format!("{:?}", ch.kind).to_lowercase(),
+                topic: ch.mqtt_pattern(),
+                kafka_topic: ch.kafka_topic.clone(),
+                access: ch.access.as_str().to_string(),
+                grants: ch.grants.iter().map(|g| g.as_str().to_string()).collect(),
+                producers: ch
+                    .producers
+                    .iter()
+                    .map(|g| g.as_str().to_string())
+                    .collect(),
+                eol: ch.eol.map(|d| d.to_string()),
+                schema: ch.has_schema(),
+                partitions: ch.kafka.partitions,
+                subscribers: std::mem::take(&mut subscribers[ch.id.index()]),
+                producers_last_hour: std::mem::take(&mut producers[ch.id.index()]),
             })
             .collect();
         let refused = self.last_refused.lock().clone();
-        json!({
-            "version": c.version(),
-            "specs_dir": self.dir.display().to_string(),
-            "products": products,
-            "channels": channels,
-            "last_refused_reload": refused.map(|(at, problems)| json!({"at": at, "problems": problems})),
-        })
+        CatalogView {
+            version: c.version(),
+            specs_dir: self.dir.display().to_string(),
+            products,
+            channels,
+            last_refused_reload: refused.map(|(at, problems)| RefusedReload { at, problems }),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use meshgate_api::{BacklogView, BridgeBacklog, StoreView};
 use meshgate_auth::{StaticAuth, User};
 use meshgate_broker::{Broker, BrokerConfig};
 use meshgate_http::HttpState;
@@ -277,7 +278,7 @@ impl Node {
                 })
             },
             mesh: mesh.clone().map(|m| {
-                let f: meshgate_http::MeshView = Arc::new(move || m.view());
+                let f: meshgate_http::ViewFn<_> = Arc::new(move || m.view());
                 f
             }),
             sse_queue: config.http.sse_queue,
@@ -304,36 +305,40 @@ impl Node {
             backlog: broker.disk().cloned().map(|disk| {
                 let (mesh, mqtt, bridges) = (mesh.clone(), mqtt.clone(), bridges.clone());
                 let commit = format!("{:?}", config.store.commit).to_lowercase();
-                let f: meshgate_http::MeshView = Arc::new(move || {
-                    let links = mesh
+                let f: meshgate_http::ViewFn<_> = Arc::new(move || BacklogView {
+                    store: Some(StoreView {
+                        used_bytes: disk.used_bytes(),
+                        quota_bytes: disk.max_bytes(),
+                        commit: commit.clone(),
+                        commit_cycles: disk.cycles(),
+                        sync_errors: disk.sync_errors(),
+                        failed: disk.failure().map(str::to_string),
+                    }),
+                    links: mesh
                         .as_ref()
-                        .map(|m| m.backlog())
-                        .and_then(|b| b.get("queues").cloned())
-                        .unwrap_or_else(|| serde_json::json!([]));
-                    serde_json::json!({
-                        "store": {
-                            "used_bytes": disk.used_bytes(),
-                            "quota_bytes": disk.max_bytes(),
-                            "commit": commit,
-                            "commit_cycles": disk.cycles(),
-                            "sync_errors": disk.sync_errors(),
-                            "failed": disk.failure(),
-                        },
-                        "links": links,
-                        "sessions": mqtt.backlog(),
-                        "bridges": bridges.list().iter().filter_map(|b| {
-                            b.backlog().map(|(events, bytes)| serde_json::json!({
-                                "kind": b.kind, "member": b.member, "name": b.name,
-                                "events": events, "bytes": bytes,
-                            }))
-                        }).collect::<Vec<_>>(),
-                    })
+                        .and_then(|m| m.backlog())
+                        .map(|g| g.queues)
+                        .unwrap_or_default(),
+                    sessions: mqtt.backlog(),
+                    bridges: bridges
+                        .list()
+                        .iter()
+                        .filter_map(|b| {
+                            b.backlog().map(|(events, bytes)| BridgeBacklog {
+                                kind: b.kind.to_string(),
+                                member: b.member.clone(),
+                                name: b.name.clone(),
+                                events,
+                                bytes,
+                            })
+                        })
+                        .collect(),
                 });
                 f
             }),
             bridges: Some({
                 let bridges = bridges.clone();
-                let f: meshgate_http::MeshView = Arc::new(move || bridges.view());
+                let f: meshgate_http::ViewFn<_> = Arc::new(move || bridges.view());
                 f
             }),
             replay: replay_fn(&config, &bctx),
@@ -403,21 +408,20 @@ fn replay_fn(
 ) -> Option<meshgate_http::ReplayFn> {
     let clusters = Arc::new(config.kafka.clone());
     let bctx = bctx.clone();
-    Some(Arc::new(move |cluster: String, body: serde_json::Value| {
-        let (clusters, bctx) = (clusters.clone(), bctx.clone());
-        Box::pin(async move {
-            let cfg = clusters
-                .iter()
-                .find(|c| c.name == cluster)
-                .ok_or((404, format!("no Kafka cluster named {cluster:?}")))?;
-            let req: meshgate_kafka::ReplayRequest =
-                serde_json::from_value(body).map_err(|e| (400, format!("invalid request: {e}")))?;
-            let report = meshgate_kafka::replay(&bctx, cfg, req)
-                .await
-                .map_err(|e| (502, e))?;
-            Ok(serde_json::to_value(report).unwrap_or_default())
-        })
-    }))
+    Some(Arc::new(
+        move |cluster: String, req: meshgate_api::ReplayRequest| {
+            let (clusters, bctx) = (clusters.clone(), bctx.clone());
+            Box::pin(async move {
+                let cfg = clusters
+                    .iter()
+                    .find(|c| c.name == cluster)
+                    .ok_or((404, format!("no Kafka cluster named {cluster:?}")))?;
+                meshgate_kafka::replay(&bctx, cfg, req)
+                    .await
+                    .map_err(|e| (502, e))
+            })
+        },
+    ))
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -463,7 +467,7 @@ struct CatalogAdmin {
 }
 
 impl meshgate_http::CatalogApi for CatalogAdmin {
-    fn view(&self) -> serde_json::Value {
+    fn view(&self) -> meshgate_api::CatalogView {
         let produced = self
             .chargeback
             .as_ref()
@@ -472,13 +476,13 @@ impl meshgate_http::CatalogApi for CatalogAdmin {
         self.governance.view(&self.broker.interest(), &produced)
     }
 
-    fn reload(&self) -> Result<serde_json::Value, serde_json::Value> {
+    fn reload(&self) -> Result<meshgate_api::ReloadOk, meshgate_api::ReloadRefused> {
         match self.governance.reload() {
-            Ok(version) => Ok(serde_json::json!({ "version": version })),
-            Err(problems) => Err(serde_json::json!({
-                "error": "specs refused; the previous catalog stays in force",
-                "problems": problems,
-            })),
+            Ok(version) => Ok(meshgate_api::ReloadOk { version }),
+            Err(problems) => Err(meshgate_api::ReloadRefused {
+                error: "specs refused; the previous catalog stays in force".into(),
+                problems,
+            }),
         }
     }
 }
@@ -487,11 +491,7 @@ impl meshgate_http::CatalogApi for CatalogAdmin {
 struct ChargebackAdmin(Arc<chargeback::Chargeback>);
 
 impl meshgate_http::ChargebackApi for ChargebackAdmin {
-    fn rows(&self, from: Option<u64>, to: Option<u64>) -> serde_json::Value {
+    fn rows(&self, from: Option<u64>, to: Option<u64>) -> meshgate_api::ChargebackView {
         self.0.rows(from, to)
-    }
-
-    fn csv(&self, rows: &serde_json::Value) -> String {
-        chargeback::csv(rows)
     }
 }
