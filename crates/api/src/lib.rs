@@ -25,7 +25,7 @@ pub use catalog::{
 };
 pub use chargeback::{ChargebackRow, ChargebackView, csv_field};
 pub use mesh::{DialView, LinkState, LinkView, MeshDrops, MeshView, RegistryNodeView};
-pub use node::NodeInfo;
+pub use node::{NodeInfo, PublishAnswer};
 pub use replay::{ReplayReport, ReplayRequest};
 
 use serde::{Deserialize, Serialize};

@@ -19,3 +19,17 @@ pub struct NodeInfo {
     /// Retained events.
     pub retained: u64,
 }
+
+/// The answer to `POST /v1/publish/{topic}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PublishAnswer {
+    /// The event id the node minted.
+    pub id: String,
+    /// Local subscribers (mailboxes) it reached.
+    pub routed: u64,
+    /// Remote nodes it was sent towards (one copy per next-hop link carries them).
+    pub remote: u64,
+    /// `direct` or `guaranteed`.
+    pub delivery: String,
+}

@@ -430,7 +430,9 @@ mod tests {
         assert_eq!(topics(&got), ["t/3", "t/4"]);
     }
 
-    #[tokio::test]
+    // A paused clock: the sleep below ends only once every task is idle, that is once the
+    // reader waits in `recv_many`.
+    #[tokio::test(start_paused = true)]
     async fn a_waiting_receiver_wakes_for_a_batch_and_learns_the_end() {
         let mb = Mailbox::new(SessionId(1), 100);
         let mut rx = mb.attach().await;
@@ -442,6 +444,7 @@ mod tests {
                 .collect::<Vec<_>>()
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!reader.is_finished(), "the reader waits");
         mb.offer_all((0..3).map(|n| delivery(n, 0, 0)), |_, _| panic!("refused"));
         assert!(mb.offer(delivery(3, 0, 0)).is_ok());
         // The receiver takes what is queued, then the end when the mailbox is dropped.

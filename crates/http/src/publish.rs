@@ -6,10 +6,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use meshgate_api::PublishAnswer;
 use meshgate_broker::PublishError;
 use meshgate_proto::{DeliveryClass, Envelope, Header};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::{HttpState, error};
 
@@ -104,11 +104,13 @@ pub(crate) async fn publish(
                 );
             }
             let delivery = if guaranteed { "guaranteed" } else { "direct" };
-            (
-                StatusCode::OK,
-                Json(json!({ "id": r.id.to_string(), "routed": r.routed, "delivery": delivery })),
-            )
-                .into_response()
+            let answer = PublishAnswer {
+                id: r.id.to_string(),
+                routed: r.routed as u64,
+                remote: r.remote as u64,
+                delivery: delivery.to_string(),
+            };
+            (StatusCode::OK, Json(answer)).into_response()
         }
         Err(e @ PublishError::QuotaExceeded { .. }) => error(StatusCode::INSUFFICIENT_STORAGE, e),
         Err(e @ PublishError::StoreFailed(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),

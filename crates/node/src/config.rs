@@ -644,6 +644,35 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/meshgate.toml");
         let c = Config::load(Some(&p), &Overrides::default()).unwrap();
         assert_eq!(c, Config::default());
+        // And it names every key: equal values alone cannot catch a key left out of the file
+        // (it would load as its default). Keys without a default (`None`) cannot be written in
+        // TOML: the file shows them commented out.
+        let text = std::fs::read_to_string(&p).unwrap();
+        let written: serde_json::Value = figment::Figment::from(figment::providers::Toml::file(&p))
+            .extract()
+            .unwrap();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        let commented = |line: &str| text.lines().any(|l| l.trim_start().starts_with(line));
+        for (section, keys) in defaults.as_object().unwrap() {
+            // `[[kafka]]` and `[[amqp]]` are lists of tables, documented by their own examples.
+            let Some(keys) = keys.as_object() else {
+                continue;
+            };
+            for (key, value) in keys {
+                let present = written[section].get(key).is_some()
+                    || (value.is_null() && commented(&format!("# {key} =")))
+                    || (value.as_array().is_some_and(Vec::is_empty)
+                        && commented(&format!("# [[{section}.{key}]]")));
+                if !present {
+                    missing.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "config/meshgate.toml does not name {missing:?}"
+        );
     }
 
     #[test]
