@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use meshgate_broker::{Broker, Delivery, JournalCursor, SubOptions};
+use meshgate_broker::{Broker, Delivery, JournalCursor, MailboxReceiver, SubOptions};
 use meshgate_proto::Envelope;
 use meshgate_store::Journal;
 use meshgate_topic::Filter;
@@ -109,13 +109,13 @@ pub async fn run_sink<T: SinkTarget>(
     broker: Broker,
     spec: SinkSpec,
     status: Arc<BridgeStatus>,
-    mut target: T,
-    mut shutdown: watch::Receiver<bool>,
+    target: T,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mb = broker.new_mailbox(spec.mailbox);
     mb.set_app(Some(spec.app_id.as_str().into()));
     mb.set_persistent(true);
-    let mut cursor = spec.journal.map(|j| {
+    let cursor = spec.journal.clone().map(|j| {
         mb.set_journal(j.clone());
         status.set_journal(j.clone());
         JournalCursor::new(j, 0)
@@ -126,150 +126,215 @@ pub async fn run_sink<T: SinkTarget>(
         ..Default::default()
     };
     broker.subscribe(&mb, &spec.filter, None, qos1);
-
-    let batch_max = spec.batch.max(1);
-    let mut out: VecDeque<Delivery> = VecDeque::new();
-    let mut received: Vec<Delivery> = Vec::new();
-    let mut flight: VecDeque<Batch<T::Pending>> = VecDeque::new();
-    let mut released = cursor.as_ref().map_or(0, |c| c.next().saturating_sub(1));
-    let mut upto = released;
-    let mut last_release = Instant::now();
-    let mut backoff = Backoff::default();
-    let take = |d: Delivery, cursor: &mut Option<JournalCursor>, out: &mut VecDeque<Delivery>| {
-        match cursor.as_mut() {
-            Some(c) if d.seq != 0 => c.take(d, out, batch_max),
-            _ => out.push_back(d),
-        }
+    let released = cursor.as_ref().map_or(0, |c| c.next().saturating_sub(1));
+    let mut d = Driver {
+        batch_max: spec.batch.max(1),
+        spec: &spec,
+        status: &status,
+        target,
+        shutdown,
+        cursor,
+        out: VecDeque::new(),
+        received: Vec::new(),
+        flight: VecDeque::new(),
+        released,
+        upto: released,
+        last_release: Instant::now(),
+        backoff: Backoff::default(),
     };
-    'run: loop {
-        // What the journal holds beyond the mailbox (a restart, an overflow) comes first.
-        if out.is_empty()
-            && rx.is_empty()
-            && let Some(c) = cursor.as_mut()
-            && c.has_more()
-        {
-            c.read(batch_max, &mut out);
+    while d.step(&mut rx).await.is_ok() {}
+    // Written and acknowledged: released. The rest stays in the journal for the next start.
+    d.release(true);
+    broker.unsubscribe(mb.id(), &spec.filter, None);
+    broker.end_session(mb.id());
+    mb.detach(rx);
+    status.stopped();
+}
+
+/// The node stops (or the sink's mailbox ended): the driver's loop ends.
+struct Stop;
+
+/// The state of a running sink: what waits to be submitted, the batches in flight, and how far
+/// its journal is acknowledged and released.
+struct Driver<'a, T: SinkTarget> {
+    batch_max: usize,
+    spec: &'a SinkSpec,
+    status: &'a BridgeStatus,
+    target: T,
+    shutdown: watch::Receiver<bool>,
+    cursor: Option<JournalCursor>,
+    /// Deliveries taken and not submitted yet, in journal order.
+    out: VecDeque<Delivery>,
+    /// Reused buffer of one take from the mailbox.
+    received: Vec<Delivery>,
+    flight: VecDeque<Batch<T::Pending>>,
+    /// The journal is released up to here.
+    released: u64,
+    /// The broker acknowledged everything up to here.
+    upto: u64,
+    last_release: Instant,
+    backoff: Backoff,
+}
+
+impl<T: SinkTarget> Driver<'_, T> {
+    /// One turn: take what waits, then submit a batch or wait for the oldest in flight.
+    async fn step(&mut self, rx: &mut MailboxReceiver) -> Result<(), Stop> {
+        self.fill(rx);
+        if self.out.is_empty() && self.flight.is_empty() {
+            return self.idle(rx).await;
         }
-        if out.len() < batch_max {
-            received.clear();
-            rx.try_recv_many(&mut received, batch_max - out.len());
-            for d in received.drain(..) {
-                take(d, &mut cursor, &mut out);
-            }
-        }
-        if out.is_empty() && flight.is_empty() {
-            if upto > released && last_release.elapsed() >= RELEASE_EVERY {
-                release(&cursor, &mut released, upto, &mut last_release);
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break 'run,
-                d = rx.recv() => match d {
-                    Some(d) => take(d, &mut cursor, &mut out),
-                    None => break 'run,
-                },
-                _ = tokio::time::sleep(RELEASE_EVERY) => {}
-            }
-            continue;
-        }
-        // Submit the next batch while there is room in flight.
-        if !out.is_empty() && flight.len() < IN_FLIGHT {
-            let n = out.len().min(batch_max);
-            let mut batch = Batch {
-                events: Vec::with_capacity(n),
-                last_seq: 0,
-                pending: None,
-            };
-            for d in out.drain(..n) {
-                batch.last_seq = batch.last_seq.max(d.seq);
-                if origin::is_from(&d.event, spec.protocol, &spec.member) {
-                    status.skipped_loop.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    batch.events.push(d.event);
-                }
-            }
-            status.consumed.fetch_add(n as u64, Ordering::Relaxed);
-            flight.push_back(batch);
-            let i = flight.len() - 1;
-            if !flight[i].events.is_empty() {
-                let r = tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => break 'run,
-                    r = target.submit(&flight[i].events) => r,
-                };
-                match r {
-                    Ok(p) => flight[i].pending = Some(p),
-                    Err(e) => {
-                        if !retry(
-                            &mut target,
-                            &mut flight,
-                            &status,
-                            &mut backoff,
-                            &mut shutdown,
-                            e,
-                        )
-                        .await
-                        {
-                            break 'run;
-                        }
-                    }
-                }
-            }
-            if flight.len() < IN_FLIGHT && (!out.is_empty() || !rx.is_empty()) {
-                continue;
+        if !self.out.is_empty() && self.flight.len() < IN_FLIGHT {
+            self.submit_next().await?;
+            if self.flight.len() < IN_FLIGHT && (!self.out.is_empty() || !rx.is_empty()) {
+                return Ok(());
             }
         }
         // Full, or nothing more to submit: wait for the oldest batch.
-        let Some(mut oldest) = flight.pop_front() else {
-            continue;
+        self.wait_oldest().await
+    }
+
+    /// Takes what the journal holds beyond the mailbox (a restart, an overflow) first, then
+    /// what the mailbox holds, up to a batch.
+    fn fill(&mut self, rx: &mut MailboxReceiver) {
+        if self.out.is_empty()
+            && rx.is_empty()
+            && let Some(c) = self.cursor.as_mut()
+            && c.has_more()
+        {
+            c.read(self.batch_max, &mut self.out);
+        }
+        if self.out.len() < self.batch_max {
+            let mut received = std::mem::take(&mut self.received);
+            rx.try_recv_many(&mut received, self.batch_max - self.out.len());
+            for d in received.drain(..) {
+                self.take(d);
+            }
+            self.received = received;
+        }
+    }
+
+    /// A delivery from the mailbox: journaled ones in journal order (see
+    /// [`JournalCursor::take`]).
+    fn take(&mut self, d: Delivery) {
+        match self.cursor.as_mut() {
+            Some(c) if d.seq != 0 => c.take(d, &mut self.out, self.batch_max),
+            _ => self.out.push_back(d),
+        }
+    }
+
+    /// Nothing to do: releases what is due and waits for a delivery (or the next release).
+    async fn idle(&mut self, rx: &mut MailboxReceiver) -> Result<(), Stop> {
+        self.release(false);
+        tokio::select! {
+            biased;
+            _ = self.shutdown.changed() => Err(Stop),
+            d = rx.recv() => match d {
+                Some(d) => {
+                    self.take(d);
+                    Ok(())
+                }
+                None => Err(Stop),
+            },
+            _ = tokio::time::sleep(RELEASE_EVERY) => Ok(()),
+        }
+    }
+
+    /// Submits the next batch (events that came from the sink's own member are skipped).
+    async fn submit_next(&mut self) -> Result<(), Stop> {
+        let n = self.out.len().min(self.batch_max);
+        let mut batch = Batch {
+            events: Vec::with_capacity(n),
+            last_seq: 0,
+            pending: None,
+        };
+        for d in self.out.drain(..n) {
+            batch.last_seq = batch.last_seq.max(d.seq);
+            if origin::is_from(&d.event, self.spec.protocol, &self.spec.member) {
+                self.status.skipped_loop.fetch_add(1, Ordering::Relaxed);
+            } else {
+                batch.events.push(d.event);
+            }
+        }
+        self.status.consumed.fetch_add(n as u64, Ordering::Relaxed);
+        self.flight.push_back(batch);
+        let i = self.flight.len() - 1;
+        if self.flight[i].events.is_empty() {
+            return Ok(());
+        }
+        let r = tokio::select! {
+            biased;
+            _ = self.shutdown.changed() => return Err(Stop),
+            r = self.target.submit(&self.flight[i].events) => r,
+        };
+        match r {
+            Ok(p) => {
+                self.flight[i].pending = Some(p);
+                Ok(())
+            }
+            Err(e) => self.retry(e).await,
+        }
+    }
+
+    /// Waits for the broker to acknowledge the oldest batch in flight.
+    async fn wait_oldest(&mut self) -> Result<(), Stop> {
+        let Some(mut oldest) = self.flight.pop_front() else {
+            return Ok(());
         };
         let r = match oldest.pending.take() {
             None => Ok(()),
             Some(p) => tokio::select! {
                 biased;
-                _ = shutdown.changed() => break 'run,
-                r = target.wait(p) => r,
+                _ = self.shutdown.changed() => return Err(Stop),
+                r = self.target.wait(p) => r,
             },
         };
         match r {
             Ok(()) => {
                 if !oldest.events.is_empty() {
-                    status.up();
-                    backoff.reset();
-                    status
+                    self.status.up();
+                    self.backoff.reset();
+                    self.status
                         .forwarded
                         .fetch_add(oldest.events.len() as u64, Ordering::Relaxed);
                 }
-                upto = upto.max(oldest.last_seq);
-                if upto > released && last_release.elapsed() >= RELEASE_EVERY {
-                    release(&cursor, &mut released, upto, &mut last_release);
-                }
+                self.upto = self.upto.max(oldest.last_seq);
+                self.release(false);
+                Ok(())
             }
             Err(e) => {
-                flight.push_front(oldest);
-                if !retry(
-                    &mut target,
-                    &mut flight,
-                    &status,
-                    &mut backoff,
-                    &mut shutdown,
-                    e,
-                )
-                .await
-                {
-                    break 'run;
-                }
+                self.flight.push_front(oldest);
+                self.retry(e).await
             }
         }
     }
-    // Written and acknowledged: released. The rest stays in the journal for the next start.
-    if upto > released {
-        release(&cursor, &mut released, upto, &mut last_release);
+
+    /// Every batch in flight written again after a failure (see [`retry`]).
+    async fn retry(&mut self, e: SinkError) -> Result<(), Stop> {
+        let ok = retry(
+            &mut self.target,
+            &mut self.flight,
+            self.status,
+            &mut self.backoff,
+            &mut self.shutdown,
+            e,
+        )
+        .await;
+        if ok { Ok(()) } else { Err(Stop) }
     }
-    broker.unsubscribe(mb.id(), &spec.filter, None);
-    broker.end_session(mb.id());
-    mb.detach(rx);
-    status.stopped();
+
+    /// Releases the journal up to what the broker acknowledged: at most once per
+    /// [`RELEASE_EVERY`] (each release costs fsyncs), or now with `force`.
+    fn release(&mut self, force: bool) {
+        if self.upto <= self.released || !(force || self.last_release.elapsed() >= RELEASE_EVERY) {
+            return;
+        }
+        release(
+            &self.cursor,
+            &mut self.released,
+            self.upto,
+            &mut self.last_release,
+        );
+    }
 }
 
 /// After a failed submit or wait: backs off, resets the target and submits every batch in
