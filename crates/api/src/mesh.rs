@@ -77,8 +77,16 @@ pub struct LinkView {
     /// Local subscriber copies made here from events received on this link: what a bridge
     /// per subscriber would have carried across it.
     pub rx_fanout_copies: u64,
-    /// Direct events dropped for this link.
+    /// Direct events dropped for this link: its queue at the hard limit, or the link declared
+    /// slow (its peer took nothing while publishers waited).
     pub dropped: u64,
+    /// Direct events queued for the link now.
+    pub queued_events: u64,
+    /// Times a publisher found the link's queue above its high watermark and waited for it.
+    pub congested: u64,
+    /// Times the link was declared slow (publishers stopped waiting for it; new direct events
+    /// for it were dropped until its queue drained).
+    pub slow: u64,
     /// Control (gossip, pings) bytes sent.
     pub tx_control_bytes: u64,
     /// Control bytes received.

@@ -118,9 +118,15 @@ impl Ingress {
         }
     }
 
-    /// Resolves once everything published so far is stored durably. Also brings the
-    /// source's `forwarded` and `unrouted` counters up to date.
+    /// Resolves once everything published so far is stored durably, and the subscribers it
+    /// congested have room again (flow control: a source pauses consuming while they do not;
+    /// see meshgate_broker::flow). Also brings the source's `forwarded` and `unrouted`
+    /// counters up to date.
     pub async fn durable(&mut self) {
+        if self.publisher.is_congested() {
+            let stall = self.broker.config().stall;
+            self.publisher.wait_for_room(stall).await;
+        }
         self.publisher.flush(&self.broker);
         self.clock_set = false;
         let forwarded = std::mem::take(&mut self.forwarded);

@@ -7,6 +7,7 @@
 //! bounded in-memory queue that the owning connection drains and writes in batches.
 
 mod cursor;
+pub mod flow;
 mod mailbox;
 mod meter;
 mod policy;

@@ -10,6 +10,8 @@ use meshgate_store::Journal;
 use prost::Message;
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
+use crate::flow::{Admit, Limits, Refusal as FlowRefusal, Valve};
+
 /// Identifies a session (an MQTT session, an SSE stream) inside one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
@@ -31,6 +33,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// What this delivery counts for against a queue's byte limit: the shared event's payload
+    /// and topic plus the delivery's own bookkeeping.
+    pub fn size(&self) -> u64 {
+        (self.event.payload.len() + self.event.topic.len() + DELIVERY_OVERHEAD) as u64
+    }
+
     /// The journal record of a delivery: `[qos u8][retain u8][sub_id u32 LE, 0 = none]` and the
     /// envelope's protobuf encoding.
     pub fn encode(&self) -> Vec<u8> {
@@ -69,6 +77,10 @@ impl Delivery {
     }
 }
 
+/// Bytes a delivery counts for beyond its payload and topic (the delivery, the envelope's other
+/// fields, the queue slot).
+const DELIVERY_OVERHEAD: usize = 160;
+
 /// The queue of one session. It outlives connections: a persistent MQTT session keeps its mailbox
 /// (and what queued up in it) while its client is away.
 #[derive(Debug)]
@@ -94,7 +106,8 @@ pub struct Mailbox {
 #[derive(Debug)]
 struct Queue {
     items: parking_lot::Mutex<VecDeque<Delivery>>,
-    capacity: usize,
+    /// The queue's flow control: its limits, its consumer's progress (see crate::flow).
+    valve: Arc<Valve>,
     /// Wakes the receiver: deliveries arrived, or the mailbox ended.
     ready: Notify,
     /// The mailbox was dropped: the receiver gets what is left, then the end.
@@ -129,24 +142,59 @@ impl Receiver {
 
     /// Waits for deliveries and appends up to `limit` of them to `out`; returns how many (0 only
     /// once the mailbox ended and everything queued was taken). Cancel safe.
+    ///
+    /// Also returns 0 when the consumer was declared slow under the disconnect policy
+    /// ([`Receiver::is_cut`]): the connection should close.
     pub async fn recv_many(&mut self, out: &mut Vec<Delivery>, limit: usize) -> usize {
         loop {
             let ready = self.queue.ready.notified();
             tokio::pin!(ready);
             // Registered before looking, so a delivery queued after the look wakes it.
             ready.as_mut().enable();
+            let cut = self.queue.valve.cut_signal();
+            tokio::pin!(cut);
+            cut.as_mut().enable();
+            if self.queue.valve.is_cut() {
+                return 0;
+            }
             let n = self.queue.take(&mut self.spare, out, limit);
             if n > 0 || limit == 0 || self.queue.ended.load(Ordering::Acquire) {
                 return n;
             }
-            ready.await;
+            tokio::select! {
+                _ = ready => {}
+                _ = cut => {}
+            }
+        }
+    }
+
+    /// Whether the consumer was declared slow and is to be disconnected.
+    pub fn is_cut(&self) -> bool {
+        self.queue.valve.is_cut()
+    }
+
+    /// Resolves once the consumer is declared slow and is to be disconnected (at once if it
+    /// is). Cancel safe.
+    pub async fn cut(&self) {
+        loop {
+            let signal = self.queue.valve.cut_signal();
+            tokio::pin!(signal);
+            signal.as_mut().enable();
+            if self.queue.valve.is_cut() {
+                return;
+            }
+            signal.await;
         }
     }
 
     /// The next delivery, without waiting.
     pub fn try_recv(&mut self) -> Result<Delivery, TryRecvError> {
-        match self.queue.items.lock().pop_front() {
-            Some(d) => Ok(d),
+        let d = self.queue.items.lock().pop_front();
+        match d {
+            Some(d) => {
+                self.queue.valve.took(1, d.size());
+                Ok(d)
+            }
             None if self.queue.ended.load(Ordering::Acquire) => Err(TryRecvError::Ended),
             None => Err(TryRecvError::Empty),
         }
@@ -176,14 +224,18 @@ impl Queue {
         if n == 0 {
             return 0;
         }
+        let mut bytes = 0;
         if n < items.len() {
-            out.extend(items.drain(..n));
+            out.extend(items.drain(..n).inspect(|d| bytes += d.size()));
+            drop(items);
+            self.valve.took(n, bytes);
             return n;
         }
         // All of them: swap, and move them out after the lock is released.
         std::mem::swap(&mut *items, spare);
         drop(items);
-        out.extend(spare.drain(..));
+        out.extend(spare.drain(..).inspect(|d| bytes += d.size()));
+        self.valve.took(n, bytes);
         if spare.capacity() > SHRINK_ABOVE {
             // A burst is over: give its memory back.
             spare.shrink_to(SHRINK_ABOVE);
@@ -201,18 +253,29 @@ pub type MailboxReceiver = OwnedMutexGuard<Receiver>;
 /// Why a delivery did not enter a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
-    /// Queue at capacity: a slow consumer.
+    /// At the hard limit (twice the high watermark), or offline at the high watermark.
     Full,
+    /// The consumer is declared slow: dropped under its policy.
+    Slow,
     /// Session offline and the event is not queued for offline sessions.
     Offline,
 }
 
+/// A delivery entered a mailbox; `congested` when the publisher should wait for room before it
+/// publishes more (see crate::flow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Queued {
+    pub congested: bool,
+}
+
 impl Mailbox {
-    /// A mailbox holding at most `capacity` undelivered events.
-    pub fn new(id: SessionId, capacity: usize) -> Arc<Self> {
+    /// A mailbox whose publishers wait above `limits` (see crate::flow).
+    pub fn new(id: SessionId, limits: impl Into<Limits>) -> Arc<Self> {
+        let valve = Valve::new(limits.into());
+        valve.set_online(false);
         let queue = Arc::new(Queue {
             items: parking_lot::Mutex::new(VecDeque::new()),
-            capacity: capacity.max(1),
+            valve,
             ready: Notify::new(),
             ended: AtomicBool::new(false),
         });
@@ -240,13 +303,20 @@ impl Mailbox {
     pub async fn attach(&self) -> MailboxReceiver {
         let rx = self.rx.clone().lock_owned().await;
         self.online.store(true, Ordering::Release);
+        self.queue.valve.set_online(true);
         rx
     }
 
     /// Marks the session offline (its connection ended). Pass the receiver back by dropping it.
     pub fn detach(&self, rx: MailboxReceiver) {
         self.online.store(false, Ordering::Release);
+        self.queue.valve.set_online(false);
         drop(rx);
+    }
+
+    /// The mailbox's flow control.
+    pub fn valve(&self) -> &Arc<Valve> {
+        &self.queue.valve
     }
 
     /// Sets the app id of the session (once; later calls are ignored).
@@ -281,56 +351,79 @@ impl Mailbox {
         self.journal.get()
     }
 
-    /// Events refused because the queue was full, since the mailbox was made.
+    /// Events dropped for this session since the mailbox was made: refused at the hard limit
+    /// or for a slow consumer (what its journal keeps is not dropped).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.load(Ordering::Relaxed) + self.queue.valve.dropped_slow()
     }
 
     /// Queues a delivery without waiting.
-    pub(crate) fn offer(&self, d: Delivery) -> Result<(), Refused> {
+    pub(crate) fn offer(&self, d: Delivery) -> Result<Queued, Refused> {
         if !self.takes(&d) {
             return Err(Refused::Offline);
         }
         let mut items = self.queue.items.lock();
-        if items.len() >= self.queue.capacity {
-            drop(items);
-            // A journaled delivery is not lost: the session reads it back from its journal.
-            if d.seq == 0 {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            return Err(Refused::Full);
+        let r = self.admit(&d);
+        if r.is_ok() {
+            items.push_back(d);
         }
-        items.push_back(d);
         drop(items);
-        self.queue.ready.notify_one();
-        Ok(())
+        if r.is_ok() {
+            self.queue.ready.notify_one();
+        }
+        r
     }
 
     /// [`Mailbox::offer`] for each delivery of `ds` in order, with one lock and one wake-up;
-    /// calls `refused` for each one that did not enter.
+    /// calls `refused` for each one that did not enter. Whether any that entered congested the
+    /// mailbox.
     pub(crate) fn offer_all(
         &self,
         ds: impl IntoIterator<Item = Delivery>,
         mut refused: impl FnMut(Delivery, Refused),
-    ) {
+    ) -> Queued {
         let mut queued = false;
+        let mut congested = false;
         let mut items = self.queue.items.lock();
         for d in ds {
             if !self.takes(&d) {
                 refused(d, Refused::Offline);
-            } else if items.len() >= self.queue.capacity {
-                if d.seq == 0 {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match self.admit(&d) {
+                Ok(q) => {
+                    congested |= q.congested;
+                    items.push_back(d);
+                    queued = true;
                 }
-                refused(d, Refused::Full);
-            } else {
-                items.push_back(d);
-                queued = true;
+                Err(why) => refused(d, why),
             }
         }
         drop(items);
         if queued {
             self.queue.ready.notify_one();
+        }
+        Queued { congested }
+    }
+
+    /// Counts `d` into the queue's valve, or says why not (called with the queue locked). A
+    /// journaled delivery never makes its publisher wait: beyond the high watermark it stays in
+    /// the journal, which the session reads back when it has room, and is not lost.
+    fn admit(&self, d: &Delivery) -> Result<Queued, Refused> {
+        let valve = &self.queue.valve;
+        if d.seq != 0 {
+            if valve.events() >= valve.limits().events || !valve.force(d.size()) {
+                return Err(Refused::Full);
+            }
+            return Ok(Queued { congested: false });
+        }
+        match valve.admit(d.size()) {
+            Admit::Taken { congested } => Ok(Queued { congested }),
+            Admit::Refused(FlowRefusal::Full) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(Refused::Full)
+            }
+            Admit::Refused(FlowRefusal::Slow) => Err(Refused::Slow),
         }
     }
 
@@ -341,11 +434,12 @@ impl Mailbox {
             || (d.qos > 0 && self.persistent.load(Ordering::Acquire))
     }
 
-    /// Queues a delivery that must not be refused for being offline (retained messages sent on
-    /// subscribe, the session's own redelivery).
+    /// Queues a delivery that must not be refused for being offline or making a publisher wait
+    /// (retained messages sent on subscribe, the session's own redelivery); false only at the
+    /// hard limit.
     pub fn push(&self, d: Delivery) -> bool {
         let mut items = self.queue.items.lock();
-        if items.len() >= self.queue.capacity {
+        if !self.queue.valve.force(d.size()) {
             drop(items);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -389,24 +483,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_queues_in_order_up_to_capacity_and_reports_the_rest() {
+    async fn a_batch_queues_in_order_and_asks_its_publisher_to_wait_above_the_high_watermark() {
         let mb = Mailbox::new(SessionId(1), 3);
         let mut rx = mb.attach().await;
         let mut refused = Vec::new();
         let batch = (0..5).map(|n| delivery(n, 1, if n == 4 { 9 } else { 0 }));
-        mb.offer_all(batch, |d, why| refused.push((d.event.topic.clone(), why)));
-        assert_eq!(
-            refused,
-            vec![("t/3".into(), Refused::Full), ("t/4".into(), Refused::Full)]
-        );
-        // Only the delivery that is in no journal counts as dropped.
+        let q = mb.offer_all(batch, |d, why| refused.push((d.event.topic.clone(), why)));
+        // t/3 is above the high watermark of 3: taken, and the publisher should wait. The
+        // journaled t/4 stays in its journal (not dropped) rather than making anyone wait.
+        assert!(q.congested);
+        assert_eq!(refused, vec![("t/4".into(), Refused::Full)]);
+        assert_eq!(mb.dropped(), 0);
+        // Up to twice the high watermark, then refused (and counted).
+        for n in 5..7 {
+            assert_eq!(mb.offer(delivery(n, 0, 0)), Ok(Queued { congested: true }));
+        }
+        assert_eq!(mb.offer(delivery(7, 0, 0)), Err(Refused::Full));
         assert_eq!(mb.dropped(), 1);
         let mut got = Vec::new();
         assert_eq!(rx.try_recv_many(&mut got, 2), 2);
-        assert_eq!(rx.try_recv_many(&mut got, 10), 1);
-        assert_eq!(topics(&got), ["t/0", "t/1", "t/2"]);
+        assert_eq!(rx.try_recv_many(&mut got, 10), 4);
+        assert_eq!(topics(&got), ["t/0", "t/1", "t/2", "t/3", "t/5", "t/6"]);
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
-        assert!(mb.offer(delivery(5, 0, 0)).is_ok(), "room again");
+        assert!(mb.valve().has_room(), "room again");
+        assert_eq!(mb.offer(delivery(8, 0, 0)), Ok(Queued { congested: false }));
     }
 
     #[tokio::test]

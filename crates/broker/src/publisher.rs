@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use meshgate_topic::MatchCache;
 
+use crate::flow::Congestion;
 use crate::mailbox::{Delivery, Mailbox, Refused, SessionId};
 use crate::meter::LocalMeter;
 use crate::router::{Broker, RemoteDest, Target};
@@ -41,6 +42,13 @@ pub struct Publisher {
     /// Reused buffer of the journal records of held deliveries, and each record's span in it.
     pub(crate) scratch: Vec<u8>,
     pub(crate) spans: Vec<std::ops::Range<usize>>,
+    /// The congested queues this publisher filled since it last waited (see crate::flow).
+    pub(crate) congestion: Congestion,
+    /// `meshgate_publisher_stalls_total{protocol}` and the seconds stalled.
+    stalls: metrics::Counter,
+    stalled_seconds: metrics::Counter,
+    /// `meshgate_slow_consumers_total{protocol}`: consumers this publisher found stalled.
+    slow_consumers: metrics::Counter,
 }
 
 impl Publisher {
@@ -54,6 +62,32 @@ impl Publisher {
         if let Some(m) = broker.shared.meter.get() {
             self.meter.flush(&**m);
         }
+        let c = &mut self.congestion;
+        if c.stalls > 0 {
+            self.stalls.increment(std::mem::take(&mut c.stalls));
+            let secs = std::mem::take(&mut c.stalled).as_secs_f64();
+            self.stalled_seconds.increment((secs * 1e6) as u64);
+        }
+        if c.slow > 0 {
+            self.slow_consumers.increment(std::mem::take(&mut c.slow));
+        }
+    }
+
+    /// Whether this publisher filled a queue above its high watermark and should wait
+    /// ([`Publisher::wait_for_room`]) before it publishes more.
+    pub fn is_congested(&self) -> bool {
+        self.congestion.is_congested()
+    }
+
+    /// Waits until every queue this publisher filled above its high watermark has room again,
+    /// or its consumer took nothing for `stall` (then it is declared slow). Cancel safe.
+    pub async fn wait_for_room(&mut self, stall: std::time::Duration) {
+        self.congestion.wait(stall).await;
+    }
+
+    /// The congested queues this publisher filled (the mesh adds its links' here).
+    pub fn congestion(&mut self) -> &mut Congestion {
+        &mut self.congestion
     }
 
     /// Sets the time stamped on the events published until the next call: a front end that
@@ -109,6 +143,16 @@ impl Broker {
             held: Vec::new(),
             scratch: Vec::new(),
             spans: Vec::new(),
+            congestion: Congestion::default(),
+            stalls: metrics::counter!("meshgate_publisher_stalls_total", "protocol" => protocol),
+            stalled_seconds: metrics::counter!(
+                "meshgate_publisher_stalled_microseconds_total",
+                "protocol" => protocol
+            ),
+            slow_consumers: metrics::counter!(
+                "meshgate_slow_consumers_total",
+                "protocol" => protocol
+            ),
         }
     }
 
@@ -135,7 +179,13 @@ impl Broker {
                 .position(|(mb, _)| mb.id() != id)
                 .unwrap_or(held.len() - start);
             let run = &held[start..start + len];
-            ticket = ticket.max(store_run(run, &mut p.scratch, &mut p.spans, &mut p.tally));
+            ticket = ticket.max(store_run(
+                run,
+                &mut p.scratch,
+                &mut p.spans,
+                &mut p.tally,
+                &mut p.congestion,
+            ));
             start += len;
         }
         held.clear();
@@ -146,11 +196,21 @@ impl Broker {
 
 /// Queues `d` in `mailbox`; true if it entered the mailbox or, journaled (`seq` set), is read
 /// back from the session's journal when the session has room. Only a delivery that is in
-/// neither counts as dropped.
-pub(crate) fn queue(mailbox: &Mailbox, d: Delivery, tally: &mut LocalTally) -> bool {
+/// neither counts as dropped. A mailbox it congested is noted in `flow`.
+pub(crate) fn queue(
+    mailbox: &Mailbox,
+    d: Delivery,
+    tally: &mut LocalTally,
+    flow: &mut Congestion,
+) -> bool {
     let journaled = d.seq != 0;
     match mailbox.offer(d) {
-        Ok(()) => true,
+        Ok(q) => {
+            if q.congested {
+                flow.note(mailbox.valve());
+            }
+            true
+        }
         Err(why) => kept_when_refused(why, journaled, tally),
     }
 }
@@ -163,6 +223,11 @@ fn kept_when_refused(why: Refused, journaled: bool, tally: &mut LocalTally) -> b
         Refused::Full if journaled => true,
         Refused::Full => {
             tally.dropped_full += 1;
+            false
+        }
+        Refused::Slow if journaled => true,
+        Refused::Slow => {
+            tally.dropped_slow += 1;
             false
         }
         Refused::Offline => journaled,
@@ -181,6 +246,7 @@ fn store_run(
     scratch: &mut Vec<u8>,
     spans: &mut Vec<std::ops::Range<usize>>,
     tally: &mut LocalTally,
+    flow: &mut Congestion,
 ) -> u64 {
     let Some(journal) = run.first().and_then(|(mb, _)| mb.journal().cloned()) else {
         return 0;
@@ -204,17 +270,17 @@ fn store_run(
         rest = tail;
         if spans.is_empty() {
             // QoS 0 only: nothing to store.
-            queue_part(part, None, tally);
+            queue_part(part, None, tally, flow);
             continue;
         }
         let records: Vec<&[u8]> = spans.iter().map(|r| &scratch[r.clone()]).collect();
         match journal.append_batch_then(&records, |seqs| {
-            queue_part(part, Some(seqs.start), tally);
+            queue_part(part, Some(seqs.start), tally, flow);
         }) {
             Ok(((), _, t)) => ticket = ticket.max(t),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot store deliveries; kept in memory");
-                queue_part(part, None, tally);
+                queue_part(part, None, tally, flow);
             }
         }
     }
@@ -223,7 +289,12 @@ fn store_run(
 
 /// Queues the held deliveries of `part` in order, the QoS 1 ones numbered from `first` (their
 /// journal sequence numbers; `None`: not stored).
-fn queue_part(part: &[(Arc<Mailbox>, Delivery)], mut first: Option<u64>, tally: &mut LocalTally) {
+fn queue_part(
+    part: &[(Arc<Mailbox>, Delivery)],
+    mut first: Option<u64>,
+    tally: &mut LocalTally,
+    flow: &mut Congestion,
+) {
     let Some((mb, _)) = part.first() else { return };
     let numbered = part.iter().map(|(_, d)| {
         let mut d = d.clone();
@@ -235,7 +306,10 @@ fn queue_part(part: &[(Arc<Mailbox>, Delivery)], mut first: Option<u64>, tally: 
         }
         d
     });
-    mb.offer_all(numbered, |d, why| {
+    let q = mb.offer_all(numbered, |d, why| {
         kept_when_refused(why, d.seq != 0, tally);
     });
+    if q.congested {
+        flow.note(mb.valve());
+    }
 }

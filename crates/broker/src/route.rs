@@ -12,6 +12,7 @@ use std::sync::Arc;
 use meshgate_proto::Envelope;
 use meshgate_topic::{GroupMatch, MatchCache};
 
+use crate::flow::Congestion;
 use crate::mailbox::{Delivery, Mailbox, SessionId};
 use crate::meter::{LocalMeter, Metered};
 use crate::policy::Policy;
@@ -79,6 +80,41 @@ impl Broker {
             self.forward(p, event, &**mesh);
         }
         routed
+    }
+
+    /// Notes in `flow` every queue an event on `topic` would enter now that is congested (its
+    /// subscribers' mailboxes, the links towards its remote destinations): a publisher that can
+    /// be told to come back later (REST) waits for them before it publishes, instead of after.
+    pub fn congested_for(&self, topic: &str, flow: &mut Congestion) {
+        let mut m = meshgate_topic::Matches::new();
+        let mut remote = Vec::new();
+        {
+            let trie = self.shared.trie.read();
+            trie.match_into(topic, &mut m);
+        }
+        let members = m.groups().flat_map(|g| g.members.iter());
+        for (_, t) in m.subscribers().iter().chain(members) {
+            match t {
+                Target::Local { mailbox, .. } => {
+                    if !mailbox.valve().has_room() {
+                        flow.note(mailbox.valve());
+                    }
+                }
+                Target::Remote { node } => {
+                    if !remote.iter().any(|d: &RemoteDest| d.node == *node) {
+                        remote.push(RemoteDest {
+                            node: node.clone(),
+                            groups: Vec::new(),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(mesh) = self.shared.mesh.get()
+            && !remote.is_empty()
+        {
+            mesh.congested_links(&remote, flow);
+        }
     }
 
     /// The publisher's match cache, made on first use; put it back after the match.
@@ -220,8 +256,7 @@ impl Broker {
         event: &Arc<Envelope>,
         qos: u8,
     ) -> bool {
-        let held = p.batched.then_some(&mut p.held);
-        if !deliver(mailbox, opts, event, qos, &mut p.tally, &mut p.ticket, held) {
+        if !deliver(mailbox, opts, event, qos, p) {
             return false;
         }
         if self.shared.meter.get().is_some() {
@@ -233,7 +268,7 @@ impl Broker {
     /// Hands the event to the mesh for the remote destinations in `p.remote` (once per
     /// publish), and meters each app's share of the links it leaves by.
     fn forward(&self, p: &mut Publisher, event: &Arc<Envelope>, mesh: &dyn MeshHook) {
-        let ticket = mesh.forward(event, &p.remote);
+        let ticket = mesh.forward(event, &p.remote, &mut p.congestion);
         p.ticket = p.ticket.max(ticket);
         p.tally.forwarded += 1;
         if self.shared.meter.get().is_none() {
@@ -335,8 +370,8 @@ fn delivered(meter: &mut LocalMeter, mailbox: &Mailbox, event: &Envelope) {
     );
 }
 
-/// Queues `event` for `mailbox`; true if it entered the mailbox or the session's journal. With
-/// `held` (a batched publisher), every delivery to a journaled session is held for
+/// Queues `event` for `mailbox`; true if it entered the mailbox or the session's journal. For a
+/// batched publisher, every delivery to a journaled session is held for
 /// [`Broker::flush_held`] instead (its QoS 0 ones too while it is online, so that the session's
 /// order holds), and counts as delivered.
 fn deliver(
@@ -344,9 +379,7 @@ fn deliver(
     opts: &SubOptions,
     event: &Arc<Envelope>,
     qos: u8,
-    tally: &mut crate::stats::LocalTally,
-    ticket: &mut u64,
-    held: Option<&mut Vec<(Arc<Mailbox>, Delivery)>>,
+    p: &mut Publisher,
 ) -> bool {
     let mut d = Delivery {
         event: event.clone(),
@@ -357,11 +390,8 @@ fn deliver(
     };
     // QoS 0 to an offline session is refused below as before (and so not counted): nothing of
     // it can be out of order.
-    if let Some(held) = held
-        && mailbox.journal().is_some()
-        && (qos > 0 || mailbox.is_online())
-    {
-        held.push((mailbox.clone(), d));
+    if p.batched && mailbox.journal().is_some() && (qos > 0 || mailbox.is_online()) {
+        p.held.push((mailbox.clone(), d));
         return true;
     }
     // A persistent session's QoS 1 delivery is stored before the publisher hears back.
@@ -371,10 +401,10 @@ fn deliver(
         match journal.append(&d.encode()) {
             Ok((seq, t)) => {
                 d.seq = seq;
-                *ticket = (*ticket).max(t);
+                p.ticket = p.ticket.max(t);
             }
             Err(e) => tracing::warn!(error = %e, "cannot store a delivery; kept in memory"),
         }
     }
-    queue(mailbox, d, tally)
+    queue(mailbox, d, &mut p.tally, &mut p.congestion)
 }

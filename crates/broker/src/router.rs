@@ -10,6 +10,7 @@ use meshgate_topic::{Filter, MqttFilter, RetainTree, TopicError, Trie, validate_
 use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 
+use crate::flow::Congestion;
 use crate::mailbox::{Mailbox, SessionId};
 use crate::meter::{Meter, Metered};
 use crate::now_ms;
@@ -66,8 +67,14 @@ pub trait MeshHook: Send + Sync + 'static {
     fn interest(&self, filter: &Filter, group: Option<&str>, added: bool);
     /// Sends `event` towards remote destinations (called at most once per publish). A
     /// guaranteed event is stored for its next hops first; the result is the commit ticket that
-    /// makes it durable (0 = nothing to wait for).
-    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) -> u64;
+    /// makes it durable (0 = nothing to wait for). A link whose queue the event congested is
+    /// noted in `flow`: the publisher waits for it (see crate::flow).
+    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest], flow: &mut Congestion) -> u64;
+    /// Notes in `flow` the links towards `dests` whose queues are congested now (a publisher
+    /// that asks before it publishes: REST).
+    fn congested_links(&self, dests: &[RemoteDest], flow: &mut Congestion) {
+        let _ = (dests, flow);
+    }
     /// Index of the nearest of `candidates` (remote node names), rotating among equals by `rr`.
     fn nearest(&self, candidates: &[&str], rr: usize) -> Option<usize>;
     /// The peers of the links an event for `dests` leaves by, into `out` (for metering each
@@ -88,6 +95,9 @@ pub struct BrokerConfig {
     pub max_retained: usize,
     /// Match-cache slots per publishing connection.
     pub match_cache_slots: usize,
+    /// How long a publisher waits for a congested queue whose consumer takes nothing before
+    /// that consumer is declared slow (`flow.stall_ms`; see crate::flow).
+    pub stall: std::time::Duration,
 }
 
 impl Default for BrokerConfig {
@@ -97,6 +107,7 @@ impl Default for BrokerConfig {
             max_payload_bytes: 1024 * 1024,
             max_retained: 100_000,
             match_cache_slots: 256,
+            stall: std::time::Duration::from_millis(500),
         }
     }
 }
@@ -214,10 +225,11 @@ impl Broker {
         &self.shared.config
     }
 
-    /// Creates a mailbox for a new session holding up to `capacity` queued events.
-    pub fn new_mailbox(&self, capacity: usize) -> Arc<Mailbox> {
+    /// Creates a mailbox for a new session; its publishers wait above `limits` (events, or
+    /// events and bytes with a slow-consumer policy; see crate::flow).
+    pub fn new_mailbox(&self, limits: impl Into<crate::flow::Limits>) -> Arc<Mailbox> {
         let id = SessionId(self.shared.next_session.fetch_add(1, Ordering::Relaxed));
-        let mb = Mailbox::new(id, capacity);
+        let mb = Mailbox::new(id, limits);
         self.shared.sessions.lock().insert(id, mb.clone());
         mb
     }
@@ -712,9 +724,15 @@ mod tests {
             .map(|(seq, r)| Delivery::decode(*seq, r).unwrap().event.topic.clone())
             .collect();
         assert_eq!(topics, ["a/0", "a/2", "a/4"]);
-        // The small session took two; its QoS 1 overflow is in its journal, not dropped.
+        // The small session (room for 2) took a/0 and a/1, and a/3 beyond its room: QoS 0 above
+        // the high watermark is taken and makes the publisher wait, while its QoS 1 overflow
+        // (a/2, a/4) stays in its journal, not dropped.
+        assert!(p.is_congested(), "the publisher is told to wait");
         let (mb, rx) = &mut journaled[1];
-        assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|d| d.event.topic.clone())
+            .collect();
+        assert_eq!(got, ["a/0", "a/1", "a/3"]);
         assert_eq!(mb.journal().unwrap().bounds(), (1, 4));
         assert_eq!(away.journal().unwrap().bounds(), (1, 4));
         assert_eq!(b.flush_held(&mut p), 0, "nothing held any more");

@@ -51,8 +51,13 @@ pub struct HttpState {
     pub metrics: MetricsRender,
     /// The mesh, when the node has one.
     pub mesh: Option<ViewFn<MeshView>>,
-    /// Events queued per SSE stream before the slowest are dropped.
-    pub sse_queue: usize,
+    /// The queue of each SSE and WebSocket stream: publishers wait above it while the stream
+    /// takes, and a stream that takes nothing is handled by its slow-consumer policy (see
+    /// meshgate_broker::flow).
+    pub sse_limits: meshgate_broker::flow::Limits,
+    /// Longest a REST publish waits for congested queues before it is answered 503 with
+    /// `Retry-After` (and not published).
+    pub publish_wait: std::time::Duration,
     /// `GET /v1/backlog`: the store and what waits in it, per link and per session.
     pub backlog: Option<ViewFn<BacklogView>>,
     /// `GET /v1/bridges`: every source and sink with its state, last error and counters.

@@ -90,6 +90,19 @@ pub(crate) async fn publish(
     };
     let mut p = s.broker.publisher("http", None);
     p.set_app_id(app);
+    // Flow control before the publish: a REST client can be told to come back later, so the
+    // event waits for congested queues here instead of after it was accepted.
+    if meshgate_topic::validate_topic(&env.topic).is_ok() {
+        s.broker.congested_for(&env.topic, p.congestion());
+        if p.is_congested() {
+            let stall = s.broker.config().stall;
+            let waited = tokio::time::timeout(s.publish_wait, p.wait_for_room(stall)).await;
+            p.flush(&s.broker);
+            if waited.is_err() {
+                return busy(s.publish_wait);
+            }
+        }
+    }
     let r = s.broker.publish(&mut p, env, u8::from(guaranteed));
     p.flush(&s.broker);
     match r {
@@ -119,6 +132,23 @@ pub(crate) async fn publish(
         Err(e @ PublishError::RetainedFull(_)) => error(StatusCode::INSUFFICIENT_STORAGE, e),
         Err(PublishError::Denied(d)) => crate::denied(&d),
     }
+}
+
+/// 503 with `Retry-After`: the event's subscribers (or links) are still congested after the
+/// wait; nothing was published.
+fn busy(waited: std::time::Duration) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "subscribers of this topic are congested (waited {} ms); nothing was published, retry later",
+            waited.as_millis()
+        ),
+    );
+    let secs = waited.as_secs().max(1).to_string();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&secs) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }
 
 pub(crate) async fn empty_topic() -> Response {

@@ -92,7 +92,7 @@ impl Subscription {
         if let Err(d) = s.broker.check_subscribe(app.as_deref(), &judged) {
             return Err(crate::denied(&d));
         }
-        let mailbox = s.broker.new_mailbox(s.sse_queue);
+        let mailbox = s.broker.new_mailbox(s.sse_limits);
         mailbox.set_app(app);
         let rx = mailbox.attach().await;
         for f in &filters {

@@ -58,8 +58,14 @@ async fn serve(s: HttpState, mut sub: Subscription, mut socket: WebSocket, app: 
     let mut publisher = s.broker.publisher("http", None);
     publisher.set_app_id(app);
     let mut batch = Vec::with_capacity(64);
+    let stall = s.broker.config().stall;
     loop {
+        // A publish that filled a congested queue: the socket is not read until it has room.
+        let stalled = publisher.is_congested();
         tokio::select! {
+            () = publisher.wait_for_room(stall), if stalled => {
+                publisher.flush(&s.broker);
+            }
             n = sub.rx.recv_many(&mut batch, 64) => {
                 if n == 0 {
                     break;
@@ -70,7 +76,7 @@ async fn serve(s: HttpState, mut sub: Subscription, mut socket: WebSocket, app: 
                     }
                 }
             }
-            msg = socket.recv() => {
+            msg = socket.recv(), if !stalled => {
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_))) => {

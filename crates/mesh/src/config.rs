@@ -52,8 +52,11 @@ pub struct MeshConfig {
     pub tls: MeshTls,
     /// Largest frame accepted from a peer, bytes.
     pub max_frame_bytes: usize,
-    /// Events queued per link before new ones are dropped (direct class).
+    /// Direct events queued per link above which publishers wait (see
+    /// meshgate_broker::flow); twice this is the hard limit.
     pub link_queue: usize,
+    /// The same in bytes.
+    pub link_queue_bytes: u64,
     /// Period of anti-entropy digests, pings and expiry checks.
     pub gossip_interval: Duration,
     /// How long the entry of an unreachable node is kept.
@@ -80,6 +83,7 @@ impl MeshConfig {
             tls,
             max_frame_bytes: 16 << 20,
             link_queue: 65_536,
+            link_queue_bytes: 64 << 20,
             gossip_interval: Duration::from_secs(1),
             expire_unreachable: Duration::from_secs(60),
             link_cost: 10,

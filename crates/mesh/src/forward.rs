@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use meshgate_broker::Publisher;
+use meshgate_broker::flow::Congestion;
 use meshgate_proto::Envelope;
 use meshgate_proto::v1::{Destination, RoutedEvent};
 use meshgate_registry::HOP_LIMIT;
@@ -98,6 +99,7 @@ impl Inner {
         event: &Arc<Envelope>,
         dests: impl Iterator<Item = OutDest>,
         hops: u32,
+        flow: &mut Congestion,
     ) {
         let table = self.hops.load();
         let mut first: Option<(&Arc<Link>, Dests)> = None;
@@ -118,11 +120,14 @@ impl Inner {
         }
         let Some(first) = first else { return };
         for (link, destinations) in std::iter::once(first).chain(more) {
-            link.send_event(OutEvent {
-                event: event.clone(),
-                destinations,
-                hops,
-            });
+            link.send_event(
+                OutEvent {
+                    event: event.clone(),
+                    destinations,
+                    hops,
+                },
+                flow,
+            );
         }
     }
 
@@ -141,7 +146,8 @@ impl Inner {
             }
         }
         if self.may_forward(&r) {
-            self.forward(&r.env, r.rest.into_iter().map(OutDest::Owned), r.hops);
+            let rest = r.rest.into_iter().map(OutDest::Owned);
+            self.forward(&r.env, rest, r.hops, publisher.congestion());
         }
         fanout
     }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use meshgate_broker::flow::Congestion;
 use meshgate_broker::{MeshHook, RemoteDest};
 use meshgate_proto::Envelope;
 use meshgate_topic::Filter;
@@ -25,7 +26,7 @@ impl MeshHook for Hook {
         self.0.wake.notify_one();
     }
 
-    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest]) -> u64 {
+    fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest], flow: &mut Congestion) -> u64 {
         let dests = dests.iter().map(|d| OutDest::Shared {
             node: d.node.clone(),
             groups: d.groups.clone(),
@@ -38,8 +39,19 @@ impl MeshHook for Hook {
                 Err(e) => warn!(error = %e, "cannot store a guaranteed event; sent as direct"),
             }
         }
-        self.0.forward(event, dests, 0);
+        self.0.forward(event, dests, 0, flow);
         0
+    }
+
+    fn congested_links(&self, dests: &[RemoteDest], flow: &mut Congestion) {
+        let table = self.0.hops.load();
+        for d in dests {
+            if let Some(link) = table.get(&d.node)
+                && !link.valve.has_room()
+            {
+                flow.note(&link.valve);
+            }
+        }
     }
 
     fn nearest(&self, candidates: &[&str], rr: usize) -> Option<usize> {

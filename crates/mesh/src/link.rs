@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use meshgate_broker::flow::{Admit, Congestion, Valve};
 use meshgate_proto::v1::{Frame, Hello, frame::Body};
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
@@ -26,8 +27,11 @@ pub struct LinkStats {
     /// Local subscriber copies made here from events received on this link: what a bridge
     /// per subscriber would have carried across the link instead of one copy per event.
     pub rx_fanout: AtomicU64,
-    /// Events dropped because the link's queue was full.
+    /// Direct events dropped: the link's queue at its hard limit, or the link declared slow
+    /// (its peer took nothing while publishers waited; see meshgate_broker::flow).
     pub dropped: AtomicU64,
+    /// Times a publisher found this link's queue above its high watermark and waited.
+    pub congested: AtomicU64,
     /// Control frames (gossip, pings) sent and their bytes.
     pub tx_control_bytes: AtomicU64,
     /// Control bytes received.
@@ -55,14 +59,40 @@ pub struct Link {
     pub stats: LinkStats,
     pub(crate) control: mpsc::Sender<Frame>,
     pub(crate) events: mpsc::Sender<OutEvent>,
+    /// Flow control of the direct event queue: publishers wait above its high watermark while
+    /// the writer makes progress (see meshgate_broker::flow).
+    pub valve: Arc<Valve>,
+}
+
+/// Bytes an event copy counts for in a link's queue beyond payload and topic.
+const OUT_EVENT_OVERHEAD: u64 = 96;
+
+/// What an event copy counts for against a link queue's byte limit.
+pub(crate) fn out_size(e: &OutEvent) -> u64 {
+    (e.event.payload.len() + e.event.topic.len()) as u64 + OUT_EVENT_OVERHEAD
 }
 
 impl Link {
-    /// Queues one event copy; drops it (counted) if the link is congested.
-    pub fn send_event(&self, e: OutEvent) -> bool {
-        match self.events.try_send(e) {
-            Ok(()) => true,
-            Err(_) => {
+    /// Queues one event copy. Above the queue's high watermark the copy is still taken and the
+    /// link noted in `flow`, so that the publisher waits; a copy the queue refuses (hard limit,
+    /// or the link declared slow) is dropped and counted.
+    pub fn send_event(&self, e: OutEvent, flow: &mut Congestion) -> bool {
+        let size = out_size(&e);
+        match self.valve.admit(size) {
+            Admit::Taken { congested } => {
+                if self.events.try_send(e).is_err() {
+                    // The channel holds the hard limit: only a closed link refuses.
+                    self.valve.took(1, size);
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                if congested {
+                    self.stats.congested.fetch_add(1, Ordering::Relaxed);
+                    flow.note(&self.valve);
+                }
+                true
+            }
+            Admit::Refused(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -233,6 +263,9 @@ pub(crate) async fn event_writer(
                 size = 0;
             }
         }
+        // Taken: progress for the publishers waiting on this link.
+        link.valve
+            .took(batch.len(), batch.iter().map(out_size).sum());
         link.stats
             .tx_events
             .fetch_add(batch.len() as u64, Ordering::Relaxed);

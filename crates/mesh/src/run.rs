@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use meshgate_broker::Publisher;
+use meshgate_broker::flow::{Limits, Valve};
 use meshgate_proto::v1::{Ack, Frame, Hello, Pong, frame::Body};
 use meshgate_registry::Gossip;
 use tokio::sync::mpsc;
@@ -27,7 +28,9 @@ pub(crate) async fn run_link(
     control: FrameReader,
 ) {
     let (ctx, crx) = mpsc::channel(4096);
-    let (etx, erx) = mpsc::channel(inner.cfg.link_queue.max(1));
+    let limits = Limits::new(inner.cfg.link_queue, inner.cfg.link_queue_bytes);
+    // The channel holds the hard limit; the valve decides before it is reached.
+    let (etx, erx) = mpsc::channel(2 * limits.events + 1);
     let peer: Arc<str> = hello.node.as_str().into();
     let link = Arc::new(Link {
         peer: peer.clone(),
@@ -39,6 +42,7 @@ pub(crate) async fn run_link(
         stats: LinkStats::default(),
         control: ctx,
         events: etx,
+        valve: Valve::new(limits),
     });
     // Register and announce under the registry lock, so gossip for this link starts after it.
     let registered = {
@@ -189,6 +193,8 @@ async fn control_loop(inner: &Arc<Inner>, link: &Arc<Link>, mut control: FrameRe
 /// Closes the connection, waits for it to end, and takes the link out of the tables and the
 /// registry (unless a newer link to the same peer replaced it already).
 async fn teardown(inner: &Arc<Inner>, link: &Arc<Link>) {
+    // Nobody waits for a link that is gone.
+    link.valve.set_online(false);
     link.conn.close(0u32.into(), b"link closed");
     let reason = link.conn.closed().await;
     let removed = {
@@ -273,6 +279,12 @@ async fn read_direct(inner: Arc<Inner>, link: Arc<Link>, reader: FrameReader) {
         if !stream.done(batch, r.map(drop).map_err(|e| e.to_string())) {
             return;
         }
+        // A congested destination (a local mailbox, the next link) slows this stream: QUIC's
+        // flow control then slows the peer.
+        if publisher.is_congested() {
+            publisher.wait_for_room(inner.broker.config().stall).await;
+            publisher.flush(&inner.broker);
+        }
     }
 }
 
@@ -294,6 +306,10 @@ async fn read_guaranteed(
         let mut batch = Batch::default();
         let r = store_batch(&inner, &outbox, &mut publisher, body, &mut batch);
         publisher.flush(&inner.broker);
+        if publisher.is_congested() {
+            publisher.wait_for_room(inner.broker.config().stall).await;
+            publisher.flush(&inner.broker);
+        }
         let r = r.map(|(ticket, up_to)| {
             if up_to > 0 {
                 let _ = acks.send((ticket, up_to));

@@ -34,6 +34,9 @@ impl Mesh {
                     rx_bytes: g(&s.rx_bytes),
                     rx_fanout_copies: g(&s.rx_fanout),
                     dropped: g(&s.dropped),
+                    queued_events: l.valve.events() as u64,
+                    congested: g(&s.congested),
+                    slow: l.valve.times_slow(),
                     tx_control_bytes: g(&s.tx_control_bytes),
                     rx_control_bytes: g(&s.rx_control_bytes),
                 }
@@ -125,11 +128,16 @@ impl Mesh {
                 ("meshgate_link_rx_bytes_total", &s.rx_bytes),
                 ("meshgate_link_rx_fanout_copies_total", &s.rx_fanout),
                 ("meshgate_link_dropped_total", &s.dropped),
+                ("meshgate_link_congested_total", &s.congested),
             ] {
                 metrics::counter!(name, "peer" => l.peer.to_string()).absolute(g(value));
             }
             metrics::gauge!("meshgate_link_rtt_seconds", "peer" => l.peer.to_string())
                 .set(g(&s.rtt_us) as f64 / 1e6);
+            metrics::counter!("meshgate_link_slow_total", "peer" => l.peer.to_string())
+                .absolute(l.valve.times_slow());
+            metrics::gauge!("meshgate_link_queued_events", "peer" => l.peer.to_string())
+                .set(l.valve.events() as f64);
         }
         if let Some(o) = &self.inner.outbox {
             o.export_metrics();

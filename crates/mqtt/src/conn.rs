@@ -13,7 +13,7 @@ use meshgate_store::Disk;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
-use tracing::{Instrument, debug, field, info_span, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::codec::{self, Ack, DecodeError, Incoming, Version};
 use crate::connect::{self, ConnectInfo, Will};
@@ -88,7 +88,7 @@ async fn handle<S: Io>(
         &ctx.broker,
         &hello.client_id,
         info.clean,
-        ctx.config.max_queued_messages,
+        ctx.config.queue_limits(),
         expiry,
         hello.app_id.as_ref(),
     );
@@ -251,15 +251,23 @@ impl Conn {
         }
         self.save_meta().await;
         self.pump();
+        let stall = self.ctx.broker.config().stall;
+        // The publisher filled a congested queue: the socket is not read until it has room.
+        let mut stalled = false;
         let end = loop {
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
-                match timeout(
+                let write = timeout(
                     self.ctx.config.write_timeout,
                     write_flush(stream, &self.wbuf),
-                )
-                .await
-                {
+                );
+                // A client that stopped reading and is cut as a slow consumer may hold this
+                // write forever: the cut ends it.
+                let written = tokio::select! {
+                    r = write => r,
+                    () = rx.cut() => break self.slow_consumer(stream, false).await,
+                };
+                match written {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break End::Lost,
                     Err(_) => break End::Closed("write timeout"),
@@ -300,7 +308,7 @@ impl Conn {
                     let _ = write_flush(stream, &self.wbuf).await;
                     break End::Closed("shutdown");
                 }
-                r = stream.read_buf(&mut self.rbuf) => {
+                r = stream.read_buf(&mut self.rbuf), if !stalled => {
                     match r {
                         Ok(0) | Err(_) => break End::Lost,
                         Ok(n) => {
@@ -317,9 +325,19 @@ impl Conn {
                     }
                     self.publisher.flush(&self.ctx.broker);
                     self.flush_stats();
+                    stalled = self.publisher.is_congested();
+                }
+                () = self.publisher.wait_for_room(stall), if stalled => {
+                    stalled = false;
+                    // Not reading was the node's doing, not the client's silence.
+                    last_read = Instant::now();
+                    self.publisher.flush(&self.ctx.broker);
                 }
                 n = rx.recv_many(&mut self.batch, 256), if room => {
                     if n == 0 {
+                        if rx.is_cut() {
+                            break self.slow_consumer(stream, true).await;
+                        }
                         break End::Closed("session ended");
                     }
                     self.take_batch();
@@ -341,7 +359,9 @@ impl Conn {
                     self.release();
                 }
                 _ = &mut deadline, if self.keep_alive > 0 => {
-                    if last_read.elapsed() >= ka {
+                    if stalled {
+                        last_read = Instant::now();
+                    } else if last_read.elapsed() >= ka {
                         codec::encode_disconnect(self.ver, Reason::KeepAliveTimeout, "keep alive timeout", &mut self.wbuf);
                         let _ = write_flush(stream, &self.wbuf).await;
                         protocol_error("keep_alive");
@@ -355,6 +375,23 @@ impl Conn {
         self.flush_stats();
         self.keep_for_later(rx);
         end
+    }
+
+    /// Ends a connection whose client was declared slow under the disconnect policy: an MQTT
+    /// 5 client that can still be written to learns why.
+    async fn slow_consumer<S: Io>(&mut self, stream: &mut S, writable: bool) -> End {
+        let valve = self.session.mailbox.valve();
+        info!(
+            queued = valve.events(),
+            "disconnecting a slow consumer: it took nothing while publishers waited"
+        );
+        if writable {
+            self.wbuf.clear();
+            let why = "slow consumer: no progress while its queue was full";
+            codec::encode_disconnect(self.ver, Reason::QuotaExceeded, why, &mut self.wbuf);
+            let _ = timeout(Duration::from_secs(1), write_flush(stream, &self.wbuf)).await;
+        }
+        End::Closed("slow consumer")
     }
 
     /// Writes the session's metadata if its subscriptions changed; waits for it, so that a

@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use meshgate_auth::Authenticator;
 use meshgate_broker::Broker;
+use meshgate_broker::flow::{Limits, SlowPolicy};
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -54,10 +55,15 @@ use session::{Session, SessionStore};
 pub struct MqttConfig {
     /// Largest packet accepted from a client, in bytes (announced in the v5 CONNACK).
     pub max_packet_size: u32,
-    /// Events queued in memory per session before new ones are dropped (slow or offline
-    /// consumer). A stored session's QoS 1 events are not dropped: beyond this they wait in its
-    /// journal (see [`MqttServer::with_store`]).
+    /// Events queued in memory per session above which publishers wait for the subscriber
+    /// (see meshgate_broker::flow); an offline session's queue stops there. A stored session's
+    /// QoS 1 events are never dropped: beyond this they wait in its journal (see
+    /// [`MqttServer::with_store`]).
     pub max_queued_messages: usize,
+    /// The same in bytes.
+    pub max_queued_bytes: u64,
+    /// What happens to a subscriber that takes nothing while publishers wait for it.
+    pub slow_consumer: SlowPolicy,
     /// QoS 1 deliveries in flight per connection (capped by a v5 client's receive maximum).
     pub max_inflight: u16,
     /// Topic aliases a v5 client may use towards the node.
@@ -70,11 +76,24 @@ pub struct MqttConfig {
     pub write_timeout: Duration,
 }
 
+impl MqttConfig {
+    /// The limits of a session's mailbox.
+    pub(crate) fn queue_limits(&self) -> Limits {
+        Limits {
+            events: self.max_queued_messages.max(1),
+            bytes: self.max_queued_bytes.max(1),
+            slow: self.slow_consumer,
+        }
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             max_packet_size: 1024 * 1024 + 1024,
             max_queued_messages: 10_000,
+            max_queued_bytes: 32 << 20,
+            slow_consumer: SlowPolicy::Drop,
             max_inflight: 64,
             topic_alias_max: 64,
             max_session_expiry_secs: 7 * 24 * 3600,
@@ -177,8 +196,8 @@ impl MqttServer {
             let crashed = l.meta.disconnected_at.is_none();
             let left = l.meta.expiry_secs;
             let since = l.disconnected_at;
-            let cap = self.ctx.config.max_queued_messages;
-            let Some(s) = self.ctx.sessions.restore(&self.ctx.broker, cap, l) else {
+            let limits = self.ctx.config.queue_limits();
+            let Some(s) = self.ctx.sessions.restore(&self.ctx.broker, limits, l) else {
                 report.skipped += 1;
                 continue;
             };

@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use meshgate_broker::flow::Limits;
 use meshgate_broker::{Broker, Delivery, Mailbox, SubOptions};
 use meshgate_topic::{Filter, parse_mqtt_filter};
 use parking_lot::Mutex;
@@ -112,7 +113,7 @@ impl SessionStore {
         broker: &Broker,
         client_id: &str,
         clean: bool,
-        queue_capacity: usize,
+        limits: Limits,
         expiry: u32,
         app: Option<&Arc<str>>,
     ) -> Opened {
@@ -158,7 +159,7 @@ impl SessionStore {
             self.ended(&s);
             broker.end_session(s.mailbox.id());
         }
-        let mailbox = broker.new_mailbox(queue_capacity);
+        let mailbox = broker.new_mailbox(limits);
         mailbox.set_app(app.cloned());
         let s = Session::new(
             client_id,
@@ -210,12 +211,7 @@ impl SessionStore {
 
     /// Recreates a session read back from disk, offline: its mailbox gets its journal, then its
     /// subscriptions enter the router. Returns `None` if the client id is taken already.
-    pub fn restore(
-        &self,
-        broker: &Broker,
-        queue_capacity: usize,
-        loaded: Loaded,
-    ) -> Option<Arc<Session>> {
+    pub fn restore(&self, broker: &Broker, limits: Limits, loaded: Loaded) -> Option<Arc<Session>> {
         let Loaded {
             meta,
             journal,
@@ -226,7 +222,7 @@ impl SessionStore {
             warn!(client = %meta.client_id, "session exists already; not restored");
             return None;
         }
-        let mailbox = broker.new_mailbox(queue_capacity);
+        let mailbox = broker.new_mailbox(limits);
         mailbox.set_app(meta.app_id.as_deref().map(Arc::from));
         mailbox.set_persistent(true);
         let disk_next = journal.bounds().0;

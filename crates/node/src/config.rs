@@ -45,6 +45,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Limits that apply to every protocol.
     pub limits: LimitsConfig,
+    /// Flow control: how publishers wait for slower consumers.
+    pub flow: FlowConfig,
     /// Logging.
     pub log: LogConfig,
     /// Kafka clusters with their sources and sinks (`[[kafka]]`, `[[kafka.source]]`,
@@ -150,8 +152,16 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Largest MQTT packet accepted from a client, in bytes.
     pub max_packet_size: u32,
-    /// Events queued per session (slow or offline consumers) before new ones are dropped.
+    /// Events queued per session above which publishers wait for the subscriber (its connection
+    /// stops reading them); an offline session's queue stops here (QoS 1 beyond it waits in the
+    /// session's journal when the node has a store). Twice this is the hard limit.
     pub max_queued_messages: usize,
+    /// The same in bytes.
+    pub max_queued_bytes: u64,
+    /// What happens to a subscriber that takes nothing for `flow.stall_ms` while publishers wait
+    /// for it: `drop` (new events for it are dropped and counted until it drained to half its
+    /// queue) or `disconnect` (MQTT 5 clients get DISCONNECT 0x97).
+    pub slow_consumer: SlowConsumer,
     /// QoS 1 deliveries in flight per connection.
     pub max_inflight: u16,
     /// Topic aliases a v5 client may set.
@@ -185,6 +195,8 @@ impl Default for MqttConfig {
             listen: ([127, 0, 0, 1], 1883).into(),
             max_packet_size: 1024 * 1024 + 1024,
             max_queued_messages: 10_000,
+            max_queued_bytes: 32 << 20,
+            slow_consumer: SlowConsumer::Drop,
             max_inflight: 64,
             topic_alias_max: 64,
             max_session_expiry_secs: 7 * 24 * 3600,
@@ -231,8 +243,17 @@ impl MqttUser {
 pub struct HttpConfig {
     /// TCP address of the HTTP API.
     pub listen: SocketAddr,
-    /// Events queued per SSE stream before new ones are dropped.
+    /// Events queued per SSE or WebSocket stream above which publishers wait for it. Twice
+    /// this is the hard limit.
     pub sse_queue: usize,
+    /// The same in bytes.
+    pub sse_queue_bytes: u64,
+    /// What happens to a stream that takes nothing for `flow.stall_ms` while publishers wait
+    /// for it: `drop` or `disconnect` (the stream ends).
+    pub slow_consumer: SlowConsumer,
+    /// Milliseconds a REST publish waits for congested subscribers before it is answered 503
+    /// with `Retry-After` (and not published).
+    pub publish_wait_ms: u64,
     /// Bearer tokens of REST clients (`[[http.tokens]]`).
     pub tokens: Vec<HttpToken>,
 }
@@ -242,6 +263,9 @@ impl Default for HttpConfig {
         Self {
             listen: ([127, 0, 0, 1], 8080).into(),
             sse_queue: 10_000,
+            sse_queue_bytes: 32 << 20,
+            slow_consumer: SlowConsumer::Drop,
+            publish_wait_ms: 2_000,
             tokens: Vec::new(),
         }
     }
@@ -273,8 +297,13 @@ pub struct MeshConfig {
     pub max_backoff_secs: f64,
     /// Largest frame accepted from a peer, in bytes.
     pub max_frame_bytes: usize,
-    /// Events queued per link before new direct events for it are dropped and counted.
+    /// Direct events queued per link above which publishers (and the links that feed it) wait
+    /// for it. A link that takes nothing for `flow.stall_ms` is declared slow: new direct events
+    /// for it are dropped and counted until its queue drained to half. Twice this is the hard
+    /// limit.
     pub link_queue: usize,
+    /// The same in bytes.
+    pub link_queue_bytes: u64,
 }
 
 impl Default for MeshConfig {
@@ -291,6 +320,7 @@ impl Default for MeshConfig {
             max_backoff_secs: 5.0,
             max_frame_bytes: 16 * 1024 * 1024,
             link_queue: 65536,
+            link_queue_bytes: 64 << 20,
         }
     }
 }
@@ -358,6 +388,42 @@ impl Default for LimitsConfig {
             max_retained_messages: 100_000,
             match_cache_slots: 256,
         }
+    }
+}
+
+/// What happens to a consumer that takes nothing while publishers wait for it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumer {
+    /// New events for it are dropped and counted until it drained to half its queue.
+    #[default]
+    Drop,
+    /// It is disconnected.
+    Disconnect,
+}
+
+impl From<SlowConsumer> for meshgate_broker::flow::SlowPolicy {
+    fn from(s: SlowConsumer) -> Self {
+        match s {
+            SlowConsumer::Drop => Self::Drop,
+            SlowConsumer::Disconnect => Self::Disconnect,
+        }
+    }
+}
+
+/// `[flow]`: how publishers wait for slower consumers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Milliseconds a consumer (a subscriber, an SSE stream, a mesh link) may take nothing while
+    /// publishers wait for its full queue before it is declared slow; until then publishers
+    /// wait, and lose nothing.
+    pub stall_ms: u64,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self { stall_ms: 500 }
     }
 }
 
@@ -457,6 +523,22 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, msg: String| Err(ConfigError::Invalid { key, msg });
+        for (key, zero) in [
+            ("flow.stall_ms", self.flow.stall_ms == 0),
+            (
+                "mqtt.max_queued_messages",
+                self.mqtt.max_queued_messages == 0,
+            ),
+            ("mqtt.max_queued_bytes", self.mqtt.max_queued_bytes == 0),
+            ("http.sse_queue", self.http.sse_queue == 0),
+            ("http.sse_queue_bytes", self.http.sse_queue_bytes == 0),
+            ("mesh.link_queue", self.mesh.link_queue == 0),
+            ("mesh.link_queue_bytes", self.mesh.link_queue_bytes == 0),
+        ] {
+            if zero {
+                return bad(key, "must be at least 1".into());
+            }
+        }
         if self.mqtt.tls_listen.is_some()
             && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none())
         {

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use config::{CommitPolicy, Config, ConfigError, LogFormat, Overrides};
+pub use config::{CommitPolicy, Config, ConfigError, LogFormat, Overrides, SlowConsumer};
 pub use governance::Governance;
 
 /// Why a node could not start.
@@ -173,7 +173,12 @@ impl Node {
                 let f: meshgate_http::ViewFn<_> = Arc::new(move || m.view());
                 f
             }),
-            sse_queue: config.http.sse_queue,
+            sse_limits: meshgate_broker::flow::Limits {
+                events: config.http.sse_queue,
+                bytes: config.http.sse_queue_bytes,
+                slow: config.http.slow_consumer.into(),
+            },
+            publish_wait: Duration::from_millis(config.http.publish_wait_ms),
             tokens: Arc::new(
                 config
                     .http

@@ -21,6 +21,7 @@ pub(crate) fn broker(config: &Config) -> Result<Broker, NodeError> {
         max_payload_bytes: config.limits.max_payload_bytes,
         max_retained: config.limits.max_retained_messages,
         match_cache_slots: config.limits.match_cache_slots,
+        stall: Duration::from_millis(config.flow.stall_ms),
     });
     if !config.store.enabled {
         return Ok(broker);
@@ -89,6 +90,8 @@ pub(crate) fn mqtt(config: &Config, broker: &Broker) -> Result<MqttServer, NodeE
         MqttConfig {
             max_packet_size: m.max_packet_size,
             max_queued_messages: m.max_queued_messages,
+            max_queued_bytes: m.max_queued_bytes,
+            slow_consumer: m.slow_consumer.into(),
             max_inflight: m.max_inflight,
             topic_alias_max: m.topic_alias_max,
             max_session_expiry_secs: m.max_session_expiry_secs,
@@ -134,6 +137,7 @@ pub(crate) async fn mesh(
     lc.max_backoff = Duration::from_secs_f64(m.max_backoff_secs);
     lc.max_frame_bytes = m.max_frame_bytes;
     lc.link_queue = m.link_queue;
+    lc.link_queue_bytes = m.link_queue_bytes;
     if config.store.enabled {
         lc.store_dir = Some(config.node.data_dir.join("mesh"));
     }
