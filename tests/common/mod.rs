@@ -150,6 +150,34 @@ impl NodeProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// The node's process id (to pause it, or read its memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The node's resident memory now, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// The sum of every sample of the Prometheus series `name` whose labels contain each of
+    /// `labels` (e.g. `reason="queue_full"`); 0 when there is none.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let (_, text) = http_get(self.http, "/metrics").expect("GET /metrics");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next().is_some_and(|n| n == name))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 impl Drop for NodeProc {
