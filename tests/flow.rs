@@ -104,6 +104,29 @@ fn flood(mut s: TcpStream, topic: &str, count: u64) -> Duration {
     took
 }
 
+/// Publishes `count` QoS 1 events on `topic` and waits for every PUBACK.
+fn publish_qos1(addr: SocketAddr, client_id: &str, topic: &str, count: u16) {
+    let mut s = connect(addr, client_id);
+    let mut buf = Vec::new();
+    for id in 1..=count {
+        let mut body = Vec::new();
+        put_str(&mut body, topic);
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(&u64::from(id).to_be_bytes());
+        buf.push(0x32);
+        put_len(&mut buf, body.len());
+        buf.extend_from_slice(&body);
+    }
+    s.write_all(&buf).unwrap();
+    let mut acks = 0;
+    let mut ack = [0u8; 4];
+    while acks < count {
+        s.read_exact(&mut ack).expect("puback");
+        assert_eq!(ack[0], 0x40, "puback");
+        acks += 1;
+    }
+}
+
 /// What a subscriber saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -450,7 +473,23 @@ fn a_paused_node_is_cut_loose_and_its_link_recovers() {
             .expect("a keeps its link to b")
     };
     let l = link(&a);
+    // Guaranteed events for the paused node are stored, not dropped: acknowledged at a and
+    // waiting in its queue for b.
+    publish_qos1(a.mqtt, "pub-q1", "flood/t", 100);
+    let waiting_for_b = |n: &NodeProc| {
+        let (_, body) = common::http_get(n.http, "/v1/backlog").unwrap();
+        let v: meshgate_api::BacklogView = serde_json::from_str(&body).unwrap();
+        v.links
+            .iter()
+            .filter(|q| q.queue == "b")
+            .map(|q| q.events)
+            .sum::<u64>()
+    };
+    assert!(waiting_for_b(&a) >= 100, "stored for b while it is paused");
     signal(b.pid(), "-CONT");
+    wait_until("the guaranteed events reach b after the pause", WAIT, || {
+        waiting_for_b(&a) == 0
+    });
     eprintln!(
         "local subscriber got {} events; link to b: {l:?} after {:?} paused",
         seen.events,
