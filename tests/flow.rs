@@ -143,6 +143,18 @@ fn receive(
     progress: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Seen> {
+    receive_with_hiccup(s, count, progress, stop, None)
+}
+
+/// [`receive`], pausing for a while after a number of events (`hiccup`): a subscriber that is
+/// merely slower than its publisher for a moment.
+fn receive_with_hiccup(
+    s: TcpStream,
+    count: u64,
+    progress: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    hiccup: Option<(u64, Duration)>,
+) -> JoinHandle<Seen> {
     std::thread::spawn(move || {
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -180,6 +192,11 @@ fn receive(
             }
             seen.events += 1;
             progress.store(seen.events, Ordering::Relaxed);
+            if let Some((after, pause)) = hiccup
+                && seen.events == after
+            {
+                std::thread::sleep(pause);
+            }
         }
         seen
     })
@@ -235,11 +252,14 @@ fn assert_nothing_dropped(n: &NodeProc, name: &str) {
     assert_eq!(n.metric("meshgate_link_dropped_total", &[]), 0.0, "{name}");
 }
 
-/// One publisher on `pub_node` floods `flood/t`, `sub` (subscribed to it) reads.
+/// One publisher on `pub_node` floods `flood/t`, `sub` (subscribed to it) reads, pausing for
+/// 200 ms (less than the stall time) after 100,000 events: without flow control what the
+/// publisher wrote meanwhile would overflow the subscriber's queue.
 fn flood_through(pub_node: &NodeProc, sub: TcpStream, nodes: &[&NodeProc]) {
     let progress = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = receive(sub, FLOOD, progress.clone(), stop.clone());
+    let hiccup = Some((100_000, Duration::from_millis(200)));
+    let reader = receive_with_hiccup(sub, FLOOD, progress.clone(), stop.clone(), hiccup);
     let rss_stop = Arc::new(AtomicBool::new(false));
     let rss = watch_rss(nodes.iter().map(|n| n.pid()).collect(), rss_stop.clone());
     let publisher = connect(pub_node.mqtt, "pub");
@@ -487,9 +507,11 @@ fn a_paused_node_is_cut_loose_and_its_link_recovers() {
     };
     assert!(waiting_for_b(&a) >= 100, "stored for b while it is paused");
     signal(b.pid(), "-CONT");
-    wait_until("the guaranteed events reach b after the pause", WAIT, || {
-        waiting_for_b(&a) == 0
-    });
+    wait_until(
+        "the guaranteed events reach b after the pause",
+        WAIT,
+        || waiting_for_b(&a) == 0,
+    );
     eprintln!(
         "local subscriber got {} events; link to b: {l:?} after {:?} paused",
         seen.events,
