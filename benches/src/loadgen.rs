@@ -15,6 +15,7 @@
 
 mod bridges;
 mod client;
+mod flood;
 mod inbuf;
 mod latency;
 mod mqtt;
@@ -51,6 +52,22 @@ struct Cli {
 enum Command {
     /// Run one workload against one running broker and print one JSON line.
     Run(Opts),
+    /// Open loop: publish `--count` messages as fast as the socket takes them and count what
+    /// every subscriber receives, in order; print one JSON line with the delivered share.
+    Flood(flood::FloodOpts),
+    /// Markdown tables of the JSON lines of `loadgen flood`: per workload, every run, the
+    /// median rate and lowest delivered share per broker, same-run ratios to `--baseline`.
+    FloodTable {
+        /// Files of JSON lines written by `loadgen flood`.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Broker whose median the others are compared with.
+        #[arg(long, default_value = "nats-server")]
+        baseline: String,
+        /// Row order, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        order: Vec<String>,
+    },
     /// Wait until a message published at `--pub-addr` reaches a subscriber at `--sub-addr`
     /// (e.g. across two linked nodes); print the seconds it took.
     Probe(propagation::ProbeOpts),
@@ -452,6 +469,12 @@ fn main() -> ExitCode {
                 Ok(())
             }),
         Command::BridgeSetup(o) => runtime().and_then(|rt| rt.block_on(bridges::setup(&o))),
+        Command::Flood(o) => runtime().and_then(|rt| rt.block_on(flood::run(o))),
+        Command::FloodTable {
+            files,
+            baseline,
+            order,
+        } => flood::table(&files, &baseline, &order),
         Command::BridgeTable { files, target } => {
             bridge_table(&files, &target).map(|md| print!("{md}"))
         }
