@@ -14,6 +14,7 @@ mod policy;
 mod publisher;
 mod route;
 mod router;
+mod shared_trie;
 mod stats;
 
 pub use cursor::JournalCursor;

@@ -101,10 +101,11 @@ impl Publisher {
         self.app_id = app_id;
     }
 
-    /// Holds the deliveries to journaled sessions (persistent MQTT sessions, bridge sinks)
-    /// until [`Broker::flush_held`], which stores each session's share of a batch with one
-    /// write: a front end that publishes a batch read in one go then pays one write syscall
-    /// per batch, not per event. Such a front end must call `flush_held` after each batch and
+    /// Holds every delivery until [`Broker::flush_held`], which queues each session's share of
+    /// a batch with one lock and one wake-up, and stores a journaled session's (persistent
+    /// MQTT sessions, bridge sinks) with one write: a front end that publishes a batch read in
+    /// one go then pays per batch, not per event. Such a front end must call `flush_held`
+    /// after each batch (nothing held reaches a subscriber before) and
     /// take its ticket into account before acknowledging any publish of the batch (a publish's
     /// own [`PublishReport::ticket`] does not cover what is held).
     pub fn set_batched(&mut self, batched: bool) {
@@ -249,6 +250,8 @@ fn store_run(
     flow: &mut Congestion,
 ) -> u64 {
     let Some(journal) = run.first().and_then(|(mb, _)| mb.journal().cloned()) else {
+        // Nothing to store: the session's share of the batch is queued at once.
+        queue_part(run, None, tally, flow);
         return 0;
     };
     let mut ticket = 0;

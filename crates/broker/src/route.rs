@@ -37,9 +37,8 @@ impl Broker {
         }
         let qos = u8::from(event.delivery == meshgate_proto::DeliveryClass::Guaranteed as i32);
         p.ticket = 0;
-        let trie = self.shared.trie.read();
         let mut cache = self.take_cache(p);
-        let m = cache.lookup(&trie, &event.topic);
+        let m = self.lookup(&mut cache, &event.topic);
         let local = sort_by_session(m.subscribers(), &mut p.order);
         let mut routed = self.deliver_plain(p, event, qos, m.subscribers(), local);
         for g in m.groups() {
@@ -50,7 +49,6 @@ impl Broker {
                 routed += self.deliver_to_member(p, event, qos, member);
             }
         }
-        drop(trie);
         p.cache = Some(cache);
         p.tally.routed += routed as u64;
         (routed, p.ticket)
@@ -62,9 +60,8 @@ impl Broker {
     /// the remote destinations are left in `p.remote`.
     pub(crate) fn route(&self, p: &mut Publisher, event: &Arc<Envelope>, qos: u8) -> usize {
         p.remote.clear();
-        let trie = self.shared.trie.read();
         let mut cache = self.take_cache(p);
-        let m = cache.lookup(&trie, &event.topic);
+        let m = self.lookup(&mut cache, &event.topic);
         let local = sort_by_session(m.subscribers(), &mut p.order);
         let mut routed = self.deliver_plain(p, event, qos, m.subscribers(), local);
         remote_nodes(m.subscribers(), &p.order[local..], &mut p.remote);
@@ -72,7 +69,6 @@ impl Broker {
         for g in m.groups() {
             routed += self.deliver_to_group(p, event, qos, &g, mesh);
         }
-        drop(trie);
         p.cache = Some(cache);
         if !p.remote.is_empty()
             && let Some(mesh) = mesh
@@ -115,6 +111,19 @@ impl Broker {
         {
             mesh.congested_links(&remote, flow);
         }
+    }
+
+    /// The matches of `topic`: from the cache when it holds them for the trie's current
+    /// generation (no lock taken), else computed under the trie's read lock.
+    fn lookup<'c>(
+        &self,
+        cache: &'c mut MatchCache<SessionId, Target>,
+        topic: &str,
+    ) -> &'c meshgate_topic::Matches<SessionId, Target> {
+        let trie = &self.shared.trie;
+        cache.lookup_with(trie.id(), trie.generation(), topic, |topic, out| {
+            trie.read().match_into(topic, out)
+        })
     }
 
     /// The publisher's match cache, made on first use; put it back after the match.
@@ -371,9 +380,8 @@ fn delivered(meter: &mut LocalMeter, mailbox: &Mailbox, event: &Envelope) {
 }
 
 /// Queues `event` for `mailbox`; true if it entered the mailbox or the session's journal. For a
-/// batched publisher, every delivery to a journaled session is held for
-/// [`Broker::flush_held`] instead (its QoS 0 ones too while it is online, so that the session's
-/// order holds), and counts as delivered.
+/// batched publisher, deliveries are held for [`Broker::flush_held`] instead and count as
+/// delivered.
 fn deliver(
     mailbox: &Arc<Mailbox>,
     opts: &SubOptions,
@@ -388,9 +396,11 @@ fn deliver(
         sub_id: opts.sub_id,
         seq: 0,
     };
-    // QoS 0 to an offline session is refused below as before (and so not counted): nothing of
-    // it can be out of order.
-    if p.batched && mailbox.journal().is_some() && (qos > 0 || mailbox.is_online()) {
+    // A batched publisher holds every delivery until the end of its read batch, so that each
+    // session's share of the batch is queued with one lock and one wake-up (and a journaled
+    // session's is stored with one write). QoS 0 to an offline journaled session is refused
+    // below as before (and so not counted): nothing of it can be out of order.
+    if p.batched && (mailbox.journal().is_none() || qos > 0 || mailbox.is_online()) {
         p.held.push((mailbox.clone(), d));
         return true;
     }

@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use meshgate_broker::Publisher;
 use meshgate_broker::flow::Congestion;
 use meshgate_proto::Envelope;
-use meshgate_proto::v1::{Destination, RoutedEvent};
+use meshgate_proto::v1::Destination;
 use meshgate_registry::HOP_LIMIT;
 use meshgate_topic::validate_topic;
 
-use crate::frame::{Dests, OutDest, OutEvent};
+use crate::frame::{Dest, FrameError, Incoming, OutDest};
 use crate::guaranteed::Outbox;
 use crate::link::Link;
 use crate::state::Inner;
@@ -31,25 +31,16 @@ impl Inner {
     /// Checks an event that arrived on a link and splits its destinations: this node's share
     /// (the queue groups it serves, if it is a destination) and the rest. A malformed event is
     /// counted and dropped.
-    fn receive(&self, re: RoutedEvent) -> Option<Received> {
-        let Some(env) = re.event.filter(|e| validate_topic(&e.topic).is_ok()) else {
+    fn receive(&self, re: Result<Incoming, FrameError>) -> Option<Received> {
+        let Some(ev) = re.ok().filter(|e| validate_topic(&e.env.topic).is_ok()) else {
             self.counters.bad_events.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let mut mine = None;
-        let mut rest = Vec::new();
-        for d in re.destinations {
-            if *d.node == *self.name {
-                mine = Some(d.groups.into_iter().map(|g| (g.group, g.filter)).collect());
-            } else {
-                rest.push(d);
-            }
-        }
         Some(Received {
-            env: Arc::new(env),
-            hops: re.hops.saturating_add(1),
-            mine,
-            rest,
+            env: ev.env,
+            hops: ev.hops.saturating_add(1),
+            mine: ev.mine,
+            rest: ev.rest,
         })
     }
 
@@ -71,7 +62,7 @@ impl Inner {
     pub(crate) fn on_guaranteed(
         &self,
         outbox: &Outbox,
-        re: RoutedEvent,
+        re: Result<Incoming, FrameError>,
         publisher: &mut Publisher,
     ) -> Result<(u64, u64), meshgate_store::StoreError> {
         let Some(r) = self.receive(re) else {
@@ -92,48 +83,51 @@ impl Inner {
         Ok((fanout, ticket))
     }
 
-    /// Sends one copy of `event` per next hop, each with the destinations behind that hop.
-    /// One destination (or one next hop) allocates nothing and takes no lock.
-    pub(crate) fn forward(
+    /// Sends one copy of `event` per next hop, each with the destinations behind that hop,
+    /// encoded into the link's outgoing frame at once. One destination (the common case)
+    /// allocates nothing and takes no lock but the link's.
+    pub(crate) fn forward<D: Dest>(
         &self,
-        event: &Arc<Envelope>,
-        dests: impl Iterator<Item = OutDest>,
+        event: &Envelope,
+        dests: &[D],
         hops: u32,
         flow: &mut Congestion,
     ) {
         let table = self.hops.load();
-        let mut first: Option<(&Arc<Link>, Dests)> = None;
-        let mut more: Vec<(&Arc<Link>, Dests)> = Vec::new();
+        if let [d] = dests {
+            match table.get(d.node()) {
+                Some(link) => {
+                    link.send(event, dests, hops, flow);
+                }
+                None => {
+                    self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        let mut split: Vec<(&Arc<Link>, Vec<&D>)> = Vec::new();
         for d in dests {
             let Some(link) = table.get(d.node()) else {
                 self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            match &mut first {
-                None => first = Some((link, Dests::One(d))),
-                Some((l, v)) if Arc::ptr_eq(l, link) => v.push(d),
-                Some(_) => match more.iter_mut().find(|(l, _)| Arc::ptr_eq(l, link)) {
-                    Some((_, v)) => v.push(d),
-                    None => more.push((link, Dests::One(d))),
-                },
+            match split.iter_mut().find(|(l, _)| Arc::ptr_eq(l, link)) {
+                Some((_, v)) => v.push(d),
+                None => split.push((link, vec![d])),
             }
         }
-        let Some(first) = first else { return };
-        for (link, destinations) in std::iter::once(first).chain(more) {
-            link.send_event(
-                OutEvent {
-                    event: event.clone(),
-                    destinations,
-                    hops,
-                },
-                flow,
-            );
+        for (link, ds) in split {
+            link.send(event, &ds, hops, flow);
         }
     }
 
     /// Handles one event that arrived on a link: delivers the local share once, forwards the
     /// rest. Returns the number of local copies made.
-    pub(crate) fn on_event(&self, re: RoutedEvent, publisher: &mut Publisher) -> u64 {
+    pub(crate) fn on_event(
+        &self,
+        re: Result<Incoming, FrameError>,
+        publisher: &mut Publisher,
+    ) -> u64 {
         let Some(r) = self.receive(re) else {
             return 0;
         };
@@ -146,8 +140,7 @@ impl Inner {
             }
         }
         if self.may_forward(&r) {
-            let rest = r.rest.into_iter().map(OutDest::Owned);
-            self.forward(&r.env, rest, r.hops, publisher.congestion());
+            self.forward(&r.env, &r.rest, r.hops, publisher.congestion());
         }
         fanout
     }

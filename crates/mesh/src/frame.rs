@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use meshgate_broker::RemoteDest;
 use meshgate_proto::Envelope;
 use meshgate_proto::v1::{Destination, Frame, RoutedEvent};
 use prost::Message;
@@ -67,7 +68,23 @@ pub fn decode_raw(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Frame
 
 /// Decodes a frame body that must be an event batch, handing each event to `f` as it is
 /// decoded (no vector of the whole batch). Returns the batch's `ack_up_to` (0 if none).
-pub fn for_each_event(mut body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result<u64, FrameError> {
+pub fn for_each_event(body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result<u64, FrameError> {
+    let mut failed = None;
+    let up_to = for_each_record(body, |r| match RoutedEvent::decode(r) {
+        Ok(ev) => f(ev),
+        Err(e) => {
+            failed.get_or_insert(e);
+        }
+    })?;
+    match failed {
+        Some(e) => Err(FrameError::Malformed(e.to_string())),
+        None => Ok(up_to),
+    }
+}
+
+/// The records (encoded `RoutedEvent`s) of a frame body that must be an event batch, each
+/// handed to `f`. Returns the batch's `ack_up_to` (0 if none).
+fn for_each_record(mut body: Bytes, mut f: impl FnMut(Bytes)) -> Result<u64, FrameError> {
     use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
     let bad = |e: prost::DecodeError| FrameError::Malformed(e.to_string());
     let take = |b: &mut Bytes| -> Result<Bytes, FrameError> {
@@ -89,8 +106,7 @@ pub fn for_each_event(mut body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result
         while batch.has_remaining() {
             let (tag, wt) = decode_key(&mut batch).map_err(bad)?;
             if tag == BATCH_EVENTS_TAG && wt == WireType::LengthDelimited {
-                let ev = RoutedEvent::decode(take(&mut batch)?).map_err(bad)?;
-                f(ev);
+                f(take(&mut batch)?);
             } else if tag == BATCH_ACK_TAG && wt == WireType::Varint {
                 up_to = decode_varint(&mut batch).map_err(bad)?;
             } else {
@@ -99,6 +115,121 @@ pub fn for_each_event(mut body: Bytes, mut f: impl FnMut(RoutedEvent)) -> Result
         }
     }
     Ok(up_to)
+}
+
+/// A `RoutedEvent` as a receiving node needs it: the envelope decoded straight into its shared
+/// allocation, this node's share (the queue groups it serves, if it is a destination) told
+/// apart from the destinations behind it without an allocation for its own.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The event.
+    pub env: Arc<Envelope>,
+    /// The (group, filter) pairs this node serves, if it is a destination.
+    pub mine: Option<Vec<(String, String)>>,
+    /// The destinations behind this node.
+    pub rest: Vec<Destination>,
+    /// Links crossed before the one it arrived on.
+    pub hops: u32,
+}
+
+/// Decodes one `RoutedEvent` for node `me`.
+pub fn decode_incoming(mut b: Bytes, me: &str) -> Result<Incoming, FrameError> {
+    use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
+    let mut env = Arc::new(Envelope::default());
+    let mut mine = None;
+    let mut rest = Vec::new();
+    let mut hops = 0;
+    let mut has_event = false;
+    while b.has_remaining() {
+        let (tag, wt) = decode_key(&mut b).map_err(malformed)?;
+        match (tag, wt) {
+            (EVENT_TAG, WireType::LengthDelimited) => {
+                // Unique: decoded in place, never moved.
+                Arc::make_mut(&mut env)
+                    .merge(take_field(&mut b)?)
+                    .map_err(malformed)?;
+                has_event = true;
+            }
+            (DESTS_TAG, WireType::LengthDelimited) => {
+                let d = take_field(&mut b)?;
+                let (node, groups) = dest_parts(&d)?;
+                if node == me.as_bytes() {
+                    mine = Some(groups);
+                } else {
+                    rest.push(Destination::decode(d).map_err(malformed)?);
+                }
+            }
+            (HOPS_TAG, WireType::Varint) => {
+                hops = decode_varint(&mut b).map_err(malformed)? as u32;
+            }
+            _ => skip_field(wt, tag, &mut b, DecodeContext::default()).map_err(malformed)?,
+        }
+    }
+    if !has_event {
+        return Err(FrameError::Malformed(
+            "a routed event without its event".into(),
+        ));
+    }
+    Ok(Incoming {
+        env,
+        mine,
+        rest,
+        hops,
+    })
+}
+
+fn malformed(e: prost::DecodeError) -> FrameError {
+    FrameError::Malformed(e.to_string())
+}
+
+/// The bytes of a length-delimited field's value.
+fn take_field(b: &mut Bytes) -> Result<Bytes, FrameError> {
+    let len = prost::encoding::decode_varint(b).map_err(malformed)? as usize;
+    if len > b.remaining() {
+        return Err(FrameError::Malformed("field beyond its message".into()));
+    }
+    Ok(b.split_to(len))
+}
+
+/// The `node` of an encoded `Destination` (borrowed) and its groups as (group, filter); no
+/// allocation for a destination without groups.
+type DestParts<'a> = (&'a [u8], Vec<(String, String)>);
+
+fn dest_parts(d: &Bytes) -> Result<DestParts<'_>, FrameError> {
+    use meshgate_proto::v1::GroupRef;
+    use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
+    let mut b = &d[..];
+    let mut node: &[u8] = &[];
+    let mut groups = Vec::new();
+    while b.has_remaining() {
+        let (tag, wt) = decode_key(&mut b).map_err(malformed)?;
+        if wt != WireType::LengthDelimited || !(tag == 1 || tag == 2) {
+            skip_field(wt, tag, &mut b, DecodeContext::default()).map_err(malformed)?;
+            continue;
+        }
+        let len = decode_varint(&mut b).map_err(malformed)? as usize;
+        if len > b.len() {
+            return Err(FrameError::Malformed("field beyond its destination".into()));
+        }
+        let (value, after) = b.split_at(len);
+        b = after;
+        if tag == 1 {
+            node = value;
+        } else {
+            let g = GroupRef::decode(value).map_err(malformed)?;
+            groups.push((g.group, g.filter));
+        }
+    }
+    Ok((node, groups))
+}
+
+/// [`for_each_event`] decoding each event as [`Incoming`] for node `me`.
+pub fn for_each_incoming(
+    body: Bytes,
+    me: &str,
+    mut f: impl FnMut(Result<Incoming, FrameError>),
+) -> Result<u64, FrameError> {
+    for_each_record(body, |r| f(decode_incoming(r, me)))
 }
 
 /// One `RoutedEvent` as stored in a guaranteed queue (the origin written in).
@@ -167,7 +298,7 @@ impl OutDest {
 
     fn encoded_len(&self) -> usize {
         match self {
-            OutDest::Owned(d) => d.encoded_len(),
+            OutDest::Owned(d) => Message::encoded_len(d),
             OutDest::Shared { node, groups } => {
                 str_len(1, node)
                     + groups
@@ -225,6 +356,144 @@ impl Dests {
             Dests::Many(v) => v,
         }
     }
+}
+
+/// A destination as the link encoder sees it: the router's [`RemoteDest`] at the origin (no
+/// copy of its shared names), a decoded [`Destination`] at a transit node.
+pub trait Dest {
+    /// The destination node.
+    fn node(&self) -> &str;
+    /// Encoded length of the `Destination` message.
+    fn encoded_len(&self) -> usize;
+    /// Appends the `Destination` message (without its key and length).
+    fn encode(&self, out: &mut BytesMut);
+}
+
+impl<T: Dest> Dest for &T {
+    fn node(&self) -> &str {
+        (**self).node()
+    }
+    fn encoded_len(&self) -> usize {
+        (**self).encoded_len()
+    }
+    fn encode(&self, out: &mut BytesMut) {
+        (**self).encode(out)
+    }
+}
+
+impl Dest for RemoteDest {
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn encoded_len(&self) -> usize {
+        shared_dest_len(&self.node, &self.groups)
+    }
+    fn encode(&self, out: &mut BytesMut) {
+        put_shared_dest(&self.node, &self.groups, out)
+    }
+}
+
+impl Dest for Destination {
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn encoded_len(&self) -> usize {
+        Message::encoded_len(self)
+    }
+    fn encode(&self, out: &mut BytesMut) {
+        self.encode_raw(out)
+    }
+}
+
+fn shared_dest_len(node: &str, groups: &[(Arc<str>, Arc<str>)]) -> usize {
+    str_len(1, node)
+        + groups
+            .iter()
+            .map(|(g, f)| {
+                let l = str_len(1, g) + str_len(2, f);
+                key_len(2) + encoded_len_varint(l as u64) + l
+            })
+            .sum::<usize>()
+}
+
+fn put_shared_dest(node: &str, groups: &[(Arc<str>, Arc<str>)], out: &mut BytesMut) {
+    put_str(1, node, out);
+    for (g, f) in groups {
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint((str_len(1, g) + str_len(2, f)) as u64, out);
+        put_str(1, g, out);
+        put_str(2, f, out);
+    }
+}
+
+/// Length of one `EventBatch.events` record (key, length and `RoutedEvent`) of `event` for
+/// `dests`, as [`append_record`] writes it.
+pub fn record_len<D: Dest>(event: &Envelope, dests: &[D], hops: u32, origin: &str) -> usize {
+    let len = routed_len_of(event, dests, hops, origin).1;
+    key_len(BATCH_EVENTS_TAG) + encoded_len_varint(len as u64) + len
+}
+
+/// Appends one `EventBatch.events` record: the event, with this node's name as its origin if it
+/// has none yet, for `dests`. Whole records appended back to back are the body of an event
+/// batch ([`batch_header`]); nothing is copied per destination or per link but the bytes.
+pub fn append_record<D: Dest>(
+    event: &Envelope,
+    dests: &[D],
+    hops: u32,
+    origin: &str,
+    out: &mut BytesMut,
+) -> usize {
+    let (env_len, len) = routed_len_of(event, dests, hops, origin);
+    let total = key_len(BATCH_EVENTS_TAG) + encoded_len_varint(len as u64) + len;
+    out.reserve(total);
+    encode_key(BATCH_EVENTS_TAG, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    encode_key(EVENT_TAG, WireType::LengthDelimited, out);
+    encode_varint(env_len as u64, out);
+    if event.origin_node.is_empty() {
+        // The envelope itself writes no origin (it is empty), so this one stands.
+        put_str(ORIGIN_TAG, origin, out);
+    }
+    event.encode_raw(out);
+    for d in dests {
+        encode_key(DESTS_TAG, WireType::LengthDelimited, out);
+        encode_varint(d.encoded_len() as u64, out);
+        d.encode(out);
+    }
+    if hops != 0 {
+        prost::encoding::uint32::encode(HOPS_TAG, &hops, out);
+    }
+    total
+}
+
+/// The length prefix and header of a frame whose body is `body_len` bytes of records
+/// ([`append_record`]): `Frame { events: EventBatch { events } }`. Returns the bytes to write
+/// before the body.
+pub fn batch_header(body_len: usize) -> Bytes {
+    let frame_len = key_len(FRAME_EVENTS_TAG) + encoded_len_varint(body_len as u64) + body_len;
+    let mut out = BytesMut::with_capacity(16);
+    out.put_u32(frame_len as u32);
+    encode_key(FRAME_EVENTS_TAG, WireType::LengthDelimited, &mut out);
+    encode_varint(body_len as u64, &mut out);
+    out.freeze()
+}
+
+fn routed_len_of<D: Dest>(
+    event: &Envelope,
+    dests: &[D],
+    hops: u32,
+    origin: &str,
+) -> (usize, usize) {
+    let env_len = event.encoded_len() + origin_len(event, origin);
+    let mut n = key_len(EVENT_TAG) + encoded_len_varint(env_len as u64) + env_len;
+    for d in dests {
+        let l = d.encoded_len();
+        n += key_len(DESTS_TAG) + encoded_len_varint(l as u64) + l;
+    }
+    if hops != 0 {
+        n += key_len(HOPS_TAG) + encoded_len_varint(u64::from(hops));
+    }
+    (env_len, n)
 }
 
 /// Encoded size of a non-empty string field (proto3 omits empty strings).

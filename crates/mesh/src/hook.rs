@@ -27,14 +27,14 @@ impl MeshHook for Hook {
     }
 
     fn forward(&self, event: &Arc<Envelope>, dests: &[RemoteDest], flow: &mut Congestion) -> u64 {
-        let dests = dests.iter().map(|d| OutDest::Shared {
-            node: d.node.clone(),
-            groups: d.groups.clone(),
-        });
         if let Some(outbox) = &self.0.outbox
             && event.delivery == meshgate_proto::DeliveryClass::Guaranteed as i32
         {
-            match outbox.forward(event, dests.clone(), 0) {
+            let shared = dests.iter().map(|d| OutDest::Shared {
+                node: d.node.clone(),
+                groups: d.groups.clone(),
+            });
+            match outbox.forward(event, shared, 0) {
                 Ok(ticket) => return ticket,
                 Err(e) => warn!(error = %e, "cannot store a guaranteed event; sent as direct"),
             }

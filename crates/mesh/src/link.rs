@@ -1,17 +1,20 @@
 //! One link: a QUIC connection to a peer node, its streams, and its counters.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use meshgate_broker::flow::{Admit, Congestion, Valve};
+use meshgate_proto::Envelope;
 use meshgate_proto::v1::{Frame, Hello, frame::Body};
+use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-use crate::frame::{self, FrameError, OutEvent};
+use crate::frame::{self, Dest, FrameError};
 
 /// Counters of one link, shown in `GET /v1/mesh` and `/metrics`.
 #[derive(Debug, Default)]
@@ -58,45 +61,96 @@ pub struct Link {
     /// Counters.
     pub stats: LinkStats,
     pub(crate) control: mpsc::Sender<Frame>,
-    pub(crate) events: mpsc::Sender<OutEvent>,
+    /// Direct events encoded for the event stream and not written yet.
+    pub(crate) out: Mutex<Outgoing>,
+    /// Wakes the event writer: records arrived, or the link is closing.
+    pub(crate) out_ready: Notify,
+    /// This node's name, written as the origin of events that leave it now.
+    pub(crate) origin: Arc<str>,
+    /// Most record bytes in one frame (well under the peer's frame limit).
+    pub(crate) frame_budget: usize,
     /// Flow control of the direct event queue: publishers wait above its high watermark while
     /// the writer makes progress (see meshgate_broker::flow).
     pub valve: Arc<Valve>,
 }
 
-/// Bytes an event copy counts for in a link's queue beyond payload and topic.
-const OUT_EVENT_OVERHEAD: u64 = 96;
+/// Most events in one frame: the receiver delivers a frame before it looks at its subscribers'
+/// queues again, so a frame stays well under their high watermarks.
+const FRAME_EVENTS: usize = 2048;
 
-/// What an event copy counts for against a link queue's byte limit.
-pub(crate) fn out_size(e: &OutEvent) -> u64 {
-    (e.event.payload.len() + e.event.topic.len()) as u64 + OUT_EVENT_OVERHEAD
+/// Direct events waiting for the event writer: whole `EventBatch` records, in frames' worth.
+#[derive(Debug, Default)]
+pub(crate) struct Outgoing {
+    segments: VecDeque<Segment>,
+    /// The link is going away: the writer ends once it wrote what is here.
+    closed: bool,
+}
+
+/// The body of one frame being filled: records back to back, and how many.
+#[derive(Debug)]
+struct Segment {
+    body: BytesMut,
+    events: usize,
 }
 
 impl Link {
-    /// Queues one event copy. Above the queue's high watermark the copy is still taken and the
-    /// link noted in `flow`, so that the publisher waits; a copy the queue refuses (hard limit,
-    /// or the link declared slow) is dropped and counted.
-    pub fn send_event(&self, e: OutEvent, flow: &mut Congestion) -> bool {
-        let size = out_size(&e);
-        match self.valve.admit(size) {
-            Admit::Taken { congested } => {
-                if self.events.try_send(e).is_err() {
-                    // The channel holds the hard limit: only a closed link refuses.
-                    self.valve.took(1, size);
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    return false;
-                }
-                if congested {
-                    self.stats.congested.fetch_add(1, Ordering::Relaxed);
-                    flow.note(&self.valve);
-                }
-                true
-            }
+    /// Queues one copy of `event` for `dests` (all behind this link): encoded at once into the
+    /// link's outgoing frame by the publisher's task, so that nothing but bytes crosses to the
+    /// writer. Above the queue's high watermark the copy is still taken and the link noted in
+    /// `flow`, so that the publisher waits; a copy the queue refuses (hard limit, or the link
+    /// declared slow) is dropped and counted.
+    pub fn send<D: Dest>(
+        &self,
+        event: &Envelope,
+        dests: &[D],
+        hops: u32,
+        flow: &mut Congestion,
+    ) -> bool {
+        let len = frame::record_len(event, dests, hops, &self.origin);
+        let congested = match self.valve.admit(len as u64) {
+            Admit::Taken { congested } => congested,
             Admit::Refused(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
+                return false;
             }
+        };
+        let mut out = self.out.lock();
+        if out.closed {
+            drop(out);
+            self.valve.took(1, len as u64);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        let was_empty = out.segments.is_empty();
+        let room = out
+            .segments
+            .back()
+            .is_some_and(|s| s.body.len() + len <= self.frame_budget && s.events < FRAME_EVENTS);
+        if !room {
+            out.segments.push_back(Segment {
+                body: BytesMut::with_capacity((64 * 1024).max(len)),
+                events: 0,
+            });
+        }
+        if let Some(seg) = out.segments.back_mut() {
+            frame::append_record(event, dests, hops, &self.origin, &mut seg.body);
+            seg.events += 1;
+        }
+        drop(out);
+        if was_empty {
+            self.out_ready.notify_one();
+        }
+        if congested {
+            self.stats.congested.fetch_add(1, Ordering::Relaxed);
+            flow.note(&self.valve);
+        }
+        true
+    }
+
+    /// Ends the event writer once it wrote what is queued; later copies are dropped.
+    pub(crate) fn close_out(&self) {
+        self.out.lock().closed = true;
+        self.out_ready.notify_one();
     }
 
     /// Queues a control frame; false if the control queue is full or closed.
@@ -237,45 +291,44 @@ pub(crate) async fn control_writer(
     let _ = send.finish();
 }
 
-/// Drains the event queue onto this side's event stream: everything queued since the last
-/// write goes out as one frame in one write.
-pub(crate) async fn event_writer(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<OutEvent>,
-    link: Arc<Link>,
-    origin: Arc<str>,
-    max_frame: usize,
-) {
-    let mut batch = Vec::with_capacity(1024);
-    let mut buf = BytesMut::with_capacity(256 * 1024);
-    let mut scratch = Vec::with_capacity(1024);
-    // Keep each frame well under the receiver's limit.
-    let budget = max_frame / 2;
-    while rx.recv_many(&mut batch, 4096).await > 0 {
-        buf.clear();
-        let mut start = 0;
-        let mut size = 0usize;
-        for i in 0..batch.len() {
-            size += batch[i].event.payload.len() + batch[i].event.topic.len() + 64;
-            if size >= budget || i + 1 == batch.len() {
-                frame::encode_events(&batch[start..=i], &origin, &mut buf, &mut scratch);
-                start = i + 1;
-                size = 0;
+/// Writes the direct events that publishers encoded for this link ([`Link::send`]) onto this
+/// side's event stream: every frame's worth queued since the last write goes out as one frame,
+/// its body handed to quinn without a copy. Ends when the link closes.
+pub(crate) async fn event_writer(mut send: quinn::SendStream, link: Arc<Link>) {
+    let mut taken: VecDeque<Segment> = VecDeque::new();
+    loop {
+        let ready = link.out_ready.notified();
+        tokio::pin!(ready);
+        // Registered before looking, so records queued after the look wake it.
+        ready.as_mut().enable();
+        let closed = {
+            let mut out = link.out.lock();
+            std::mem::swap(&mut out.segments, &mut taken);
+            out.closed
+        };
+        if taken.is_empty() {
+            if closed {
+                break;
             }
+            ready.await;
+            continue;
         }
         // Taken: progress for the publishers waiting on this link.
-        link.valve
-            .took(batch.len(), batch.iter().map(out_size).sum());
+        let events: usize = taken.iter().map(|s| s.events).sum();
+        let bytes: usize = taken.iter().map(|s| s.body.len()).sum();
+        link.valve.took(events, bytes as u64);
         link.stats
             .tx_events
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        link.stats
-            .tx_bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        batch.clear();
-        // Hand the encoded bytes to quinn without another copy.
-        if send.write_chunk(buf.split().freeze()).await.is_err() {
-            return;
+            .fetch_add(events as u64, Ordering::Relaxed);
+        for seg in taken.drain(..) {
+            let mut chunks = [frame::batch_header(seg.body.len()), seg.body.freeze()];
+            let size = chunks.iter().map(Bytes::len).sum::<usize>();
+            link.stats
+                .tx_bytes
+                .fetch_add(size as u64, Ordering::Relaxed);
+            if send.write_all_chunks(&mut chunks).await.is_err() {
+                return;
+            }
         }
     }
     let _ = send.finish();

@@ -29,8 +29,6 @@ pub(crate) async fn run_link(
 ) {
     let (ctx, crx) = mpsc::channel(4096);
     let limits = Limits::new(inner.cfg.link_queue, inner.cfg.link_queue_bytes);
-    // The channel holds the hard limit; the valve decides before it is reached.
-    let (etx, erx) = mpsc::channel(2 * limits.events + 1);
     let peer: Arc<str> = hello.node.as_str().into();
     let link = Arc::new(Link {
         peer: peer.clone(),
@@ -41,7 +39,11 @@ pub(crate) async fn run_link(
         conn: conn.clone(),
         stats: LinkStats::default(),
         control: ctx,
-        events: etx,
+        out: Default::default(),
+        out_ready: Default::default(),
+        origin: inner.name.clone(),
+        // Keep each frame well under the peer's limit.
+        frame_budget: inner.cfg.max_frame_bytes / 2,
         valve: Valve::new(limits),
     });
     // Register and announce under the registry lock, so gossip for this link starts after it.
@@ -66,7 +68,7 @@ pub(crate) async fn run_link(
     let cost = inner.cfg.link_cost;
     inner.with_registry(|reg, rt| reg.link_up(&peer, cost, rt));
 
-    open_streams(&inner, &link, erx);
+    open_streams(&inner, &link);
     inner
         .tasks
         .spawn(accept_streams(inner.clone(), link.clone()));
@@ -76,10 +78,10 @@ pub(crate) async fn run_link(
 
 /// Opens this side's event stream and, with a store, its guaranteed stream, each with the task
 /// that writes it.
-fn open_streams(inner: &Arc<Inner>, link: &Arc<Link>, events: mpsc::Receiver<frame::OutEvent>) {
+fn open_streams(inner: &Arc<Inner>, link: &Arc<Link>) {
     {
-        let (link, inner) = (link.clone(), inner.clone());
-        inner.clone().tasks.spawn(async move {
+        let link = link.clone();
+        inner.tasks.spawn(async move {
             let Ok(mut send) = link.conn.open_uni().await else {
                 return;
             };
@@ -87,8 +89,7 @@ fn open_streams(inner: &Arc<Inner>, link: &Arc<Link>, events: mpsc::Receiver<fra
             if send.write_all(&[guaranteed::STREAM_DIRECT]).await.is_err() {
                 return;
             }
-            let (origin, max) = (inner.name.clone(), inner.cfg.max_frame_bytes);
-            link::event_writer(send, events, link, origin, max).await;
+            link::event_writer(send, link).await;
         });
     }
     let Some(outbox) = &inner.outbox else { return };
@@ -193,8 +194,9 @@ async fn control_loop(inner: &Arc<Inner>, link: &Arc<Link>, mut control: FrameRe
 /// Closes the connection, waits for it to end, and takes the link out of the tables and the
 /// registry (unless a newer link to the same peer replaced it already).
 async fn teardown(inner: &Arc<Inner>, link: &Arc<Link>) {
-    // Nobody waits for a link that is gone.
+    // Nobody waits for a link that is gone, and its writer ends.
     link.valve.set_online(false);
+    link.close_out();
     link.conn.close(0u32.into(), b"link closed");
     let reason = link.conn.closed().await;
     let removed = {
@@ -268,10 +270,12 @@ impl EventStream {
 /// Reads the peer's direct event stream: delivers and forwards each event at once.
 async fn read_direct(inner: Arc<Inner>, link: Arc<Link>, reader: FrameReader) {
     let mut publisher = inner.broker.publisher("mesh", None);
+    // Each subscriber's share of a frame is queued at once (see Publisher::set_batched).
+    publisher.set_batched(true);
     let mut stream = EventStream { link, reader };
     while let Some((body, _)) = stream.next().await {
         let mut batch = Batch::default();
-        let r = frame::for_each_event(body, |e| {
+        let r = frame::for_each_incoming(body, &inner.name, |e| {
             batch.events += 1;
             batch.fanout += inner.on_event(e, &mut publisher);
         });
@@ -332,7 +336,7 @@ fn store_batch(
 ) -> Result<(u64, u64), String> {
     let mut ticket = 0u64;
     let mut failed = None;
-    let r = frame::for_each_event(body, |e| {
+    let r = frame::for_each_incoming(body, &inner.name, |e| {
         batch.events += 1;
         match inner.on_guaranteed(outbox, e, publisher) {
             Ok((f, t)) => {

@@ -1,6 +1,8 @@
 //! PUBLISH from a client: topic aliases, the envelope, routing, and the acknowledgement or
 //! refusal.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use meshgate_broker::PublishError;
 use meshgate_proto::{DeliveryClass, Envelope, Header};
@@ -28,15 +30,16 @@ impl Conn {
             self.ack(0, pkid, Ack::Pubrec, Reason::Success, None);
             return None;
         }
-        let mut env = Envelope {
-            retain,
-            payload,
-            delivery: if qos > 0 {
-                DeliveryClass::Guaranteed as i32
-            } else {
-                DeliveryClass::Direct as i32
-            },
-            ..Default::default()
+        // Built in its shared allocation: the envelope is never moved (it is a few hundred
+        // bytes, and a move is a copy).
+        let mut event = Arc::new(Envelope::default());
+        let env = Arc::make_mut(&mut event);
+        env.retain = retain;
+        env.payload = payload;
+        env.delivery = if qos > 0 {
+            DeliveryClass::Guaranteed as i32
+        } else {
+            DeliveryClass::Direct as i32
         };
         env.topic = match props {
             Some(props) => {
@@ -44,7 +47,7 @@ impl Conn {
                     Ok(t) => t,
                     Err(end) => return Some(end),
                 };
-                set_properties(&mut env, props);
+                set_properties(env, props);
                 topic
             }
             None => topic,
@@ -52,7 +55,7 @@ impl Conn {
         match self
             .ctx
             .broker
-            .publish(&mut self.publisher, env, qos.min(1))
+            .publish_shared(&mut self.publisher, event, qos.min(1))
         {
             Ok(report) => {
                 match qos {

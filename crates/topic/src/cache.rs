@@ -98,6 +98,45 @@ impl<K: Copy + Eq + Hash, V: Clone> MatchCache<K, V> {
         &slot.matches
     }
 
+    /// [`MatchCache::lookup`] for a caller that knows the trie's id and generation without
+    /// holding it: a hit needs no trie (and so no lock on it); on a miss `fill` computes the
+    /// matches (taking the trie then). A write to the trie after the generation was read is
+    /// seen at the next lookup.
+    pub fn lookup_with<'a>(
+        &'a mut self,
+        id: u64,
+        generation: u64,
+        topic: &str,
+        fill: impl FnOnce(&str, &mut Matches<K, V>),
+    ) -> &'a Matches<K, V> {
+        let tag = self.hasher.hash_one(topic) | 1;
+        let set = (tag >> 32) as usize & self.set_mask;
+        let same_topic = (0..WAYS)
+            .find(|&w| self.tags[set][w] == tag && self.slots[set * WAYS + w].topic == topic);
+        let way = match same_topic {
+            Some(w) => {
+                let slot = &self.slots[set * WAYS + w];
+                if slot.trie == id && slot.generation == generation {
+                    self.hits += 1;
+                    self.touch(set, w);
+                    return &self.slots[set * WAYS + w].matches;
+                }
+                w
+            }
+            None => self.victim(set),
+        };
+        self.misses += 1;
+        self.tags[set][way] = tag;
+        self.touch(set, way);
+        let slot = &mut self.slots[set * WAYS + way];
+        slot.topic.clear();
+        slot.topic.push_str(topic);
+        slot.trie = id;
+        slot.generation = generation;
+        fill(topic, &mut slot.matches);
+        &slot.matches
+    }
+
     /// The least recently used way of a set (an empty one first).
     fn victim(&self, set: usize) -> usize {
         let used = &self.used[set];

@@ -107,7 +107,7 @@ impl<K: Copy + Eq + Hash, V: Clone> Trie<K, V> {
     }
 
     /// Identifies this trie among all tries of the process (caches compare it too).
-    pub(crate) fn id(&self) -> u64 {
+    pub fn id(&self) -> u64 {
         self.id
     }
 
