@@ -151,24 +151,23 @@ impl Valve {
     /// Decides on one event of `bytes` about to enter the queue and counts it in when taken.
     /// Callers that hold the queue's lock call this under it, so the counts match the queue.
     pub fn admit(&self, bytes: u64) -> Admit {
-        let (events, queued) = (
-            self.events.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-        );
-        let over_high = events >= self.limits.events || queued >= self.limits.bytes;
-        let waitable = self.online.load(Ordering::Relaxed) && !self.slow.load(Ordering::Relaxed);
-        if self.cut.load(Ordering::Relaxed) || (over_high && self.slow.load(Ordering::Relaxed)) {
-            self.dropped_slow.fetch_add(1, Ordering::Relaxed);
-            return Admit::Refused(Refusal::Slow);
-        }
-        let over_hard = events >= 2 * self.limits.events || queued >= 2 * self.limits.bytes;
-        if over_hard || (over_high && !waitable) {
-            return Admit::Refused(Refusal::Full);
-        }
-        let events = self.events.fetch_add(1, Ordering::Relaxed) + 1;
-        let queued = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        Admit::Taken {
-            congested: waitable && (events > self.limits.events || queued > self.limits.bytes),
+        let mut b = self.batch();
+        b.admit(bytes)
+    }
+
+    /// Decides on many events in a row with one read of the shared counts and one update
+    /// (when the batch is dropped): a publisher queueing its share of a read batch touches the
+    /// lines the consumer also writes once, not per event.
+    pub fn batch(&self) -> AdmitBatch<'_> {
+        AdmitBatch {
+            valve: self,
+            events: self.events.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            added_events: 0,
+            added_bytes: 0,
+            slow: self.slow.load(Ordering::Relaxed) || self.cut.load(Ordering::Relaxed),
+            waitable: self.online.load(Ordering::Relaxed) && !self.slow.load(Ordering::Relaxed),
+            dropped_slow: 0,
         }
     }
 
@@ -281,6 +280,73 @@ impl Valve {
     /// Times the consumer was declared slow, so far.
     pub fn times_slow(&self) -> u64 {
         self.declared_slow.load(Ordering::Relaxed)
+    }
+}
+
+/// Admissions to one valve counted locally, applied when dropped (see [`Valve::batch`]).
+#[derive(Debug)]
+pub struct AdmitBatch<'a> {
+    valve: &'a Valve,
+    events: usize,
+    bytes: u64,
+    added_events: usize,
+    added_bytes: u64,
+    slow: bool,
+    waitable: bool,
+    dropped_slow: u64,
+}
+
+impl AdmitBatch<'_> {
+    /// [`Valve::admit`] for the next event of the batch.
+    pub fn admit(&mut self, bytes: u64) -> Admit {
+        let limits = &self.valve.limits;
+        let over_high = self.events >= limits.events || self.bytes >= limits.bytes;
+        if self.valve.cut.load(Ordering::Relaxed) || (over_high && self.slow) {
+            self.dropped_slow += 1;
+            return Admit::Refused(Refusal::Slow);
+        }
+        let over_hard = self.events >= 2 * limits.events || self.bytes >= 2 * limits.bytes;
+        if over_hard || (over_high && !self.waitable) {
+            return Admit::Refused(Refusal::Full);
+        }
+        self.events += 1;
+        self.bytes += bytes;
+        self.added_events += 1;
+        self.added_bytes += bytes;
+        Admit::Taken {
+            congested: self.waitable && (self.events > limits.events || self.bytes > limits.bytes),
+        }
+    }
+
+    /// [`Valve::force`] for the next event of the batch.
+    pub fn force(&mut self, bytes: u64) -> bool {
+        if self.events >= 2 * self.valve.limits.events {
+            return false;
+        }
+        self.events += 1;
+        self.bytes += bytes;
+        self.added_events += 1;
+        self.added_bytes += bytes;
+        true
+    }
+
+    /// Events queued now, this batch's included.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+}
+
+impl Drop for AdmitBatch<'_> {
+    fn drop(&mut self) {
+        let v = self.valve;
+        if self.added_events > 0 {
+            v.events.fetch_add(self.added_events, Ordering::Relaxed);
+            v.bytes.fetch_add(self.added_bytes, Ordering::Relaxed);
+        }
+        if self.dropped_slow > 0 {
+            v.dropped_slow
+                .fetch_add(self.dropped_slow, Ordering::Relaxed);
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use meshgate_store::Journal;
 use prost::Message;
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
-use crate::flow::{Admit, Limits, Refusal as FlowRefusal, Valve};
+use crate::flow::{Admit, AdmitBatch, Limits, Refusal as FlowRefusal, Valve};
 
 /// Identifies a session (an MQTT session, an SSE stream) inside one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -363,7 +363,7 @@ impl Mailbox {
             return Err(Refused::Offline);
         }
         let mut items = self.queue.items.lock();
-        let r = self.admit(&d);
+        let r = self.admit(&mut self.queue.valve.batch(), &d);
         if r.is_ok() {
             items.push_back(d);
         }
@@ -385,12 +385,13 @@ impl Mailbox {
         let mut queued = false;
         let mut congested = false;
         let mut items = self.queue.items.lock();
+        let mut batch = self.queue.valve.batch();
         for d in ds {
             if !self.takes(&d) {
                 refused(d, Refused::Offline);
                 continue;
             }
-            match self.admit(&d) {
+            match self.admit(&mut batch, &d) {
                 Ok(q) => {
                     congested |= q.congested;
                     items.push_back(d);
@@ -399,6 +400,8 @@ impl Mailbox {
                 Err(why) => refused(d, why),
             }
         }
+        // Counted in before the lock is released: the receiver subtracts what it takes.
+        drop(batch);
         drop(items);
         if queued {
             self.queue.ready.notify_one();
@@ -409,15 +412,15 @@ impl Mailbox {
     /// Counts `d` into the queue's valve, or says why not (called with the queue locked). A
     /// journaled delivery never makes its publisher wait: beyond the high watermark it stays in
     /// the journal, which the session reads back when it has room, and is not lost.
-    fn admit(&self, d: &Delivery) -> Result<Queued, Refused> {
-        let valve = &self.queue.valve;
+    fn admit(&self, batch: &mut AdmitBatch<'_>, d: &Delivery) -> Result<Queued, Refused> {
         if d.seq != 0 {
-            if valve.events() >= valve.limits().events || !valve.force(d.size()) {
+            let high = self.queue.valve.limits().events;
+            if batch.events() >= high || !batch.force(d.size()) {
                 return Err(Refused::Full);
             }
             return Ok(Queued { congested: false });
         }
-        match valve.admit(d.size()) {
+        match batch.admit(d.size()) {
             Admit::Taken { congested } => Ok(Queued { congested }),
             Admit::Refused(FlowRefusal::Full) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

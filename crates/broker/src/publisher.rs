@@ -42,6 +42,9 @@ pub struct Publisher {
     /// Reused buffer of the journal records of held deliveries, and each record's span in it.
     pub(crate) scratch: Vec<u8>,
     pub(crate) spans: Vec<std::ops::Range<usize>>,
+    /// Reused lists of one session's held deliveries, and of the part stored with one write.
+    pub(crate) run: Vec<Delivery>,
+    pub(crate) part: Vec<Delivery>,
     /// The congested queues this publisher filled since it last waited (see crate::flow).
     pub(crate) congestion: Congestion,
     /// `meshgate_publisher_stalls_total{protocol}` and the seconds stalled.
@@ -144,6 +147,8 @@ impl Broker {
             held: Vec::new(),
             scratch: Vec::new(),
             spans: Vec::new(),
+            run: Vec::new(),
+            part: Vec::new(),
             congestion: Congestion::default(),
             stalls: metrics::counter!("meshgate_publisher_stalls_total", "protocol" => protocol),
             stalled_seconds: metrics::counter!(
@@ -171,26 +176,22 @@ impl Broker {
         if held.windows(2).any(|w| w[0].0.id() != w[1].0.id()) {
             held.sort_by_key(|(mb, _)| mb.id());
         }
+        // Each run's deliveries are moved, never cloned, on their way to the mailbox.
+        let mut run = std::mem::take(&mut p.run);
+        let mut run_mb: Option<Arc<Mailbox>> = None;
         let mut ticket = 0;
-        let mut start = 0;
-        while start < held.len() {
-            let id = held[start].0.id();
-            let len = held[start..]
-                .iter()
-                .position(|(mb, _)| mb.id() != id)
-                .unwrap_or(held.len() - start);
-            let run = &held[start..start + len];
-            ticket = ticket.max(store_run(
-                run,
-                &mut p.scratch,
-                &mut p.spans,
-                &mut p.tally,
-                &mut p.congestion,
-            ));
-            start += len;
+        for (mb, d) in held.drain(..) {
+            if let Some(cur) = run_mb.take_if(|cur| cur.id() != mb.id()) {
+                ticket = ticket.max(store_run(&cur, &mut run, p));
+            }
+            run_mb.get_or_insert(mb);
+            run.push(d);
         }
-        held.clear();
+        if let Some(cur) = run_mb {
+            ticket = ticket.max(store_run(&cur, &mut run, p));
+        }
         p.held = held;
+        p.run = run;
         ticket
     }
 }
@@ -238,69 +239,63 @@ fn kept_when_refused(why: Refused, journaled: bool, tally: &mut LocalTally) -> b
 /// Most bytes of journal records appended with one write by [`Broker::flush_held`].
 const HELD_WRITE_BYTES: usize = 8 << 20;
 
-/// [`Broker::flush_held`] for the held deliveries of one session: appends the journal records of
-/// the QoS 1 ones (one write per [`HELD_WRITE_BYTES`]) and queues each part in order under the
-/// journal's lock. A delivery that cannot be stored is queued in memory only, as
-/// [`deliver`] does. Returns the highest ticket.
-fn store_run(
-    run: &[(Arc<Mailbox>, Delivery)],
-    scratch: &mut Vec<u8>,
-    spans: &mut Vec<std::ops::Range<usize>>,
-    tally: &mut LocalTally,
-    flow: &mut Congestion,
-) -> u64 {
-    let Some(journal) = run.first().and_then(|(mb, _)| mb.journal().cloned()) else {
+/// [`Broker::flush_held`] for the held deliveries of one session (`run`, emptied): appends the
+/// journal records of the QoS 1 ones (one write per [`HELD_WRITE_BYTES`]) and queues each part
+/// in order under the journal's lock. A delivery that cannot be stored is queued in memory
+/// only, as `deliver` does. Returns the highest ticket.
+fn store_run(mb: &Mailbox, run: &mut Vec<Delivery>, p: &mut Publisher) -> u64 {
+    let Some(journal) = mb.journal().cloned() else {
         // Nothing to store: the session's share of the batch is queued at once.
-        queue_part(run, None, tally, flow);
+        queue_part(mb, run.drain(..), None, &mut p.tally, &mut p.congestion);
         return 0;
     };
     let mut ticket = 0;
-    let mut rest = run;
-    while !rest.is_empty() {
-        scratch.clear();
-        spans.clear();
+    let mut part = std::mem::take(&mut p.part);
+    while !run.is_empty() {
+        p.scratch.clear();
+        p.spans.clear();
         let mut n = 0;
-        while n < rest.len() && scratch.len() < HELD_WRITE_BYTES {
-            let d = &rest[n].1;
+        while n < run.len() && p.scratch.len() < HELD_WRITE_BYTES {
+            let d = &run[n];
             if d.qos > 0 {
-                let from = scratch.len();
-                d.encode_into(scratch);
-                spans.push(from..scratch.len());
+                let from = p.scratch.len();
+                d.encode_into(&mut p.scratch);
+                p.spans.push(from..p.scratch.len());
             }
             n += 1;
         }
-        let (part, tail) = rest.split_at(n);
-        rest = tail;
-        if spans.is_empty() {
+        part.extend(run.drain(..n));
+        let (tally, flow) = (&mut p.tally, &mut p.congestion);
+        if p.spans.is_empty() {
             // QoS 0 only: nothing to store.
-            queue_part(part, None, tally, flow);
+            queue_part(mb, part.drain(..), None, tally, flow);
             continue;
         }
-        let records: Vec<&[u8]> = spans.iter().map(|r| &scratch[r.clone()]).collect();
+        let records: Vec<&[u8]> = p.spans.iter().map(|r| &p.scratch[r.clone()]).collect();
         match journal.append_batch_then(&records, |seqs| {
-            queue_part(part, Some(seqs.start), tally, flow);
+            queue_part(mb, part.drain(..), Some(seqs.start), tally, flow);
         }) {
             Ok(((), _, t)) => ticket = ticket.max(t),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot store deliveries; kept in memory");
-                queue_part(part, None, tally, flow);
+                queue_part(mb, part.drain(..), None, tally, flow);
             }
         }
     }
+    p.part = part;
     ticket
 }
 
-/// Queues the held deliveries of `part` in order, the QoS 1 ones numbered from `first` (their
-/// journal sequence numbers; `None`: not stored).
+/// Queues the held deliveries `part` of `mb` in order, the QoS 1 ones numbered from `first`
+/// (their journal sequence numbers; `None`: not stored).
 fn queue_part(
-    part: &[(Arc<Mailbox>, Delivery)],
+    mb: &Mailbox,
+    part: impl Iterator<Item = Delivery>,
     mut first: Option<u64>,
     tally: &mut LocalTally,
     flow: &mut Congestion,
 ) {
-    let Some((mb, _)) = part.first() else { return };
-    let numbered = part.iter().map(|(_, d)| {
-        let mut d = d.clone();
+    let numbered = part.map(|mut d| {
         if d.qos > 0
             && let Some(seq) = first.as_mut()
         {

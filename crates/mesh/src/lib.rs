@@ -159,6 +159,11 @@ fn quic_endpoint(cfg: &MeshConfig) -> Result<(quinn::Endpoint, quinn::ClientConf
         .map_err(|e| MeshError::Tls(e.to_string()))?;
     let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(cfg.tls.client.clone())
         .map_err(|e| MeshError::Tls(e.to_string()))?;
+    // Search up to the largest UDP payload: a path with jumbo frames (or loopback) carries
+    // several times fewer packets, each one encrypted and acknowledged once; elsewhere the
+    // search stops at the path's MTU.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(65527);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
@@ -172,7 +177,8 @@ fn quic_endpoint(cfg: &MeshConfig) -> Result<(quinn::Endpoint, quinn::ClientConf
         // Room for bursts of event batches on one stream.
         .stream_receive_window((8u32 << 20).into())
         .receive_window((32u32 << 20).into())
-        .send_window(32 << 20);
+        .send_window(32 << 20)
+        .mtu_discovery_config(Some(mtu));
     let transport = Arc::new(transport);
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport.clone());

@@ -42,8 +42,6 @@ pub(crate) async fn run_link(
         out: Default::default(),
         out_ready: Default::default(),
         origin: inner.name.clone(),
-        // Keep each frame well under the peer's limit.
-        frame_budget: inner.cfg.max_frame_bytes / 2,
         valve: Valve::new(limits),
     });
     // Register and announce under the registry lock, so gossip for this link starts after it.
