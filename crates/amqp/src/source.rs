@@ -211,49 +211,7 @@ async fn consume(
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
 ) -> Result<(), SourceError> {
-    let ch = conn
-        .create_channel()
-        .await
-        .map_err(|e| format!("open a channel: {e}"))?;
-    let queue = ShortString::from(src.queue.as_str());
-    if src.declare {
-        let opts = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        ch.queue_declare(queue.clone(), opts, FieldTable::default())
-            .await
-            .map_err(|e| SourceError::Rejected(format!("declare queue {:?}: {e}", src.queue)))?;
-    }
-    for b in &src.bindings {
-        ch.queue_bind(
-            queue.clone(),
-            b.exchange.as_str().into(),
-            b.routing_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            SourceError::Rejected(format!(
-                "bind queue {:?} to exchange {:?} with {:?}: {e}",
-                src.queue, b.exchange, b.routing_key
-            ))
-        })?;
-    }
-    ch.basic_qos(src.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|e| format!("basic.qos: {e}"))?;
-    let tag = ShortString::try_new(format!("meshgate-{node}-{}", src.name)).unwrap_or_default();
-    let mut consumer = ch
-        .basic_consume(
-            queue,
-            tag,
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("consume queue {:?}: {e}", src.queue))?;
+    let mut consumer = open_consumer(conn, src, node).await?;
     status.up();
     backoff.reset();
 
@@ -351,6 +309,59 @@ async fn consume(
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// A channel consuming the source's queue (declared and bound first if configured), with the
+/// prefetch window as its QoS.
+async fn open_consumer(
+    conn: &Connection,
+    src: &AmqpSource,
+    node: &str,
+) -> Result<lapin::Consumer, SourceError> {
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|e| format!("open a channel: {e}"))?;
+    let queue = ShortString::from(src.queue.as_str());
+    if src.declare {
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(queue.clone(), opts, FieldTable::default())
+            .await
+            .map_err(|e| SourceError::Rejected(format!("declare queue {:?}: {e}", src.queue)))?;
+    }
+    for b in &src.bindings {
+        ch.queue_bind(
+            queue.clone(),
+            b.exchange.as_str().into(),
+            b.routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            SourceError::Rejected(format!(
+                "bind queue {:?} to exchange {:?} with {:?}: {e}",
+                src.queue, b.exchange, b.routing_key
+            ))
+        })?;
+    }
+    ch.basic_qos(src.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| format!("basic.qos: {e}"))?;
+    let tag = ShortString::try_new(format!("meshgate-{node}-{}", src.name)).unwrap_or_default();
+    let consumer = ch
+        .basic_consume(
+            queue,
+            tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("consume queue {:?}: {e}", src.queue))?;
+    Ok(consumer)
 }
 
 /// A batch shorter than this is followed by a pause of [`COALESCE`] before the next read.

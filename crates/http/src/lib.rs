@@ -1,5 +1,8 @@
-//! HTTP API of a meshgate node (axum): `POST /v1/publish/{topic}`, `GET /v1/subscribe?filter=`
-//! as Server-Sent Events, `GET /v1/ws?filter=` (WebSocket, both directions), `GET /v1/mesh`, `GET /healthz`, `GET /metrics`.
+//! HTTP API of a meshgate node (axum). Clients: `POST /v1/publish/{topic}`,
+//! `GET /v1/subscribe?filter=` (Server-Sent Events), `GET /v1/ws?filter=` (WebSocket, both
+//! directions). Admin: `GET /v1/mesh`, `/v1/node`, `/v1/backlog`, `/v1/bridges`, `/v1/catalog`,
+//! `POST /v1/catalog/reload`, `GET /v1/chargeback`, `POST /v1/bridges/kafka/{cluster}/replay`
+//! (answers are the `meshgate-api` types), `GET /healthz`, `GET /metrics`.
 //!
 //! Errors are JSON `{"error": "..."}` with a status that says what went wrong. Publishes and
 //! subscriptions go through the node's [`meshgate_broker::Broker`] like MQTT ones.

@@ -193,28 +193,7 @@ async fn consume(
     status: &Arc<BridgeStatus>,
     kctx: &Ctx,
 ) -> Result<(), SourceError> {
-    let mut cc = cfg.client_config();
-    // librdkafka pauses fetching for fetch.queue.backoff.ms (default 1 s) whenever its local
-    // queue is above its threshold; a bridge drains that queue in bursts, so a second-long pause
-    // starved it (measured: fetches 0.3 to 1.2 s apart with the node idle). A configured value
-    // wins.
-    if !cfg.properties.contains_key("fetch.queue.backoff.ms") {
-        cc.set("fetch.queue.backoff.ms", "10");
-    }
-    cc.set("group.id", cfg.group_of(src));
-    cc.set("enable.auto.commit", "true");
-    cc.set("auto.commit.interval.ms", "1000");
-    // Offsets are stored by hand, after the events are durable.
-    cc.set("enable.auto.offset.store", "false");
-    cc.set("auto.offset.reset", &src.start);
-    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
-        cc.create_with_context(kctx.clone())
-            .map_err(|e| SourceError::Rejected(format!("cannot create the consumer: {e}")))?,
-    );
-    let topics: Vec<&str> = src.topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|e| SourceError::Rejected(format!("cannot subscribe to {topics:?}: {e}")))?;
+    let consumer = subscribe(cfg, src, kctx)?;
     // Before the first poll, so that no record of these partitions is in the consumer's queue.
     let parts = split_partitions(&consumer, &src.topics)
         .await
@@ -254,7 +233,6 @@ async fn consume(
             Some(m) = split.next(), if !parts.is_empty() => (m, true),
         };
         let mut n = 0;
-        let mut stop = false;
         let mut batch = None;
         let mut step = match first {
             Ok(m) => {
@@ -304,27 +282,19 @@ async fn consume(
                 }
             }
         }
-        match step {
-            Step::Next => {}
-            Step::Stopped => stop = true,
-            Step::Failed(e) => status.error(format!("consume: {e}")),
-        }
         // Only when the node stops are records left here: dropped unpublished, their offsets
         // not stored, so that they are read again after a restart.
         raw.clear();
         status.consumed.fetch_add(n as u64, Ordering::Relaxed);
-        if intake.positions.is_empty() {
-            if stop {
-                break Ok(());
+        let stop = match step {
+            Step::Next => false,
+            Step::Stopped => true,
+            Step::Failed(e) => {
+                status.error(format!("consume: {e}"));
+                false
             }
-            continue;
-        }
-        intake.ingress.durable().await;
-        let tpl = intake.positions.take();
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            // A partition revoked meanwhile: its new owner starts from the last commit.
-            status.error(format!("store offsets: {e}"));
-        }
+        };
+        store_offsets(&mut intake, &consumer, status).await;
         if stop {
             break Ok(());
         }
@@ -336,6 +306,51 @@ async fn consume(
     // consumer commits too; this starts it early).
     let _ = consumer.commit_consumer_state(CommitMode::Async);
     result
+}
+
+/// Once the batch's events are durable, stores the offsets after them for the next commit.
+async fn store_offsets(intake: &mut Intake, consumer: &StreamConsumer<Ctx>, status: &BridgeStatus) {
+    if intake.positions.is_empty() {
+        return;
+    }
+    intake.ingress.durable().await;
+    let tpl = intake.positions.take();
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // A partition revoked meanwhile: its new owner starts from the last commit.
+        status.error(format!("store offsets: {e}"));
+    }
+}
+
+/// The source's consumer, subscribed to its topics (group of its app id, offsets stored by
+/// hand after the events are durable).
+fn subscribe(
+    cfg: &KafkaConfig,
+    src: &KafkaSource,
+    kctx: &Ctx,
+) -> Result<Arc<StreamConsumer<Ctx>>, SourceError> {
+    let mut cc = cfg.client_config();
+    // librdkafka pauses fetching for fetch.queue.backoff.ms (default 1 s) whenever its local
+    // queue is above its threshold; a bridge drains that queue in bursts, so a second-long pause
+    // starved it (measured: fetches 0.3 to 1.2 s apart with the node idle). A configured value
+    // wins.
+    if !cfg.properties.contains_key("fetch.queue.backoff.ms") {
+        cc.set("fetch.queue.backoff.ms", "10");
+    }
+    cc.set("group.id", cfg.group_of(src));
+    cc.set("enable.auto.commit", "true");
+    cc.set("auto.commit.interval.ms", "1000");
+    // Offsets are stored by hand, after the events are durable.
+    cc.set("enable.auto.offset.store", "false");
+    cc.set("auto.offset.reset", &src.start);
+    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
+        cc.create_with_context(kctx.clone())
+            .map_err(|e| SourceError::Rejected(format!("cannot create the consumer: {e}")))?,
+    );
+    let topics: Vec<&str> = src.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| SourceError::Rejected(format!("cannot subscribe to {topics:?}: {e}")))?;
+    Ok(consumer)
 }
 
 /// A partition whose records are read from a queue of their own.

@@ -255,77 +255,32 @@ impl Conn {
         // The publisher filled a congested queue: the socket is not read until it has room.
         let mut stalled = false;
         let end = loop {
-            if !self.wbuf.is_empty() {
-                let n = self.wbuf.len();
-                let write = timeout(
-                    self.ctx.config.write_timeout,
-                    write_flush(stream, &self.wbuf),
-                );
-                // A client that stopped reading and is cut as a slow consumer may hold this
-                // write forever: the cut ends it.
-                let written = tokio::select! {
-                    r = write => r,
-                    () = rx.cut() => break self.slow_consumer(stream, false).await,
-                };
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break End::Lost,
-                    Err(_) => break End::Closed("write timeout"),
-                }
-                self.sent_bytes += n as u64;
-                self.wbuf.clear();
-                self.flush_stats();
+            if let Some(end) = self.write_out(stream, &mut rx).await {
+                break end;
             }
             // tokio's read_buf grows a full BytesMut by only 64 bytes: keep real room for a
             // large read so a busy publisher costs one syscall per many packets.
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(32 * 1024);
             }
-            let mut room = self.outq.is_empty() && self.inflight.len() < self.window;
-            // Deliveries that are in the journal but not in the mailbox (it overflowed, or the
-            // node restarted): read them back when there is room for them.
-            if room
-                && (rx.is_empty() || !self.took_journaled)
-                && let Some(c) = self.cursor.as_mut()
-                && c.has_more()
-            {
-                c.read(JOURNAL_READ, &mut self.outq);
-                self.pump();
-                room = self.outq.is_empty() && self.inflight.len() < self.window;
-                if !self.wbuf.is_empty() {
-                    continue;
-                }
+            if self.read_journal(&rx) {
+                continue;
             }
+            let room = self.has_room();
             tokio::select! {
                 biased;
                 _ = gen_rx.changed() => {
-                    codec::encode_disconnect(self.ver, Reason::SessionTakenOver, "session taken over", &mut self.wbuf);
-                    let _ = write_flush(stream, &self.wbuf).await;
-                    break End::Closed("session taken over");
+                    break self.close_with(stream, Reason::SessionTakenOver, "session taken over").await;
                 }
                 _ = shutdown.changed() => {
-                    codec::encode_disconnect(self.ver, Reason::ServerShuttingDown, "server shutting down", &mut self.wbuf);
-                    let _ = write_flush(stream, &self.wbuf).await;
-                    break End::Closed("shutdown");
+                    break self.close_with(stream, Reason::ServerShuttingDown, "server shutting down").await;
                 }
                 r = stream.read_buf(&mut self.rbuf), if !stalled => {
-                    match r {
-                        Ok(0) | Err(_) => break End::Lost,
-                        Ok(n) => {
-                            self.ctx.stats.received_bytes.increment(n as u64);
-                            last_read = Instant::now();
-                            self.publisher.set_clock(meshgate_broker::now_ms());
-                        }
+                    last_read = Instant::now();
+                    match self.on_read(stream, r).await {
+                        Ok(congested) => stalled = congested,
+                        Err(end) => break end,
                     }
-                    let end = self.on_bytes();
-                    self.save_meta().await;
-                    if let Some(end) = end {
-                        let _ = write_flush(stream, &self.wbuf).await;
-                        break end;
-                    }
-                    self.publisher.flush(&self.ctx.broker);
-                    self.flush_stats();
-                    stalled = self.publisher.is_congested();
                 }
                 () = self.publisher.wait_for_room(stall), if stalled => {
                     stalled = false;
@@ -350,9 +305,7 @@ impl Conn {
                         // What waits will never be acknowledged, and acknowledgements go in
                         // order: end the connection so the client sends it again later.
                         warn!(error = why, "closing an MQTT connection: the store failed");
-                        codec::encode_disconnect(self.ver, Reason::UnspecifiedError, "the store failed", &mut self.wbuf);
-                        let _ = write_flush(stream, &self.wbuf).await;
-                        break End::Closed("store failed");
+                        break self.close_with(stream, Reason::UnspecifiedError, "the store failed").await;
                     }
                 }
                 () = &mut self.release_timer, if self.release_at.is_some() => {
@@ -362,10 +315,8 @@ impl Conn {
                     if stalled {
                         last_read = Instant::now();
                     } else if last_read.elapsed() >= ka {
-                        codec::encode_disconnect(self.ver, Reason::KeepAliveTimeout, "keep alive timeout", &mut self.wbuf);
-                        let _ = write_flush(stream, &self.wbuf).await;
                         protocol_error("keep_alive");
-                        break End::Closed("keep alive timeout");
+                        break self.close_with(stream, Reason::KeepAliveTimeout, "keep alive timeout").await;
                     }
                     deadline.as_mut().reset(last_read + ka);
                 }
@@ -375,6 +326,89 @@ impl Conn {
         self.flush_stats();
         self.keep_for_later(rx);
         end
+    }
+
+    /// Writes what is encoded. A client that stopped reading and is cut as a slow consumer may
+    /// hold the write forever: the cut ends it.
+    async fn write_out<S: Io>(&mut self, stream: &mut S, rx: &mut MailboxReceiver) -> Option<End> {
+        if self.wbuf.is_empty() {
+            return None;
+        }
+        let n = self.wbuf.len();
+        let write = timeout(
+            self.ctx.config.write_timeout,
+            write_flush(stream, &self.wbuf),
+        );
+        let written = tokio::select! {
+            r = write => r,
+            () = rx.cut() => return Some(self.slow_consumer(stream, false).await),
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Some(End::Lost),
+            Err(_) => return Some(End::Closed("write timeout")),
+        }
+        self.sent_bytes += n as u64;
+        self.wbuf.clear();
+        self.flush_stats();
+        None
+    }
+
+    /// Room for more deliveries: nothing waits to be encoded and the inflight window is open.
+    fn has_room(&self) -> bool {
+        self.outq.is_empty() && self.inflight.len() < self.window
+    }
+
+    /// Reads back deliveries that are in the journal but not in the mailbox (it overflowed, or
+    /// the node restarted) when there is room for them; true if that encoded something to write.
+    fn read_journal(&mut self, rx: &MailboxReceiver) -> bool {
+        if self.has_room()
+            && (rx.is_empty() || !self.took_journaled)
+            && let Some(c) = self.cursor.as_mut()
+            && c.has_more()
+        {
+            c.read(JOURNAL_READ, &mut self.outq);
+            self.pump();
+            return !self.wbuf.is_empty();
+        }
+        false
+    }
+
+    /// Handles what a read brought; `Ok(true)` if a queue it published into is congested, so
+    /// that the socket is not read until it has room.
+    async fn on_read<S: Io>(
+        &mut self,
+        stream: &mut S,
+        r: std::io::Result<usize>,
+    ) -> Result<bool, End> {
+        match r {
+            Ok(0) | Err(_) => return Err(End::Lost),
+            Ok(n) => {
+                self.ctx.stats.received_bytes.increment(n as u64);
+                self.publisher.set_clock(meshgate_broker::now_ms());
+            }
+        }
+        let end = self.on_bytes();
+        self.save_meta().await;
+        if let Some(end) = end {
+            let _ = write_flush(stream, &self.wbuf).await;
+            return Err(end);
+        }
+        self.publisher.flush(&self.ctx.broker);
+        self.flush_stats();
+        Ok(self.publisher.is_congested())
+    }
+
+    /// Ends the connection with a DISCONNECT (MQTT 5; nothing for 3.1.1) saying why.
+    async fn close_with<S: Io>(
+        &mut self,
+        stream: &mut S,
+        reason: Reason,
+        why: &'static str,
+    ) -> End {
+        codec::encode_disconnect(self.ver, reason, why, &mut self.wbuf);
+        let _ = write_flush(stream, &self.wbuf).await;
+        End::Closed(why)
     }
 
     /// Ends a connection whose client was declared slow under the disconnect policy: an MQTT
